@@ -1,0 +1,191 @@
+"""The embedded bus: one process, no broker. Commands run on worker tasks; notifications live in ring buffers.
+
+Notifications are not copied into per-subscriber queues. Each topic keeps a bounded history (a deque) and every
+subscription is a cursor into those histories plus an ``asyncio.Event`` to wake it: publishing is an append and a
+few ``set()`` calls, so a publisher never waits on a subscriber, and a subscriber that falls behind by more than
+the history learns it through a ``Gap`` instead of growing a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Sequence
+
+from gateway.bus.base import Command, CommandHandler, Gap, Notification
+from gateway.core.errors import Unavailable
+from gateway.core.versions import version_key
+
+log = logging.getLogger("gateway.bus")
+
+
+class _Topic:
+    __slots__ = ("evicted_up_to", "history", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.history: deque[Notification] = deque(maxlen=size)
+        self.evicted_up_to = 0  # the newest version that fell out of the history (0: none)
+        self.waiters: set[asyncio.Event] = set()
+
+
+class MemoryBus:
+    """``Bus`` for a single process."""
+
+    def __init__(
+        self, *, history: int = 1000, workers: int = 4, queue_size: int = 10_000, idempotency_ttl: float = 300.0
+    ) -> None:
+        if history < 1 or workers < 1 or queue_size < 1:
+            raise ValueError("history, workers and queue_size must be positive")
+        self._history_size = history
+        self._workers_count = workers
+        self._queue: asyncio.Queue[tuple[str, Command]] = asyncio.Queue(maxsize=queue_size)
+        self._topics: dict[str, _Topic] = {}
+        self._version = 0
+        self._next_command = 0
+        self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._idempotency_ttl = idempotency_ttl
+        self._workers: list[asyncio.Task[None]] = []
+        self._handler: CommandHandler | None = None
+        self._accepting = False
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting
+
+    async def start(self, handler: CommandHandler) -> None:
+        self._handler = handler
+        self._accepting = True
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"gateway-command-worker-{i}")
+            for i in range(self._workers_count)
+        ]
+
+    async def close(self, timeout: float) -> None:
+        self._accepting = False
+        if self._workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
+            for task in self._workers:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
+        self._closed = True
+        for topic in self._topics.values():
+            for waiter in topic.waiters:
+                waiter.set()
+
+    # -- commands -------------------------------------------------------------------------------------------
+
+    async def submit(self, command: Command) -> str:
+        if not self._accepting:
+            raise Unavailable("the gateway is not accepting commands (starting or shutting down)", 2)
+        key = command.idempotency_key
+        if key is not None:
+            self._expire_keys()
+            seen = self._idempotency.get(key)
+            if seen is not None:
+                return seen[0]
+        self._next_command += 1
+        command_id = str(self._next_command)
+        try:
+            self._queue.put_nowait((command_id, command))
+        except asyncio.QueueFull:
+            raise Unavailable(f"the command queue is full ({self._queue.maxsize} pending)", 1) from None
+        if key is not None:
+            self._idempotency[key] = (command_id, time.monotonic())
+        return command_id
+
+    def _expire_keys(self) -> None:
+        deadline = time.monotonic() - self._idempotency_ttl
+        keys = self._idempotency
+        while keys:
+            first = next(iter(keys.values()))
+            if first[1] >= deadline and len(keys) <= 100_000:
+                break
+            keys.popitem(last=False)
+
+    async def _work(self) -> None:
+        assert self._handler is not None
+        while True:
+            command_id, command = await self._queue.get()
+            try:
+                await self._handler(command_id, command)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the handler wrapper logs; this guards the worker itself
+                log.exception("command %s (%s) failed", command_id, command.name)
+            finally:
+                self._queue.task_done()
+
+    # -- notifications -----------------------------------------------------------------------------------------
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic(self._history_size)
+        return topic
+
+    async def publish(self, topic: str, payload: bytes = b"") -> str:
+        self._version += 1
+        version = str(self._version)
+        t = self._topic(topic)
+        if len(t.history) == t.history.maxlen:
+            t.evicted_up_to = int(t.history[0].version)
+        t.history.append(Notification(topic, version, payload))
+        for waiter in t.waiters:
+            waiter.set()
+        return version
+
+    async def head(self) -> str:
+        return str(self._version)
+
+    async def current_version(self, topic: str) -> str | None:
+        t = self._topics.get(topic)
+        return t.history[-1].version if t and t.history else None
+
+    def _since(self, topics: Sequence[str], cursors: dict[str, int]) -> tuple[list[Notification], list[Gap]]:
+        found: list[Notification] = []
+        gaps: list[Gap] = []
+        for name in topics:
+            t = self._topic(name)
+            after = cursors[name]
+            if t.evicted_up_to > after:
+                gaps.append(Gap(name, str(after) if after else None))
+            if t.history and int(t.history[-1].version) > after:
+                found.extend(n for n in t.history if int(n.version) > after)
+        found.sort(key=lambda n: int(n.version))
+        return found, gaps
+
+    async def history(self, topics: Sequence[str], after: str | None) -> tuple[list[Notification], list[Gap]]:
+        start = version_key(after)[0] if after is not None else 0
+        return self._since(topics, dict.fromkeys(topics, start))
+
+    async def subscribe(
+        self, topics: Sequence[str], after: str | None = None
+    ) -> AsyncIterator[Notification | Gap]:
+        """Async generator over the topics' changes; replays from ``after`` first when given."""
+        wake = asyncio.Event()
+        start = version_key(after)[0] if after is not None else self._version
+        cursors = dict.fromkeys(topics, start)
+        watched = [self._topic(name) for name in topics]
+        for t in watched:
+            t.waiters.add(wake)
+        try:
+            while not self._closed:
+                wake.clear()
+                found, gaps = self._since(topics, cursors)
+                for gap in gaps:
+                    cursors[gap.topic] = self._topic(gap.topic).evicted_up_to
+                    yield gap
+                for notification in found:
+                    cursors[notification.topic] = int(notification.version)
+                    yield notification
+                if not found and not gaps:
+                    await wake.wait()
+        finally:
+            for t in watched:
+                t.waiters.discard(wake)

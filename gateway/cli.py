@@ -1,0 +1,125 @@
+"""``gateway serve | check | devcert``: start the server, validate settings, make a development certificate.
+
+Invalid settings or an app that cannot be imported end the process with one line on stderr and exit code 2,
+never a traceback: the operator needs to know which key is wrong, not where the parser lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings, describe, env_name
+from gateway.core.errors import SettingsError
+
+_FLAGS = {
+    "bind": "server.bind",
+    "tls_bind": "server.tls_bind",
+    "quic_bind": "server.quic_bind",
+    "certfile": "server.certfile",
+    "keyfile": "server.keyfile",
+    "app": "server.app",
+    "log_level": "server.log_level",
+    "bus": "bus.url",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="HTTP/2 + HTTP/3 Server-Sent-Events gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help in (("serve", "run the gateway"), ("check", "validate and print the effective settings")):
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--config", metavar="FILE", default=os.environ.get("GATEWAY_CONFIG"),
+                         help="TOML settings file (also GATEWAY_CONFIG)")
+        sub.add_argument("--app", metavar="MODULE:ATTR", help="the Gateway to serve (default: the demo)")
+        sub.add_argument("--bind", metavar="HOST:PORT", help="plain HTTP/1.1 + h2c listener ('' disables)")
+        sub.add_argument("--tls-bind", metavar="HOST:PORT", help="TLS listener, HTTP/1.1 + h2 ('' disables)")
+        sub.add_argument("--quic-bind", metavar="HOST:PORT", help="HTTP/3 listener over UDP ('' disables)")
+        sub.add_argument("--certfile", metavar="PEM", help="certificate for TLS and QUIC")
+        sub.add_argument("--keyfile", metavar="PEM", help="private key for TLS and QUIC")
+        sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        sub.add_argument("--bus", metavar="URL", help="bus backend URL (memory://)")
+    dev = commands.add_parser("devcert", help="create a self-signed development certificate")
+    dev.add_argument("--dir", default=".dev-certs", help="where cert.pem and key.pem go")
+    dev.add_argument("--force", action="store_true", help="replace an existing certificate")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, tuple[Any, str]] = {}
+    for attr, key in _FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[key] = (value, "--" + attr.replace("_", "-"))
+    return Settings.load(args.config, overrides=overrides)
+
+
+def load_app(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SettingsError("server.app", target, f"cannot import {module_name!r} ({exc})") from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise SettingsError("server.app", target, f"module {module_name!r} has no attribute {attr!r}")
+    from gateway.api import Gateway
+
+    if not isinstance(app, Gateway):
+        raise SettingsError("server.app", target, "must name a gateway.Gateway instance")
+    return app
+
+
+def _print_settings(settings: Settings) -> None:
+    values = settings.flat()
+    section = ""
+    for key, _kind, _default, help in describe():
+        head, name = key.split(".")
+        if head != section:
+            print(f"{'' if not section else chr(10)}[{head}]")
+            section = head
+        value = values[key]
+        shown = "***" if key == "hub.publish_token" and value else value
+        rendered = str(shown).lower() if isinstance(shown, bool) else repr(shown).replace("'", '"')
+        print(f"{name} = {rendered}  # {help} (env {env_name(key)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "devcert":
+        directory = Path(args.dir)
+        if (directory / "cert.pem").exists() and not args.force:
+            print(f"{directory}/cert.pem exists; keeping it (use --force to replace)")
+            return 0
+        from gateway import devcert
+
+        cert, key = devcert.create(directory)
+        print(f"wrote {cert} and {key}")
+        return 0
+    try:
+        settings = load_settings(args)
+        if args.command == "check":
+            load_app(settings.server.app)
+            _print_settings(settings)
+            return 0
+        logging.basicConfig(level=settings.server.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        gateway = load_app(settings.server.app)
+        from gateway.web.server import serve
+
+        asyncio.run(serve(gateway, settings))
+    except SettingsError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

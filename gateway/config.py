@@ -1,0 +1,295 @@
+"""Typed settings: defaults < ``config/*.toml`` < ``GATEWAY_*`` environment < command-line flags.
+
+Every setting is declared once, in the dataclasses below, with its unit, its default, a check and a help text;
+the loader, the environment mapping (``[sse] heartbeat`` <-> ``GATEWAY_SSE_HEARTBEAT``), ``gateway check`` and
+the tests that keep ``config/gateway.toml`` and the README complete all read that one declaration. A bad value is
+reported as one ``SettingsError`` line naming the key, the value, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.core.encoders import ENCODERS, CodecSettings
+from gateway.core.errors import SettingsError
+
+SECONDS = 1.0
+MILLISECONDS = 1
+KIB = 1024
+
+Check = Callable[[Any], str | None]  # returns what is allowed when the value is not
+
+
+def _between(low: float, high: float, unit: str = "") -> Check:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be from {low:g} to {high:g}{unit}"
+
+    return check
+
+
+def _address(optional: bool) -> Check:
+    def check(value: Any) -> str | None:
+        if optional and value == "":
+            return None
+        host, sep, port = str(value).rpartition(":")
+        if sep and host and port.isdigit() and 0 <= int(port) <= 65535:
+            return None
+        return "must be HOST:PORT (port 0-65535)" + (', or "" to disable' if optional else "")
+
+    return check
+
+
+def _one_of(*allowed: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def _encodings(value: Any) -> str | None:
+    unknown = [v for v in value if v not in ENCODERS]
+    if unknown or not value:
+        return f"must be a non-empty list drawn from {', '.join(sorted(ENCODERS))}"
+    return None
+
+
+def _bus_url(value: Any) -> str | None:
+    return None if value in ("memory://", "memory") else "must be memory:// (the embedded bus)"
+
+
+def _module_attr(value: Any) -> str | None:
+    module, sep, attr = str(value).partition(":")
+    return None if sep and module and attr else "must be MODULE:ATTRIBUTE, e.g. gateway.demo:app"
+
+
+def _field(default: Any, help: str, check: Check | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    bind: str = _field("127.0.0.1:8000", "plain listener: HTTP/1.1 and h2c", _address(True))
+    tls_bind: str = _field("127.0.0.1:8443", "TLS listener: HTTP/1.1 and h2 (needs certfile/keyfile)", _address(True))
+    quic_bind: str = _field("127.0.0.1:8443", "UDP listener for HTTP/3 (needs certfile/keyfile)", _address(True))
+    certfile: str = _field("", "PEM certificate for TLS and QUIC; empty serves plain HTTP only")
+    keyfile: str = _field("", "PEM private key of certfile")
+    app: str = _field("gateway.demo:app", "the Gateway to serve, as MODULE:ATTRIBUTE", _module_attr)
+    graceful_timeout: float = _field(5 * SECONDS, "seconds for streams and commands to finish on shutdown",
+                                     _between(0, 600, " s"))
+    log_level: str = _field("info", "logging level", _one_of("debug", "info", "warning", "error"))
+    access_log: bool = _field(False, "log every request (one line each)")
+
+
+@dataclass(frozen=True)
+class SSESettings:
+    heartbeat: float = _field(15 * SECONDS, "seconds between heartbeat comments; stays under HTTP/3's 60 s idle "
+                              "timeout and every proxy's read timeout", _between(1, 55, " s"))
+    retry: int = _field(2000 * MILLISECONDS, "reconnect delay sent to clients (retry:), milliseconds",
+                        _between(0, 600_000, " ms"))
+    write_timeout: float = _field(30 * SECONDS, "seconds a write may take before the stream is closed",
+                                  _between(1, 3600, " s"))
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    max_body: int = _field(64 * KIB, "largest command body, bytes", _between(2, 64 * 1024 * KIB, " bytes"))
+    max_depth: int = _field(32, "deepest JSON nesting accepted in a body", _between(1, 512))
+    workers: int = _field(4, "concurrent command handlers per process", _between(1, 1024))
+    queue_size: int = _field(10_000, "accepted commands waiting for a worker; beyond it 503",
+                             _between(1, 10_000_000))
+    idempotency_ttl: float = _field(300 * SECONDS, "seconds an Idempotency-Key is remembered",
+                                    _between(0, 86_400, " s"))
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    url: str = _field("memory://", "bus backend", _bus_url)
+    history: int = _field(1000, "notifications kept per topic for resume", _between(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    publish_token: str = _field("", "bearer token for POST /hub/publish; empty refuses publishing (403)")
+    max_topics: int = _field(32, "topics one subscription may name", _between(1, 1024))
+    max_buffered_events: int = _field(1000, "events queued for one slow hub subscriber before it is cut off",
+                                      _between(1, 1_000_000))
+    max_buffered_bytes: int = _field(4 * 1024 * KIB, "bytes queued for one slow hub subscriber",
+                                     _between(1024, 1024 * 1024 * KIB, " bytes"))
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    encodings: list[str] = _field(["br", "zstd", "gzip", "identity"],  # noqa: RUF009
+                                  "content codings offered on streams, in server preference order", _encodings)
+    brotli_quality: int = _field(4, "Brotli quality; 0-1 ignore the window, 4 is the measured sweet spot",
+                                 _between(0, 11))
+    brotli_lgwin: int = _field(16, "Brotli window, log2 bytes; must exceed one full render", _between(10, 24))
+    gzip_level: int = _field(6, "gzip level", _between(1, 9))
+    zstd_level: int = _field(3, "zstd level", _between(1, 22))
+    zstd_window_log: int = _field(17, "zstd window, log2 bytes", _between(10, 27))
+
+    def codec(self) -> CodecSettings:
+        return CodecSettings(brotli_quality=self.brotli_quality, brotli_lgwin=self.brotli_lgwin,
+                             gzip_level=self.gzip_level, zstd_level=self.zstd_level,
+                             zstd_window_log=self.zstd_window_log)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = _field(True, "serve Prometheus metrics at /metrics")
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    sse: SSESettings = field(default_factory=SSESettings)
+    commands: CommandSettings = field(default_factory=CommandSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    hub: HubSettings = field(default_factory=HubSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, tuple[Any, str]] | None = None,
+    ) -> Settings:
+        """Merge every source in precedence order; raise ``SettingsError`` on the first bad value.
+
+        ``overrides`` maps ``"section.key"`` to ``(value, source)``, where source names the flag for messages.
+        """
+        values: dict[str, tuple[Any, str]] = {}
+        if config_file is not None:
+            values.update(_from_toml(Path(config_file)))
+        values.update(_from_env(os.environ if environ is None else environ))
+        values.update(overrides or {})
+        return cls.from_values(values)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, tuple[Any, str]]) -> Settings:
+        sections: dict[str, dict[str, Any]] = {}
+        known = {key for key, *_ in describe()}
+        for key, (raw, source) in values.items():
+            if key not in known:
+                raise SettingsError(key, raw, "unknown setting; `gateway check` lists them all", source)
+        for key, section, name, kind, _default, _help, check in _schema():
+            if key in values:
+                raw, source = values[key]
+                value = _coerce(key, raw, kind, source)
+                if check is not None and (allowed := check(value)) is not None:
+                    raise SettingsError(key, raw, allowed, source)
+                sections.setdefault(section, {})[name] = value
+        built = {
+            f.name: typing.get_type_hints(Settings)[f.name](**sections.get(f.name, {}))
+            for f in dataclasses.fields(Settings)
+        }
+        settings = cls(**built)
+        settings.compression.codec()  # cross-check codec ranges once
+        return settings
+
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` of the effective settings (for ``gateway check``)."""
+        return {key: getattr(getattr(self, section), name) for key, section, name, *_ in _schema()}
+
+
+def _schema() -> Iterator[tuple[str, str, str, type, Any, str, Check | None]]:
+    hints = typing.get_type_hints(Settings)
+    for section in dataclasses.fields(Settings):
+        cls = hints[section.name]
+        sub_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            factory: Any = f.default_factory
+            default = f.default if f.default is not dataclasses.MISSING else factory()
+            yield (f"{section.name}.{f.name}", section.name, f.name, sub_hints[f.name], default,
+                   f.metadata["help"], f.metadata["check"])
+
+
+def describe() -> list[tuple[str, type, Any, str]]:
+    """``(key, type, default, help)`` for every setting, in declaration order."""
+    return [(key, kind, default, help) for key, _s, _n, kind, default, help, _c in _schema()]
+
+
+def env_name(key: str) -> str:
+    return "GATEWAY_" + key.replace(".", "_").upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    found = {}
+    for key, *_ in describe():
+        name = env_name(key)
+        if name in environ:
+            found[key] = (environ[name], name)
+    return found
+
+
+def _from_toml(path: Path) -> dict[str, tuple[Any, str]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError("--config", str(path), "the file does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError("--config", str(path), f"not valid TOML ({exc})") from None
+    found: dict[str, tuple[Any, str]] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise SettingsError(section, table, "top-level keys must be [sections]", str(path))
+        for name, value in table.items():
+            found[f"{section}.{name}"] = (value, str(path))
+    return found
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(key: str, raw: Any, kind: type, source: str) -> Any:
+    """Turn a TOML value or an environment string into the declared type, strictly."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise SettingsError(key, raw, "must be true or false", source)
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise SettingsError(key, raw, "must be an integer", source)
+    if kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                pass
+            else:
+                if value == value and value not in (float("inf"), float("-inf")):
+                    return value
+        raise SettingsError(key, raw, "must be a number", source)
+    if kind is str:
+        if isinstance(raw, str):
+            return raw
+        raise SettingsError(key, raw, "must be a string", source)
+    if typing.get_origin(kind) is list:
+        if isinstance(raw, str):
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        if isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+            return list(raw)
+        raise SettingsError(key, raw, "must be a list of strings (comma-separated in the environment)", source)
+    raise TypeError(f"unsupported setting type {kind!r} for {key}")  # pragma: no cover

@@ -1,0 +1,64 @@
+"""Prometheus metrics of one gateway, on a registry of its own.
+
+A registry per ``Gateway`` (not the process-global default) keeps two gateways in one process (tests, embedding)
+from colliding. Label sets are small and bounded: stream kind, encoding, command path, view path, and a fixed list
+of reasons. Topics are never labels: their number is up to the clients.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """All metric families, created once per gateway."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.streams_active = Gauge(
+            "gateway_streams_active", "Open SSE streams.", ["kind"], registry=r)
+        self.streams_opened = Counter(
+            "gateway_streams_opened", "SSE streams opened, by kind and negotiated encoding.",
+            ["kind", "encoding"], registry=r)
+        self.streams_closed = Counter(
+            "gateway_streams_closed", "SSE streams closed, by kind and reason.", ["kind", "reason"], registry=r)
+        self.streams_refused = Counter(
+            "gateway_streams_refused", "Stream requests refused before streaming, by reason.",
+            ["kind", "reason"], registry=r)
+        self.events_sent = Counter(
+            "gateway_events_sent", "SSE events written to clients.", ["kind"], registry=r)
+        self.heartbeats_sent = Counter(
+            "gateway_heartbeats_sent", "Heartbeat comments written to clients.", registry=r)
+        self.bytes_in = Counter(
+            "gateway_stream_bytes_uncompressed", "SSE bytes before compression.", ["kind", "encoding"], registry=r)
+        self.bytes_out = Counter(
+            "gateway_stream_bytes_sent", "SSE bytes on the wire after compression.", ["kind", "encoding"],
+            registry=r)
+        self.commands = Counter(
+            "gateway_commands", "Command requests by outcome (accepted or the refusal's error code).",
+            ["command", "outcome"], registry=r)
+        self.commands_handled = Counter(
+            "gateway_commands_handled", "Commands whose handler ran, by result (ok or error).",
+            ["command", "result"], registry=r)
+        self.command_seconds = Histogram(
+            "gateway_command_handler_seconds", "Time spent in command handlers.", ["command"], registry=r,
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+        self.renders = Counter(
+            "gateway_view_renders", "View renders, by view and result (ok or error).", ["view", "result"],
+            registry=r)
+        self.conflated = Counter(
+            "gateway_view_versions_conflated", "View versions a slow client skipped (latest wins).", ["view"],
+            registry=r)
+        self.hub_published = Counter(
+            "gateway_hub_published", "Events accepted by POST /hub/publish.", registry=r)
+        self.notifications = Counter(
+            "gateway_bus_notifications", "Notifications received from the bus by the fan-out.", registry=r)
+        self.bus_gaps = Counter(
+            "gateway_bus_gaps", "Times the fan-out fell behind the bus history.", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""The I/O layer: the only code that knows ASGI, Quart and Hypercorn."""

@@ -1,0 +1,66 @@
+"""The gateway's ASGI entry point: streams served natively, everything else by Quart, one lifespan for both."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart
+
+from gateway.core.errors import MethodNotAllowed, Unavailable
+from gateway.web.asgi_util import Receive, Scope, Send, send_error
+from gateway.web.runtime import Runtime
+from gateway.web.streams import serve_hub, serve_view
+
+log = logging.getLogger("gateway")
+
+HUB_SUBSCRIBE = "/hub/subscribe"
+
+
+class Dispatcher:
+    """Routes a request to a stream responder or to the Quart app."""
+
+    def __init__(self, runtime: Runtime, quart: Quart) -> None:
+        self.runtime = runtime
+        self.quart = quart
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            spec = self.runtime.views.get(path)
+            if spec is not None or path == HUB_SUBSCRIBE:
+                if scope["method"] not in ("GET", "HEAD"):
+                    await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
+                                                            ("GET", "HEAD")))
+                elif not self.runtime.started:
+                    await send_error(send, Unavailable("the gateway is starting", 1))
+                elif spec is not None:
+                    await serve_view(self.runtime, spec, scope, receive, send)
+                else:
+                    await serve_hub(self.runtime, scope, receive, send)
+                return
+            await self.quart(scope, receive, send)  # type: ignore[arg-type]
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.quart(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.runtime.startup()
+                    await self.quart.startup()
+                except Exception as exc:
+                    log.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.runtime.shutdown()
+                    await self.quart.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,238 @@
+"""In-process fan-out: one bus subscription feeds every view and hub stream of this process.
+
+One subscription (not one per topic) keeps notifications in the bus's global version order, which is what lets a
+single ``Last-Event-ID`` resume a multi-topic hub stream without holes. When a hub client names a topic nobody here
+watched yet, the subscription is restarted with ``after=`` the last version seen, so nothing published meanwhile
+is lost.
+
+Views are rendered here once per version and the same frame bytes go into every subscriber's conflating mailbox
+(render once, compress per connection); views that depend on the request get a "changed" marker and render in
+their own writer. Hub events are framed once and put into bounded mailboxes. Nothing here ever awaits a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from gateway.bus.base import Bus, Gap, Notification
+from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, PutResult
+from gateway.core.sse import encode_message
+from gateway.core.versions import ZERO, VersionKey, latest, version_key
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.fanout")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An SSE frame ready to encode, with the version that orders it."""
+
+    key: VersionKey
+    version: str
+    data: bytes | None  # None: a per-request view must render this version itself
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One stream's end of the fan-out."""
+
+    wake: asyncio.Event
+    view_box: ConflatingMailbox[Frame] | None = None
+    hub_box: BoundedMailbox[Frame] | None = None
+    overflowed: bool = False
+
+    def notify(self) -> None:
+        self.wake.set()
+
+
+Renderer = Callable[[], Awaitable[str]]
+
+
+@dataclass(eq=False)
+class ViewChannel:
+    """A view's shared state: its current version and (for shared views) the rendered frame."""
+
+    path: str
+    topics: tuple[str, ...]
+    render: Renderer | None  # None for per-request views
+    subscribers: set[Subscriber] = field(default_factory=set)
+    current: Frame | None = None
+    stale: bool = True
+    version: str = ZERO
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _task: asyncio.Task[None] | None = None
+
+    async def snapshot(self, metrics: Metrics) -> Frame:
+        """The current frame, rendering it first if a change came in since the last render."""
+        async with self._lock:
+            if self.render is None:
+                return Frame(version_key(self.version), self.version, None)
+            if self.stale or self.current is None:
+                version = self.version
+                try:
+                    html = await self.render()
+                except Exception:
+                    metrics.renders.labels(self.path, "error").inc()
+                    log.exception("view %s failed to render version %s", self.path, version)
+                    if self.current is None:
+                        raise
+                    self.stale = False  # keep serving the last good render; the next change retries
+                    return self.current
+                metrics.renders.labels(self.path, "ok").inc()
+                self.current = Frame(version_key(version), version, encode_message(html, id=version))
+                self.stale = self.version != version
+            return self.current
+
+
+class Fanout:
+    """Routes bus notifications to this process's streams."""
+
+    def __init__(self, bus: Bus, metrics: Metrics) -> None:
+        self._bus = bus
+        self._metrics = metrics
+        self.views: dict[str, ViewChannel] = {}
+        self._views_by_topic: dict[str, list[ViewChannel]] = {}
+        self._hub: dict[str, set[Subscriber]] = {}
+        self._watched: frozenset[str] = frozenset()
+        self._cursor: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None) -> ViewChannel:
+        channel = ViewChannel(path, topics, render)
+        self.views[path] = channel
+        for topic in topics:
+            self._views_by_topic.setdefault(topic, []).append(channel)
+        return channel
+
+    async def start(self) -> None:
+        for channel in self.views.values():
+            versions = [v for t in channel.topics if (v := await self._bus.current_version(t)) is not None]
+            channel.version = latest(versions)
+        self._cursor = await self._bus.head()
+        self._restart()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for channel in self.views.values():
+            if channel._task is not None:
+                channel._task.cancel()
+
+    # -- subscription management ------------------------------------------------------------------------------
+
+    def _restart(self) -> None:
+        wanted = frozenset(self._views_by_topic) | frozenset(t for t, subs in self._hub.items() if subs)
+        if self._task is not None and wanted <= self._watched:
+            return
+        if self._task is not None:
+            self._task.cancel()
+        self._watched = wanted
+        if wanted and not self._closed:
+            self._task = asyncio.create_task(self._pump(sorted(wanted), self._cursor), name="gateway-fanout")
+
+    async def _pump(self, topics: list[str], after: str | None) -> None:
+        while True:
+            try:
+                async for item in self._bus.subscribe(topics, after=after):
+                    if isinstance(item, Gap):
+                        self._metrics.bus_gaps.inc()
+                        log.warning("fan-out fell behind the history of topic %s", item.topic)
+                        continue
+                    after = self._cursor = item.version
+                    self._metrics.notifications.inc()
+                    self._dispatch(item)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus subscription failed; resubscribing")
+                await asyncio.sleep(0.5)
+
+    def _dispatch(self, item: Notification) -> None:
+        for channel in self._views_by_topic.get(item.topic, ()):
+            self._view_changed(channel, item.version)
+        subscribers = self._hub.get(item.topic)
+        if subscribers:
+            frame = hub_frame(item)
+            size = len(frame.data or b"")
+            for sub in subscribers:
+                assert sub.hub_box is not None
+                if sub.hub_box.put(frame, size) is PutResult.OVERFLOW:
+                    sub.overflowed = True
+                sub.notify()
+
+    # -- views ------------------------------------------------------------------------------------------------
+
+    def _view_changed(self, channel: ViewChannel, version: str) -> None:
+        channel.version = version
+        channel.stale = True
+        if channel.render is None:
+            frame = Frame(version_key(version), version, None)
+            for sub in channel.subscribers:
+                self._put_view(channel, sub, frame)
+        elif channel.subscribers and (channel._task is None or channel._task.done()):
+            channel._task = asyncio.create_task(self._rerender(channel), name=f"gateway-render {channel.path}")
+
+    async def _rerender(self, channel: ViewChannel) -> None:
+        """Render until the channel is no longer stale: changes during a render are folded into the next one."""
+        while channel.stale and channel.subscribers:
+            try:
+                frame = await channel.snapshot(self._metrics)
+            except Exception:
+                return  # logged and counted in snapshot; the next change retries
+            for sub in list(channel.subscribers):
+                self._put_view(channel, sub, frame)
+
+    def _put_view(self, channel: ViewChannel, sub: Subscriber, frame: Frame) -> None:
+        assert sub.view_box is not None
+        if sub.view_box.put(frame) is PutResult.REPLACED:
+            self._metrics.conflated.labels(channel.path).inc()
+        sub.notify()
+
+    def attach_view(self, channel: ViewChannel, sub: Subscriber) -> None:
+        channel.subscribers.add(sub)
+
+    def detach_view(self, channel: ViewChannel, sub: Subscriber) -> None:
+        channel.subscribers.discard(sub)
+
+    # -- hub --------------------------------------------------------------------------------------------------
+
+    def attach_hub(self, topics: tuple[str, ...], sub: Subscriber) -> None:
+        for topic in topics:
+            self._hub.setdefault(topic, set()).add(sub)
+        self._restart()
+
+    def detach_hub(self, topics: tuple[str, ...], sub: Subscriber) -> None:
+        for topic in topics:
+            subs = self._hub.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._hub[topic]
+
+
+def hub_payload(data: str, event: str | None, event_id: str | None) -> bytes:
+    """What a hub publish puts on the bus (JSON, so any backend can carry it)."""
+    return orjson.dumps({"data": data, "event": event, "id": event_id})
+
+
+def hub_frame(item: Notification) -> Frame:
+    """The SSE frame of a hub notification: the publisher's id if it gave one, else the bus version."""
+    body = orjson.loads(item.payload)
+    frame = encode_message(body["data"], event=body.get("event"), id=body.get("id") or item.version)
+    return Frame(version_key(item.version), item.version, frame)
+
+
+def hub_event_id(item: Notification) -> str:
+    """The SSE id a hub notification was sent with."""
+    return str(orjson.loads(item.payload).get("id") or item.version)

@@ -1,0 +1,146 @@
+"""Everything a running gateway shares between its routes: settings, bus, fan-out, metrics, registries, state.
+
+The app API (``gateway.api.Gateway``) fills the registries; the web layer only reads them, so imports keep
+pointing downward (api -> web -> bus/core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.bus import Bus, Command, create_bus
+from gateway.commands import CommandSpec
+from gateway.config import Settings
+from gateway.core.encoders import CodecSettings
+from gateway.metrics import Metrics
+from gateway.web.asgi_util import StreamRequest
+from gateway.web.fanout import Fanout
+
+if TYPE_CHECKING:
+    from gateway.web.streams import Stream
+
+log = logging.getLogger("gateway")
+
+SharedRender = Callable[[], Awaitable[str]]
+RequestRender = Callable[[StreamRequest], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """A persistent query: re-rendered on changes of ``topics``; shared unless it needs the request."""
+
+    path: str
+    topics: tuple[str, ...]
+    shared_render: SharedRender | None = None
+    per_request_render: RequestRender | None = None
+
+    def __post_init__(self) -> None:
+        if (self.shared_render is None) == (self.per_request_render is None):
+            raise ValueError("a view renders either once for everybody or once per request")
+        if not self.topics:
+            raise ValueError(f"view {self.path} must name at least one topic")
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    commands: dict[str, CommandSpec] = field(default_factory=dict)
+    views: dict[str, ViewSpec] = field(default_factory=dict)
+    streams: set[Stream] = field(default_factory=set)
+    draining: bool = False
+    started: bool = False
+    streams_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    _bus: Bus | None = None
+    _fanout: Fanout | None = None
+
+    def __post_init__(self) -> None:
+        self.codec: CodecSettings = self.settings.compression.codec()
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            s = self.settings
+            self._bus = create_bus(s.bus.url, history=s.bus.history, workers=s.commands.workers,
+                                   queue_size=s.commands.queue_size, idempotency_ttl=s.commands.idempotency_ttl)
+        return self._bus
+
+    @property
+    def fanout(self) -> Fanout:
+        if self._fanout is None:
+            raise RuntimeError("the gateway has not started (the ASGI lifespan startup did not run)")
+        return self._fanout
+
+    async def bus_head(self) -> str:
+        return await self.bus.head()
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.bus.ready
+
+    async def startup(self) -> None:
+        fanout = Fanout(self.bus, self.metrics)
+        for spec in self.views.values():
+            fanout.add_view(spec.path, spec.topics, spec.shared_render)
+        self._fanout = fanout
+        await self.bus.start(self._handle)
+        await fanout.start()
+        self.started = True
+        log.info("gateway started: %d commands, %d views, bus %s", len(self.commands), len(self.views),
+                 self.settings.bus.url)
+
+    async def _handle(self, command_id: str, command: Command) -> None:
+        """Run one accepted command; a failing handler is logged and counted, never fatal."""
+        spec = self.commands.get(command.name)
+        if spec is None:
+            log.error("command %s: no handler for %s in this process", command_id, command.name)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await spec.run(dict(command.args))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.commands_handled.labels(command.name, "error").inc()
+            log.exception("command %s (%s) failed", command_id, command.name)
+        else:
+            self.metrics.commands_handled.labels(command.name, "ok").inc()
+        finally:
+            self.metrics.command_seconds.labels(command.name).observe(loop.time() - started)
+
+    async def drain(self, timeout: float) -> None:
+        """Readiness off, streams told to reconnect elsewhere, accepted commands finished."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d open streams", len(self.streams))
+        for stream in list(self.streams):
+            stream.sub.notify()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.streams:
+            self.streams_gone.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.streams_gone.wait(), timeout)
+        await self.bus.close(max(0.0, deadline - loop.time()))
+
+    def stream_closed(self, stream: Stream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self.streams_gone.set()
+
+    async def shutdown(self) -> None:
+        if self._fanout is not None:
+            await self._fanout.close()
+        if not self.draining:
+            self.draining = True
+            await self.bus.close(self.settings.server.graceful_timeout)
+
+    def info(self) -> dict[str, Any]:
+        return {"commands": sorted(self.commands), "views": sorted(self.views)}

@@ -1,0 +1,92 @@
+"""Hypercorn configuration and the serve loop, with a shutdown the gateway owns.
+
+Hypercorn's own signal handling would give endless streams only ``graceful_timeout`` and then cut them. Here
+SIGTERM/SIGINT first *drain* the gateway (readiness 503, streams told to reconnect and closed, accepted commands
+finished) and only then let Hypercorn stop listening, so its graceful phase finds nothing left to cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING, Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from gateway.config import Settings
+
+if TYPE_CHECKING:
+    from gateway.api import Gateway
+
+log = logging.getLogger("gateway")
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """The Hypercorn ``Config`` for these settings: plain + TLS listeners over TCP, HTTP/3 over UDP."""
+    server = settings.server
+    config = Config()
+    tls = bool(server.certfile and server.keyfile)
+    if tls:
+        config.certfile = server.certfile
+        config.keyfile = server.keyfile
+        config.bind = [server.tls_bind] if server.tls_bind else []
+        config.insecure_bind = [server.bind] if server.bind else []
+        config.quic_bind = [server.quic_bind] if server.quic_bind else []
+        if not config.bind:  # Hypercorn needs a secure bind for its TLS context; plain-only is handled below
+            config.bind, config.insecure_bind = config.insecure_bind, []
+            config.certfile = config.keyfile = None
+    else:
+        config.bind = [server.bind] if server.bind else []
+    if not config.bind:
+        raise ValueError("nothing to listen on: set server.bind or server.tls_bind")
+    config.alpn_protocols = ["h2", "http/1.1"]
+    # A stream lives as long as its client: no read timeout, no worker recycling.
+    config.read_timeout = None
+    config.max_requests = None
+    config.graceful_timeout = server.graceful_timeout
+    config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
+    config.include_server_header = False
+    config.loglevel = server.log_level.upper()
+    # Hypercorn's loggers go through logging (one format, one handler), not straight to stderr.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.accesslog = logging.getLogger("hypercorn.access") if server.access_log else None
+    return config
+
+
+def listening(settings: Settings) -> list[str]:
+    """Human-readable listeners, for the start-up log line."""
+    s = settings.server
+    tls = bool(s.certfile and s.keyfile)
+    urls = [f"http://{s.bind} (HTTP/1.1, h2c)"] if s.bind else []
+    if tls and s.tls_bind:
+        urls.append(f"https://{s.tls_bind} (HTTP/1.1, h2)")
+    if tls and s.quic_bind:
+        urls.append(f"https://{s.quic_bind} over UDP (HTTP/3)")
+    return urls
+
+
+async def serve(gateway: Gateway, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and stop."""
+    gateway.configure(settings)
+    config = hypercorn_config(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("signal received: draining for up to %.1f s", settings.server.graceful_timeout)
+        await gateway.drain()
+
+    if (settings.server.certfile and not settings.server.keyfile) or (settings.server.keyfile and not (
+        settings.server.certfile
+    )):
+        raise ValueError("certfile and keyfile go together")
+    for url in listening(settings):
+        log.info("listening on %s", url)
+    app: Any = gateway
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    log.info("stopped")

@@ -1,0 +1,382 @@
+"""The per-connection SSE responder: mailbox -> encoder -> ASGI ``send``, with a write deadline.
+
+Each stream is one task (the ASGI request) plus a tiny watcher task that reads ``receive()`` to learn about the
+client going away: Hypercorn reports a disconnect there, not by failing ``send``. The writer sleeps on one
+``asyncio.Event`` that fan-out, the watcher, the heartbeat clock and a drain all set, so a stream with nothing to
+say costs no CPU.
+
+Every frame goes through the connection's encoder with a flush, so each event (and each heartbeat) is decodable by
+the client the moment it arrives. A write that takes longer than ``sse.write_timeout`` ends the stream: a client
+that does not read must not hold memory hostage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from gateway.core.encoders import StreamEncoder, create_encoder, negotiate
+from gateway.core.errors import BadRequest, GatewayError, Unavailable
+from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
+from gateway.core.sse import Event, comment, parse_last_event_id, retry_frame
+from gateway.core.stream_state import StreamStateMachine, Transition
+from gateway.core.versions import VersionKey, try_version_key
+from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
+from gateway.web.fanout import Frame, Subscriber, ViewChannel, hub_event_id, hub_frame
+from gateway.web.runtime import Runtime, ViewSpec
+
+log = logging.getLogger("gateway.streams")
+
+_HEARTBEAT = comment("")
+
+
+class StreamClosed(Exception):
+    """The stream cannot continue (client gone, write deadline passed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class Stream:
+    """One open SSE response."""
+
+    runtime: Runtime
+    kind: str
+    request: StreamRequest
+    send: Send
+    encoder: StreamEncoder
+    sub: Subscriber
+    state: StreamStateMachine = field(default_factory=StreamStateMachine)
+    disconnected: bool = False
+    last_key: VersionKey | None = None
+    _watcher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, runtime: Runtime, kind: str, scope: Scope, send: Send) -> Stream:
+        request = StreamRequest.from_scope(scope)
+        settings = runtime.settings.compression
+        name = negotiate(request.headers.get("accept-encoding"), settings.encodings)
+        encoder = create_encoder(name, runtime.codec)
+        return cls(runtime, kind, request, send, encoder, Subscriber(asyncio.Event()))
+
+    @property
+    def last_event_id(self) -> str | None:
+        return parse_last_event_id(
+            self.request.headers.get("last-event-id") or self.request.arg("lastEventId")
+        )
+
+    async def start(self, receive: Receive, first: bytes) -> None:
+        """Send the headers and the first frames together, then watch for the client leaving."""
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            (b"vary", b"accept-encoding"),
+        ]
+        if self.encoder.name != "identity":
+            headers.append((b"content-encoding", self.encoder.name.encode()))
+        self.state.handle(Transition.START)
+        metrics = self.runtime.metrics
+        metrics.streams_opened.labels(self.kind, self.encoder.name).inc()
+        metrics.streams_active.labels(self.kind).inc()
+        self.runtime.streams.add(self)
+        self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.write(first, events=0)
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                self.sub.notify()
+                return
+
+    async def _send(self, message: dict[str, object]) -> None:
+        try:
+            async with asyncio.timeout(self.runtime.settings.sse.write_timeout):
+                await self.send(message)
+        except TimeoutError:
+            raise StreamClosed("write_timeout") from None
+        except (OSError, RuntimeError) as exc:  # the transport is gone under us
+            raise StreamClosed("send_failed") from exc
+
+    async def write(self, frames: bytes, *, events: int) -> None:
+        encoded = self.encoder.encode_flush(frames)
+        await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        metrics = self.runtime.metrics
+        name = self.encoder.name
+        metrics.bytes_in.labels(self.kind, name).inc(len(frames))
+        metrics.bytes_out.labels(self.kind, name).inc(len(encoded))
+        if events:
+            metrics.events_sent.labels(self.kind).inc(events)
+
+    async def wait(self, heartbeat_at: float) -> bool:
+        """Sleep until woken (True) or until the heartbeat is due (False)."""
+        wake = self.sub.wake
+        if not wake.is_set():
+            delay = heartbeat_at - time.monotonic()
+            if delay <= 0:
+                return False
+            try:
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+            except TimeoutError:
+                return False
+        wake.clear()
+        return True
+
+    async def heartbeat(self) -> None:
+        await self.write(_HEARTBEAT, events=0)
+        self.runtime.metrics.heartbeats_sent.inc()
+
+    async def finish(self, reason: str) -> None:
+        """Close the response: a drain first tells the client when to come back (jittered, so reconnects spread)."""
+        if self.state.live and not self.disconnected:
+            self.state.handle(Transition.DRAIN)
+            with contextlib.suppress(StreamClosed):
+                if reason == "drain":
+                    base = self.runtime.settings.sse.retry
+                    await self.write(retry_frame(int(base + random.uniform(0, base))) + comment("draining"),
+                                     events=0)
+                tail = self.encoder.finish()
+                await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if not self.state.live and self.state.state.value == "closed":
+            return
+        was_started = self.state.state.value in ("streaming", "draining")
+        self.state.handle(Transition.CLOSE)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if was_started:
+            self.runtime.stream_closed(self)
+            self.runtime.metrics.streams_active.labels(self.kind).dec()
+            self.runtime.metrics.streams_closed.labels(self.kind, reason).inc()
+
+
+async def _refuse_if_draining(runtime: Runtime, kind: str, send: Send) -> bool:
+    if runtime.draining:
+        runtime.metrics.streams_refused.labels(kind, "draining").inc()
+        await send_error(send, Unavailable("the gateway is shutting down; reconnect elsewhere", 2))
+        return True
+    return False
+
+
+async def serve_view(runtime: Runtime, spec: ViewSpec, scope: Scope, receive: Receive, send: Send) -> None:
+    """A persistent query: the complete state now, then the latest state after every change."""
+    if await _refuse_if_draining(runtime, "view", send):
+        return
+    channel: ViewChannel = runtime.fanout.views[spec.path]
+    stream = Stream.open(runtime, "view", scope, send)
+    stream.sub.view_box = ConflatingMailbox()
+    runtime.fanout.attach_view(channel, stream.sub)
+    reason = "client_closed"
+    try:
+        try:
+            frame = await channel.snapshot(runtime.metrics)
+            if frame.data is None:
+                frame = await _render_for(spec, stream.request, frame, runtime)
+        except Exception:
+            runtime.metrics.streams_refused.labels("view", "render_failed").inc()
+            await send_error(send, GatewayError(f"the view {spec.path} failed to render; see the server log"))
+            return
+        first = retry_frame(runtime.settings.sse.retry)
+        if stream.last_event_id != frame.version:
+            first += frame.data or b""
+            events = 1
+        else:
+            events = 0  # the client already holds this version: nothing until the next change
+        stream.last_key = frame.key
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await stream.start(receive, first)
+        if events:
+            runtime.metrics.events_sent.labels("view").inc()
+        reason = await _view_loop(runtime, spec, stream)
+    except StreamClosed as exc:
+        reason = exc.reason
+    except asyncio.CancelledError:
+        reason = "cancelled"
+        raise
+    finally:
+        runtime.fanout.detach_view(channel, stream.sub)
+        if reason in ("drain", "client_closed") and not stream.disconnected:
+            await stream.finish(reason)
+        else:
+            stream.close("client_closed" if stream.disconnected else reason)
+
+
+async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runtime: Runtime) -> Frame:
+    """Render a per-request view (it receives the request) for ``frame.version``."""
+    assert spec.per_request_render is not None
+    try:
+        html = await spec.per_request_render(request)
+    except Exception:
+        runtime.metrics.renders.labels(spec.path, "error").inc()
+        log.exception("view %s failed to render for a request", spec.path)
+        raise
+    runtime.metrics.renders.labels(spec.path, "ok").inc()
+    return Frame(frame.key, frame.version, Event(data=html, id=frame.version).encode())
+
+
+async def _view_loop(runtime: Runtime, spec: ViewSpec, stream: Stream) -> str:
+    box = stream.sub.view_box
+    assert box is not None
+    interval = runtime.settings.sse.heartbeat
+    heartbeat_at = time.monotonic() + interval
+    while True:
+        woke = await stream.wait(heartbeat_at)
+        if stream.disconnected:
+            return "client_closed"
+        if runtime.draining:
+            return "drain"
+        if not woke:
+            await stream.heartbeat()
+            heartbeat_at = time.monotonic() + interval
+            continue
+        frame = box.take()
+        if frame is None or (stream.last_key is not None and frame.key <= stream.last_key):
+            continue  # an older version than the one already sent: converge, never go back
+        if frame.data is None:
+            try:
+                frame = await _render_for(spec, stream.request, frame, runtime)
+            except Exception:
+                continue  # keep the stream; the next change tries again
+        await stream.write(frame.data or b"", events=1)
+        stream.last_key = frame.key
+        heartbeat_at = time.monotonic() + interval
+
+
+async def serve_hub(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /hub/subscribe?topic=a&topic=b``: published events, with replay after Last-Event-ID."""
+    if await _refuse_if_draining(runtime, "hub", send):
+        return
+    stream = Stream.open(runtime, "hub", scope, send)
+    try:
+        topics = _topics(stream.request, runtime.settings.hub.max_topics)
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("hub", exc.code).inc()
+        await send_error(send, exc)
+        return
+    hub = runtime.settings.hub
+    box: BoundedMailbox[Frame] = BoundedMailbox(Limits(hub.max_buffered_events, hub.max_buffered_bytes))
+    stream.sub.hub_box = box
+    runtime.fanout.attach_hub(topics, stream.sub)
+    reason = "client_closed"
+    try:
+        first = retry_frame(runtime.settings.sse.retry)
+        replayed = 0
+        last_id = stream.last_event_id
+        if last_id is not None:
+            replay, stream.last_key = await _replay(runtime, topics, last_id)
+            first += replay[0]
+            replayed = replay[1]
+        else:
+            head = await runtime.bus_head()
+            stream.last_key = try_version_key(head)
+        await stream.start(receive, first)
+        if replayed:
+            runtime.metrics.events_sent.labels("hub").inc(replayed)
+        reason = await _hub_loop(runtime, stream, box)
+    except StreamClosed as exc:
+        reason = exc.reason
+    except asyncio.CancelledError:
+        reason = "cancelled"
+        raise
+    finally:
+        runtime.fanout.detach_hub(topics, stream.sub)
+        if reason in ("drain", "client_closed", "slow_consumer") and not stream.disconnected:
+            await stream.finish("drain" if reason == "slow_consumer" else reason)
+        stream.close("client_closed" if stream.disconnected else reason)
+
+
+def _topics(request: StreamRequest, limit: int) -> tuple[str, ...]:
+    topics = tuple(dict.fromkeys(request.query.get("topic", [])))
+    if not topics:
+        raise BadRequest("name at least one topic: /hub/subscribe?topic=NAME")
+    if len(topics) > limit:
+        raise BadRequest(f"at most {limit} topics per subscription, got {len(topics)}")
+    for topic in topics:
+        check_topic(topic)
+    return topics
+
+
+def check_topic(topic: str) -> None:
+    """Topics are 1-256 visible ASCII characters (they become bus keys and must never inject anything)."""
+    if not 1 <= len(topic) <= 256 or not all(33 <= ord(ch) <= 126 for ch in topic):
+        raise BadRequest(f"invalid topic {topic!r}: use 1-256 visible ASCII characters")
+
+
+async def _replay(
+    runtime: Runtime, topics: tuple[str, ...], last_id: str
+) -> tuple[tuple[bytes, int], VersionKey]:
+    """Frames after ``last_id`` from the history, preceded by a ``gap`` event when some are gone."""
+    after_key = try_version_key(last_id)
+    found, gaps = await runtime.bus.history(topics, None)
+    after: str | None = None
+    reason: str | None = None
+    # A publisher-chosen id is found by looking it up; a bus version is used as it is.
+    for item in found:
+        if hub_event_id(item) == last_id:
+            after = item.version
+            break
+    if after is None and after_key is not None:
+        after = last_id
+        found, gaps = await runtime.bus.history(topics, after)
+        if gaps:
+            reason = "history_evicted"
+    elif after is None:
+        reason = "unknown_last_event_id"
+    else:
+        found, gaps = await runtime.bus.history(topics, after)
+    frames: list[bytes] = []
+    if reason is not None:
+        data = orjson.dumps({"reason": reason, "lastEventId": last_id}).decode()
+        frames.append(Event(data=data, event="gap").encode())
+    last_key = try_version_key(after) or (0, 0)
+    for item in found:
+        frame = hub_frame(item)
+        frames.append(frame.data or b"")
+        last_key = max(last_key, frame.key)
+    if not found:
+        head = try_version_key(await runtime.bus_head())
+        last_key = max(last_key, head or (0, 0))
+    return (b"".join(frames), len(frames)), last_key
+
+
+async def _hub_loop(runtime: Runtime, stream: Stream, box: BoundedMailbox[Frame]) -> str:
+    interval = runtime.settings.sse.heartbeat
+    heartbeat_at = time.monotonic() + interval
+    while True:
+        woke = await stream.wait(heartbeat_at)
+        if stream.disconnected:
+            return "client_closed"
+        if runtime.draining:
+            return "drain"
+        if stream.sub.overflowed:
+            log.info("hub subscriber at %s cut off: %d events queued", stream.request.client, len(box))
+            return "slow_consumer"
+        if not woke:
+            await stream.heartbeat()
+            heartbeat_at = time.monotonic() + interval
+            continue
+        frames = [f for f in box.take_all() if stream.last_key is None or f.key > stream.last_key]
+        if not frames:
+            continue
+        # Coalesce everything pending into one write: one encoder flush and one send for the batch.
+        await stream.write(b"".join(f.data or b"" for f in frames), events=len(frames))
+        stream.last_key = frames[-1].key
+        heartbeat_at = time.monotonic() + interval

@@ -1,0 +1,1 @@
+"""Clients and browser helpers that let tests talk to a real server over real sockets."""
