@@ -16,6 +16,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from gateway.config import Settings
+from gateway.web import hypercorn_fixes
 
 if TYPE_CHECKING:
     from gateway.api import Gateway
@@ -71,6 +72,9 @@ async def serve(gateway: Gateway, settings: Settings, *, ready: asyncio.Event | 
     """Serve until SIGTERM/SIGINT, then drain and stop."""
     gateway.configure(settings)
     config = hypercorn_config(settings)
+    applied = hypercorn_fixes.apply()
+    if applied:
+        log.debug("hypercorn fixes applied: %s", ", ".join(applied))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -81,6 +81,22 @@ class H3StreamReset(H3Error):
         self.error_code = error_code
 
 
+@asynccontextmanager
+async def _deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """``asyncio.timeout`` whose error says what was awaited, so a failing test explains itself.
+
+    Only our own expiry is reworded; a TimeoutError from an inner, shorter deadline passes through unchanged.
+    """
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if timeout.expired():
+            raise TimeoutError(f"{what} within {seconds}s") from None
+        raise
+
+
 def _header_value(headers: list[tuple[str, str]], name: str) -> str | None:
     """Return the first value of ``name``; shared by responses and streams so lookups behave the same."""
     wanted = name.lower()
@@ -165,6 +181,12 @@ class _Exchange:
         self.items.put_nowait(error)
 
 
+def _retrieve_outcome(future: asyncio.Future[None]) -> None:
+    """Mark a future's exception as seen, for futures whose outcome no longer matters."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _H3Protocol(QuicConnectionProtocol):
     """Routes the HTTP/3 events of one connection to the exchange waiting on each stream.
 
@@ -197,6 +219,19 @@ class _H3Protocol(QuicConnectionProtocol):
         for http_event in self.http.handle_event(event):
             self._route(http_event)
 
+    async def wait_connected(self) -> None:
+        """Wait for the handshake; on cancellation (our timeout) keep aioquic's waiter from logging noise.
+
+        aioquic shields its waiter future, so a cancelled wait leaves it pending; the ConnectionTerminated that
+        follows sets a ConnectionError nobody retrieves, and asyncio logs "exception was never retrieved".
+        """
+        try:
+            await super().wait_connected()
+        except asyncio.CancelledError:
+            if self._connected_waiter is not None:
+                self._connected_waiter.add_done_callback(_retrieve_outcome)
+            raise
+
     def transmit(self) -> None:
         """Send nothing once abandoned: a vanished client must stay silent."""
         if not self.abandoned:
@@ -211,8 +246,7 @@ class _H3Protocol(QuicConnectionProtocol):
 
     def open_exchange(self, headers: _RawHeaders, body: bytes) -> _Exchange:
         """Send a request on a new stream and return the exchange that will receive the response."""
-        if self.closed_error is not None:
-            raise self.closed_error
+        self.raise_if_closed()
         stream_id = self._quic.get_next_available_stream_id()
         exchange = _Exchange(stream_id)
         self.exchanges[stream_id] = exchange
@@ -244,6 +278,11 @@ class _H3Protocol(QuicConnectionProtocol):
         self._fail_all(H3ConnectionClosed(error_code, "closed by the client"))
         if self.datagram_transport is not None:
             self.datagram_transport.close()
+
+    def raise_if_closed(self) -> None:
+        """Raise a fresh H3ConnectionClosed (one per call, so tracebacks do not pile up on one object)."""
+        if self.closed_error is not None:
+            raise H3ConnectionClosed(self.closed_error.error_code, self.closed_error.reason)
 
     def _route(self, event: H3Event) -> None:
         """Hand one HTTP/3 event to its exchange; events for forgotten streams are dropped."""
@@ -312,7 +351,7 @@ class H3Stream:
                 raise self._outcome
             if self._outcome is not None:
                 return
-            async with asyncio.timeout(limit):
+            async with _deadline(limit, f"stream {self.stream_id}: no data"):
                 item = await self._exchange.items.get()
             if isinstance(item, bytes):
                 yield item
@@ -376,7 +415,7 @@ class H3Client:
             return self._protocol
 
         try:
-            async with asyncio.timeout(self._timeout):
+            async with _deadline(self._timeout, f"no QUIC handshake with {self.authority}"):
                 connection = connect(self.host, self.port, configuration=configuration, create_protocol=create_protocol)
                 await self._stack.enter_async_context(connection)
         except ConnectionError as exc:
@@ -394,7 +433,7 @@ class H3Client:
             return
         protocol.close(error_code=ErrorCode.H3_NO_ERROR)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with _deadline(self._timeout, f"QUIC connection to {self.authority} did not close"):
                 await self._stack.aclose()
         except TimeoutError:
             protocol.abandon(ErrorCode.H3_NO_ERROR, silent=True)
@@ -426,7 +465,7 @@ class H3Client:
         protocol = self._require_protocol()
         exchange = protocol.open_exchange(self._request_headers(method, path, headers, body), body)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with _deadline(self._timeout, f"{method} {path}: no complete response"):
                 status, raw_headers = await exchange.head
                 stream = H3Stream(protocol, exchange, status, raw_headers, self._timeout)
                 content = await stream.aread()
@@ -446,7 +485,7 @@ class H3Client:
         protocol = self._require_protocol()
         exchange = protocol.open_exchange(self._request_headers(method, path, headers, body), body)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with _deadline(self._timeout, f"{method} {path}: no response headers"):
                 status, raw_headers = await exchange.head
             yield H3Stream(protocol, exchange, status, raw_headers, self._timeout)
         finally:
@@ -456,8 +495,7 @@ class H3Client:
         """Return the live protocol, or say clearly that the client is not connected (any more)."""
         if self._protocol is None:
             raise RuntimeError("H3Client is not connected: use it as `async with H3Client(...) as client`")
-        if self._protocol.closed_error is not None:
-            raise self._protocol.closed_error
+        self._protocol.raise_if_closed()
         return self._protocol
 
     def _request_headers(self, method: str, path: str, headers: HeaderInput | None, body: bytes) -> _RawHeaders:

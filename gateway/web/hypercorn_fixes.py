@@ -1,0 +1,104 @@
+"""Corrections to Hypercorn defects that hurt a streaming gateway, applied once at start-up, version-guarded.
+
+Each fix names the defect, the versions it was verified against, and is skipped (with a warning) on any other
+version, so an upgrade cannot silently combine a changed upstream with a stale patch.
+
+1. **QUIC listener blocks shutdown** (0.18.0): ``UDPServer.run`` loops ``while not terminated or not idle`` but
+   sleeps in ``protocol_queue.get()``; once the worker is terminated nothing wakes it unless a datagram happens
+   to arrive, so every shutdown with ``quic_bind`` waits out the whole ``graceful_timeout``. The fix puts one
+   empty datagram on the queue when termination is signalled; the QUIC protocol discards it as an unparsable
+   header, and the loop re-checks its condition.
+2. **HTTP/3 disconnects never reach the app** (0.18.0 with aioquic 1.x): ``H3Protocol.handle`` hands
+   ``ConnectionTerminated``, ``StreamReset`` and ``StopSendingReceived`` to aioquic's H3 layer, which turns them
+   into no HTTP event, so the ASGI app never receives ``http.disconnect``: when a browser tab closes, its
+   streams, their tasks and their mailboxes live on. The fix closes the affected Hypercorn streams (which sends
+   ``http.disconnect``) and drops later sends to them instead of writing into a dead connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import version
+from typing import Any
+
+log = logging.getLogger("gateway.hypercorn")
+
+VERIFIED = ("0.18.0",)
+_applied = False
+
+
+def apply() -> list[str]:
+    """Install the fixes for this Hypercorn version; returns the names of those applied."""
+    global _applied
+    current = version("hypercorn")
+    if current not in VERIFIED:
+        log.warning("hypercorn %s is not one the gateway's fixes were verified on (%s); not applying them",
+                    current, ", ".join(VERIFIED))
+        return []
+    names = ["quic_shutdown_wake", "h3_disconnects"]
+    if _applied:
+        return names
+    _fix_quic_shutdown()
+    _fix_h3_disconnects()
+    _applied = True
+    return names
+
+
+def _fix_quic_shutdown() -> None:
+    from hypercorn.asyncio.udp_server import UDPServer
+    from hypercorn.events import RawData
+
+    original = UDPServer.run
+
+    async def run(self: Any) -> None:
+        async def wake_on_terminate() -> None:
+            await self.context.terminated.wait()
+            try:
+                self.protocol_queue.put_nowait(RawData(data=b"", address=("0.0.0.0", 0)))
+            except asyncio.QueueFull:
+                pass  # the loop is busy and will re-check its condition anyway
+
+        waker = asyncio.ensure_future(wake_on_terminate())
+        try:
+            await original(self)
+        finally:
+            waker.cancel()
+
+    UDPServer.run = run  # type: ignore[method-assign]
+
+
+def _fix_h3_disconnects() -> None:
+    from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
+    from hypercorn.protocol import events as hev
+    from hypercorn.protocol.h3 import H3Protocol
+
+    original_handle = H3Protocol.handle
+    original_send = H3Protocol.stream_send
+    outgoing = (hev.Response, hev.InformationalResponse, hev.Body, hev.Data, hev.EndBody, hev.EndData,
+                hev.Trailers)
+
+    async def close_stream(self: Any, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            await stream.handle(hev.StreamClosed(stream_id=stream_id))
+
+    async def handle(self: Any, quic_event: Any) -> None:
+        if isinstance(quic_event, ConnectionTerminated):
+            self.gateway_terminated = True
+            for stream_id in list(self.streams):
+                await close_stream(self, stream_id)
+            return
+        if isinstance(quic_event, (StreamReset, StopSendingReceived)):
+            await close_stream(self, quic_event.stream_id)
+        await original_handle(self, quic_event)
+
+    async def stream_send(self: Any, event: Any) -> None:
+        if isinstance(event, outgoing) and (
+            getattr(self, "gateway_terminated", False) or event.stream_id not in self.streams
+        ):
+            return  # the peer is gone: nothing to write to
+        await original_send(self, event)
+
+    H3Protocol.handle = handle  # type: ignore[method-assign]
+    H3Protocol.stream_send = stream_send  # type: ignore[method-assign]
