@@ -13,11 +13,17 @@ version, so an upgrade cannot silently combine a changed upstream with a stale p
    into no HTTP event, so the ASGI app never receives ``http.disconnect``: when a browser tab closes, its
    streams, their tasks and their mailboxes live on. The fix closes the affected Hypercorn streams (which sends
    ``http.disconnect``) and drops later sends to them instead of writing into a dead connection.
+3. **h2 connection torn down by an early response** (0.18.0): when the app answers before reading the whole
+   request body (every 404, 405, 413 or 415), a DATA frame that arrives afterwards hits a stream Hypercorn has
+   already forgotten; ``KeyError`` escapes and the *whole connection* dies, with every SSE stream the browser
+   multiplexed on it. Hypercorn guards ``StreamEnded`` for exactly this case but not ``DataReceived``. The fix
+   acknowledges such data (so the connection's flow-control window is not leaked) and drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from importlib.metadata import version
 from typing import Any
@@ -36,11 +42,12 @@ def apply() -> list[str]:
         log.warning("hypercorn %s is not one the gateway's fixes were verified on (%s); not applying them",
                     current, ", ".join(VERIFIED))
         return []
-    names = ["quic_shutdown_wake", "h3_disconnects"]
+    names = ["quic_shutdown_wake", "h3_disconnects", "h2_late_data"]
     if _applied:
         return names
     _fix_quic_shutdown()
     _fix_h3_disconnects()
+    _fix_h2_late_data()
     _applied = True
     return names
 
@@ -54,10 +61,9 @@ def _fix_quic_shutdown() -> None:
     async def run(self: Any) -> None:
         async def wake_on_terminate() -> None:
             await self.context.terminated.wait()
-            try:
+            # A full queue means the loop is busy and will re-check its condition anyway.
+            with contextlib.suppress(asyncio.QueueFull):
                 self.protocol_queue.put_nowait(RawData(data=b"", address=("0.0.0.0", 0)))
-            except asyncio.QueueFull:
-                pass  # the loop is busy and will re-check its condition anyway
 
         waker = asyncio.ensure_future(wake_on_terminate())
         try:
@@ -102,3 +108,28 @@ def _fix_h3_disconnects() -> None:
 
     H3Protocol.handle = handle  # type: ignore[method-assign]
     H3Protocol.stream_send = stream_send  # type: ignore[method-assign]
+
+
+def _fix_h2_late_data() -> None:
+    import h2.events
+    from hypercorn.protocol.h2 import H2Protocol
+
+    original = H2Protocol._handle_events
+
+    async def _handle_events(self: Any, events: list[Any]) -> None:
+        # Whether a stream is known can only be judged after the events before it in the batch were handled
+        # (HEADERS and DATA of one request often arrive together), so the batch is cut at each DATA frame.
+        pending: list[Any] = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                if pending:
+                    await original(self, pending)
+                    pending = []
+                if event.stream_id not in self.streams:
+                    # Response already sent: give the window back and forget the data.
+                    self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    continue
+            pending.append(event)
+        await original(self, pending)
+
+    H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]

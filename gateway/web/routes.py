@@ -61,7 +61,7 @@ class HubEvent(pydantic.BaseModel):
 
 def build_quart(runtime: Runtime, *, static_folder: str | None = None, name: str = "gateway") -> Quart:
     app = Quart(name, static_folder=static_folder, static_url_path="/static" if static_folder else None)
-    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.commands.max_body
+    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.commands.max_body + LINGER_BYTES
     app.config["JSON_SORT_KEYS"] = False
 
     @app.errorhandler(GatewayError)
@@ -156,20 +156,38 @@ def _json(value: Any, status: int = 200) -> Response:
     return response
 
 
+LINGER_BYTES = 1024 * 1024
+
+
 async def _json_body(runtime: Runtime) -> bytes:
-    """Headers judged first (415), then size (413), then syntax and shape (400)."""
+    """Headers judged first (415), then size (413), then syntax and shape (400).
+
+    An over-limit body is still read, and discarded, up to ``LINGER_BYTES`` more: an HTTP/1.1 server that answers
+    413 and closes while the client is still uploading makes the kernel reset the connection, and the client
+    then sees a reset instead of the 413 it should be told about.
+    """
     limits = runtime.settings.commands
     length = request.content_length
     jsonbody.check_headers(
         request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), empty=length == 0
     )
-    if length is not None:
-        jsonbody.check_size(length, limits.max_body)
-    body = await request.get_data(cache=False, as_text=False)
-    assert isinstance(body, bytes)
-    jsonbody.check_size(len(body), limits.max_body)
-    jsonbody.parse_object(body, max_depth=limits.max_depth)
-    return body
+    if length is not None and length > limits.max_body + LINGER_BYTES:
+        jsonbody.check_size(length, limits.max_body)  # too large to be worth reading: refuse from the header
+    body = bytearray()
+    received = 0
+    try:
+        async for chunk in request.body:
+            received += len(chunk)
+            if received <= limits.max_body:
+                body += chunk
+    except HTTPException as exc:
+        if exc.code != 413:
+            raise
+        received = max(received, limits.max_body + LINGER_BYTES)
+    jsonbody.check_size(received, limits.max_body)
+    data = bytes(body)
+    jsonbody.parse_object(data, max_depth=limits.max_depth)
+    return data
 
 
 def _command_view(runtime: Runtime, spec: CommandSpec) -> Any:
