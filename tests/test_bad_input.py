@@ -74,8 +74,10 @@ async def test_bad_input(client: httpx.AsyncClient, name: str, method: str, path
     assert response.headers["content-type"].startswith("application/json")
     payload: dict[str, Any] = response.json()
     assert set(payload) >= {"error", "detail"}
-    assert isinstance(payload["error"], str) and payload["error"]
-    assert isinstance(payload["detail"], str) and payload["detail"]
+    assert isinstance(payload["error"], str)
+    assert payload["error"]
+    assert isinstance(payload["detail"], str)
+    assert payload["detail"]
     if field is not None:
         assert payload["field"] == field
         assert field in payload["detail"]

@@ -64,9 +64,7 @@ def test_negotiate(header: str | None, expected: str) -> None:
     assert negotiate(header) == expected
 
 
-@pytest.mark.parametrize(
-    "header", ["br", "br, gzip", "*", "br;q=1, gzip;q=0.1", "zstd, br", "BR, *;q=0.5"]
-)
+@pytest.mark.parametrize("header", ["br", "br, gzip", "*", "br;q=1, gzip;q=0.1", "zstd, br", "BR, *;q=0.5"])
 def test_preference_without_br_never_yields_br(header: str) -> None:
     """The operator's list of encodings limits the choice whatever the client asks for."""
     preference = ("zstd", "gzip", "identity")
@@ -93,6 +91,7 @@ def test_parse_accept_encoding() -> None:
 
 
 # --- every flush decodes completely -----------------------------------------------------------------------
+
 
 class _StreamDecoder:
     """The client side of one connection: a standard streaming decoder for one content coding."""
@@ -129,11 +128,7 @@ class _StreamDecoder:
 # (encoding, settings) pairs: every registered encoder with a spread of its own tuning. Brotli gets the full
 # quality x window grid because its window is the feature the gateway is built around.
 _CASES: list[tuple[str, CodecSettings]] = [
-    *(
-        ("br", CodecSettings(brotli_quality=q, brotli_lgwin=w))
-        for q in (0, 4, 11)
-        for w in (10, 16, 22)
-    ),
+    *(("br", CodecSettings(brotli_quality=q, brotli_lgwin=w)) for q in (0, 4, 11) for w in (10, 16, 22)),
     ("gzip", CodecSettings(gzip_level=1, gzip_wbits=9)),
     ("gzip", CodecSettings(gzip_level=6)),
     ("gzip", CodecSettings(gzip_level=9, gzip_wbits=15)),

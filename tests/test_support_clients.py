@@ -35,7 +35,8 @@ SECONDS: Final = 1.0
 STEP: Final = 0.05 * SECONDS
 """Pause between the chunks of a timed stream: long enough to be seen, short enough to keep tests fast."""
 GRACEFUL: Final = 0.5 * SECONDS
-"""Hypercorn's graceful_timeout here: its QUIC server task only stops when this runs out (see stop())."""
+"""Hypercorn's graceful_timeout here. Over HTTP/3 Hypercorn never tells a handler that its client left, so a
+handler still waiting (an SSE stream) is only cancelled when this runs out at shutdown."""
 BOUND: Final = 10 * SECONDS
 """Upper bound for any single wait in these tests."""
 
@@ -238,8 +239,20 @@ async def wait_until_listening(port: int, task: asyncio.Task[None]) -> None:
             return
 
 
+def wake_quic_server(port: int) -> None:
+    """Send a junk datagram so Hypercorn's QUIC loop notices the shutdown now.
+
+    ``UDPServer.run`` checks "terminated and no QUIC connections left" only after each datagram it receives;
+    without one it sits in ``queue.get()`` until ``graceful_timeout`` cancels it, so every stop would cost
+    the full graceful timeout. The datagram is too short to be a QUIC packet and is dropped; the caller
+    repeats it until Hypercorn has stopped, as the first may arrive before Hypercorn marked itself terminated.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b"\0", ("127.0.0.1", port))
+
+
 @pytest_asyncio.fixture
-async def server(cert_files: CertFiles) -> AsyncIterator[Server]:
+async def probe_server(cert_files: CertFiles) -> AsyncIterator[Server]:
     """Serve ``ProbeApp`` with Hypercorn on 127.0.0.1: TLS (h2, HTTP/1.1) and QUIC (h3) on one port number."""
     port = free_port()
     config = Config()
@@ -258,6 +271,9 @@ async def server(cert_files: CertFiles) -> AsyncIterator[Server]:
     finally:
         stop.set()
         async with asyncio.timeout(GRACEFUL + BOUND):
+            while not task.done():
+                wake_quic_server(port)
+                await asyncio.wait({task}, timeout=0.02)
             await task
 
 
@@ -265,21 +281,21 @@ async def server(cert_files: CertFiles) -> AsyncIterator[Server]:
 
 
 @pytest.mark.asyncio
-async def test_h3_post_echoes_body_and_authority(server: Server) -> None:
-    async with H3Client("127.0.0.1", server.port, verify=False) as client:
+async def test_h3_post_echoes_body_and_authority(probe_server: Server) -> None:
+    async with H3Client("127.0.0.1", probe_server.port, verify=False) as client:
         response = await client.request("POST", "/echo", headers={"Content-Type": "text/plain"}, body=b"hello")
     assert response.status == 200
     assert response.body == b"hello"
     assert response.header("x-http-version") == "3"
-    assert response.header("X-Host") == server.origin
+    assert response.header("X-Host") == probe_server.origin
     assert all(name == name.lower() for name, _ in response.headers)
 
 
 @pytest.mark.asyncio
-async def test_h3_stream_delivers_each_chunk_before_the_next_is_sent(server: Server) -> None:
+async def test_h3_stream_delivers_each_chunk_before_the_next_is_sent(probe_server: Server) -> None:
     """The gated endpoint sends chunk n+1 only after the test has received chunk n: no buffering anywhere."""
     async with (
-        H3Client("127.0.0.1", server.port, verify=False) as client,
+        H3Client("127.0.0.1", probe_server.port, verify=False) as client,
         client.stream("GET", "/stream?n=4&gated=1") as stream,
     ):
         assert stream.status == 200
@@ -287,16 +303,16 @@ async def test_h3_stream_delivers_each_chunk_before_the_next_is_sent(server: Ser
         received = []
         async for chunk in stream.aiter_raw(idle_timeout=2 * SECONDS):
             received.append(chunk)
-            server.app.permits.put_nowait(None)
+            probe_server.app.permits.put_nowait(None)
         assert stream.ended
     assert received == [f"chunk-{n}\n".encode() for n in range(4)]
 
 
 @pytest.mark.asyncio
-async def test_h3_timed_stream_arrives_spread_out(server: Server) -> None:
+async def test_h3_timed_stream_arrives_spread_out(probe_server: Server) -> None:
     loop = asyncio.get_running_loop()
     async with (
-        H3Client("127.0.0.1", server.port, verify=False) as client,
+        H3Client("127.0.0.1", probe_server.port, verify=False) as client,
         client.stream("GET", "/stream?n=4") as stream,
     ):
         arrivals = [(loop.time(), chunk) async for chunk in stream.aiter_raw()]
@@ -305,9 +321,9 @@ async def test_h3_timed_stream_arrives_spread_out(server: Server) -> None:
 
 
 @pytest.mark.asyncio
-async def test_h3_posts_run_while_a_stream_is_open_on_the_same_connection(server: Server) -> None:
+async def test_h3_posts_run_while_a_stream_is_open_on_the_same_connection(probe_server: Server) -> None:
     async with (
-        H3Client("127.0.0.1", server.port, verify=False) as client,
+        H3Client("127.0.0.1", probe_server.port, verify=False) as client,
         client.stream("GET", "/stream?n=2&gated=1") as stream,
     ):
         chunks = stream.aiter_raw()
@@ -318,13 +334,14 @@ async def test_h3_posts_run_while_a_stream_is_open_on_the_same_connection(server
         )
         assert [r.body for r in responses] == [f"command-{n}".encode() for n in range(5)]
         assert not stream.ended
-        server.app.permits.put_nowait(None)
+        probe_server.app.permits.put_nowait(None)
         assert [chunk async for chunk in chunks] == [b"chunk-1\n"]
 
 
 @pytest.mark.asyncio
-async def test_h3_leaving_a_stream_early_cancels_only_that_stream(server: Server) -> None:
-    async with H3Client("127.0.0.1", server.port, verify=False) as client:
+async def test_h3_leaving_a_stream_early_cancels_only_that_stream(probe_server: Server) -> None:
+    """An endless SSE stream is abandoned by leaving its block; the connection must stay usable after."""
+    async with H3Client("127.0.0.1", probe_server.port, verify=False) as client:
         async with client.stream("GET", "/events") as stream:
             assert stream.header("content-type") == "text/event-stream"
             first = await anext(stream.aiter_raw())
@@ -335,8 +352,9 @@ async def test_h3_leaving_a_stream_early_cancels_only_that_stream(server: Server
 
 
 @pytest.mark.asyncio
-async def test_h3_abrupt_close_fails_open_streams_and_later_requests(server: Server) -> None:
-    async with H3Client("127.0.0.1", server.port, verify=False) as client:
+async def test_h3_abrupt_close_fails_open_streams_and_later_requests(probe_server: Server) -> None:
+    """Disconnect tests rely on close() failing loudly on the client side and leaving the server usable."""
+    async with H3Client("127.0.0.1", probe_server.port, verify=False) as client:
         async with client.stream("GET", "/events") as stream:
             await client.close()
             with pytest.raises(H3ConnectionClosed):
@@ -344,16 +362,16 @@ async def test_h3_abrupt_close_fails_open_streams_and_later_requests(server: Ser
         with pytest.raises(H3ConnectionClosed):
             await client.request("GET", "/")
     # The server is unharmed: a new connection works.
-    async with H3Client("127.0.0.1", server.port, verify=False) as client:
+    async with H3Client("127.0.0.1", probe_server.port, verify=False) as client:
         assert (await client.request("GET", "/")).status == 200
 
 
 @pytest.mark.asyncio
-async def test_h3_verification_rejects_unknown_certificate_and_accepts_its_ca(server: Server) -> None:
+async def test_h3_verification_rejects_unknown_certificate_and_accepts_its_ca(probe_server: Server) -> None:
     with pytest.raises(H3Error):
-        async with H3Client("127.0.0.1", server.port, timeout=5 * SECONDS):
+        async with H3Client("127.0.0.1", probe_server.port, timeout=5 * SECONDS):
             pass
-    async with H3Client("localhost", server.port, verify=str(server.cert.cert)) as client:
+    async with H3Client("localhost", probe_server.port, verify=str(probe_server.cert.cert)) as client:
         assert (await client.request("GET", "/")).status == 200
 
 
@@ -369,11 +387,11 @@ def test_launch_args_refuse_quic_without_spki() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["h2", "h3"])
-async def test_chromium_negotiates_and_sees_a_live_sse_stream(server: Server, protocol: str) -> None:
+async def test_chromium_negotiates_and_sees_a_live_sse_stream(probe_server: Server, protocol: str) -> None:
     """Chromium loads the page, its EventSource stays open, and NetworkLog reports the protocol meanwhile."""
     chromium_or_skip()
-    quic = {"quic_origin": server.origin, "spki": spki_hash(server.cert.cert)} if protocol == "h3" else {}
-    url = f"https://{server.origin}/"
+    quic = {"quic_origin": probe_server.origin, "spki": spki_hash(probe_server.cert.cert)} if protocol == "h3" else {}
+    url = f"https://{probe_server.origin}/"
     async with asyncio.timeout(4 * BOUND), launch(**quic) as browser:
         context = await browser.new_context(ignore_https_errors=True)
         page = await context.new_page()
@@ -382,7 +400,7 @@ async def test_chromium_negotiates_and_sees_a_live_sse_stream(server: Server, pr
         document = await log.wait_for_response(url, timeout=BOUND)
         events = await log.wait_for_response("/events", timeout=BOUND)
         await page.wait_for_function("document.querySelectorAll('#events li').length === 3", timeout=BOUND * 1000)
-        assert server.app.open_event_streams == 1, "the SSE stream should still be open"
+        assert probe_server.app.open_event_streams == 1, "the SSE stream should still be open"
         echoed = await page.evaluate("fetch('/echo', {method: 'POST', body: 'from page'}).then(r => r.text())")
         command = await log.wait_for_response("/echo", timeout=BOUND)
         await context.close()
