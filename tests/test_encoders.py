@@ -8,6 +8,7 @@ The two properties the gateway depends on are checked with the *standard* stream
 
 from __future__ import annotations
 
+import random
 import statistics
 import zlib
 from typing import Any
@@ -197,8 +198,6 @@ def _render(done: set[int]) -> str:
     Seeded generation keeps the sizes reproducible; the point is that an encoder can only make a re-render
     small by referring back to the previous render, which needs that render inside its window.
     """
-    import random
-
     rng = random.Random(1234)
     words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(400)]
     rows = []
