@@ -101,6 +101,21 @@ async def test_unknown_last_event_id_gets_a_gap_event_then_the_history(server: S
     assert kept.data == "kept"
 
 
+async def test_last_event_id_ahead_of_the_bus_is_not_trusted(server: Server) -> None:
+    """An id from a previous life of the bus (it was reset) must not make the stream wait for it forever."""
+    topic = _topic()
+    async with httpx.AsyncClient(timeout=10) as client:
+        await publish(client, server.http, topic, "kept")
+        async with subscribe(client, server.http, [topic], "99999999") as reader:
+            gap = await reader.next_event()
+            kept = await reader.next_event()
+            live_id = await publish(client, server.http, topic, "live")
+            live = await reader.next_event()
+    assert json.loads(gap.data)["reason"] == "unknown_last_event_id"
+    assert kept.data == "kept"
+    assert (live.id, live.data) == (live_id, "live")
+
+
 @pytest.fixture(scope="module")
 def small_history(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[Server]:
     """A gateway keeping 5 notifications per topic and no publish token."""

@@ -113,11 +113,6 @@ def test_negative_retry_refused(retry: int) -> None:
         retry_frame(retry)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gateway/core/sse.py Event.__post_init__: isinstance(True, int) holds, so retry=True is "
-    "accepted and encoded as b'retry: True' (a line every client ignores) instead of raising ValueError",
-)
 def test_bool_retry_refused() -> None:
     """``bool`` is an ``int`` subclass; ``CodecSettings`` refuses it for the same reason, so should ``Event``."""
     with pytest.raises(ValueError, match="retry"):
@@ -335,13 +330,6 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
     assert parse(b"data: a\xffb\n\n")[0] == [ParsedEvent("a\ufffdb")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gateway/core/sse.py SSEParser.feed: an empty chunk after a chunk ending in CR clears "
-    "_pending_cr (the 'if self._pending_cr' branch runs with text == ''), so the LF of that CRLF is then "
-    "read as a blank line and dispatches the event early: expected [ParsedEvent('a\\nb')], "
-    "got [ParsedEvent('a'), ParsedEvent('b')]",
-)
 def test_empty_feed_between_cr_and_lf_keeps_the_crlf() -> None:
     """An empty read (``b""``) is a legal chunk for a push parser and must not change the result."""
     assert parse_chunks([b"data: a\r", b"", b"\ndata: b\n\n"]) == [ParsedEvent("a\nb")]

@@ -84,7 +84,10 @@ class Bus(Protocol):
         ...
 
     def subscribe(self, topics: Sequence[str], after: str | None = None) -> AsyncIterator[Notification | Gap]:
-        """History after ``after`` (if given), then live notifications, in version order, until closed."""
+        """History after ``after`` (if given), then live notifications, in version order, until closed.
+
+        Without ``after`` the subscription starts at the moment of this call (not of the first iteration).
+        """
         ...
 
     async def history(self, topics: Sequence[str], after: str | None) -> tuple[list[Notification], list[Gap]]:

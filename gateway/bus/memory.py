@@ -164,12 +164,17 @@ class MemoryBus:
         start = version_key(after)[0] if after is not None else 0
         return self._since(topics, dict.fromkeys(topics, start))
 
-    async def subscribe(
-        self, topics: Sequence[str], after: str | None = None
-    ) -> AsyncIterator[Notification | Gap]:
-        """Async generator over the topics' changes; replays from ``after`` first when given."""
-        wake = asyncio.Event()
+    def subscribe(self, topics: Sequence[str], after: str | None = None) -> AsyncIterator[Notification | Gap]:
+        """The topics' changes; replays from ``after`` first when given.
+
+        "From now" (no ``after``) means from this call, not from the first iteration: a publish between the two
+        is delivered, never silently skipped.
+        """
         start = version_key(after)[0] if after is not None else self._version
+        return self._follow(topics, start)
+
+    async def _follow(self, topics: Sequence[str], start: int) -> AsyncIterator[Notification | Gap]:
+        wake = asyncio.Event()
         cursors = dict.fromkeys(topics, start)
         watched = [self._topic(name) for name in topics]
         for t in watched:

@@ -48,7 +48,9 @@ class Event:
             _check_single_line("event", self.event)
         if self.id is not None:
             _check_single_line("id", self.id)
-        if self.retry is not None and (not isinstance(self.retry, int) or self.retry < 0):
+        if self.retry is not None and (
+            isinstance(self.retry, bool) or not isinstance(self.retry, int) or self.retry < 0
+        ):
             raise ValueError(f"SSE retry must be a non-negative integer of milliseconds: {self.retry!r}")
 
     def encode(self) -> bytes:
@@ -129,7 +131,7 @@ class SSEParser:
             self._started = True
             if text.startswith("\ufeff"):
                 text = text[1:]
-        if self._pending_cr:
+        if self._pending_cr and text:
             self._pending_cr = False
             if text.startswith("\n"):
                 text = text[1:]

@@ -16,7 +16,7 @@ ZERO = "0"
 def version_key(version: str) -> VersionKey:
     """``"41"`` -> ``(41, 0)``, ``"1700000000000-3"`` -> ``(1700000000000, 3)``; anything else is ValueError."""
     head, sep, tail = version.partition("-")
-    if not head.isdigit() or (sep and not tail.isdigit()) or len(version) > 40:
+    if not (version.isascii() and head.isdigit() and (not sep or tail.isdigit())) or len(version) > 40:
         raise ValueError(f"not a state version: {version!r}")
     return int(head), int(tail) if sep else 0
 

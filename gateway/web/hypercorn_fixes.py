@@ -5,9 +5,9 @@ version, so an upgrade cannot silently combine a changed upstream with a stale p
 
 1. **QUIC listener blocks shutdown** (0.18.0): ``UDPServer.run`` loops ``while not terminated or not idle`` but
    sleeps in ``protocol_queue.get()``; once the worker is terminated nothing wakes it unless a datagram happens
-   to arrive, so every shutdown with ``quic_bind`` waits out the whole ``graceful_timeout``. The fix puts one
-   empty datagram on the queue when termination is signalled; the QUIC protocol discards it as an unparsable
-   header, and the loop re-checks its condition.
+   to arrive, so every shutdown with ``quic_bind`` waits out the whole ``graceful_timeout``. The fix puts an
+   empty datagram on the queue when termination is signalled, and every 100 ms after until the loop ends (QUIC
+   connections close on timers, outside the loop); the QUIC protocol discards it as an unparsable header.
 2. **HTTP/3 disconnects never reach the app** (0.18.0 with aioquic 1.x): ``H3Protocol.handle`` hands
    ``ConnectionTerminated``, ``StreamReset`` and ``StopSendingReceived`` to aioquic's H3 layer, which turns them
    into no HTTP event, so the ASGI app never receives ``http.disconnect``: when a browser tab closes, its
@@ -61,9 +61,12 @@ def _fix_quic_shutdown() -> None:
     async def run(self: Any) -> None:
         async def wake_on_terminate() -> None:
             await self.context.terminated.wait()
-            # A full queue means the loop is busy and will re-check its condition anyway.
-            with contextlib.suppress(asyncio.QueueFull):
-                self.protocol_queue.put_nowait(RawData(data=b"", address=("0.0.0.0", 0)))
+            # QUIC connections also end on timers, outside this loop: keep waking it until it sees them gone.
+            while True:
+                # A full queue means the loop is busy and will re-check its condition anyway.
+                with contextlib.suppress(asyncio.QueueFull):
+                    self.protocol_queue.put_nowait(RawData(data=b"", address=("0.0.0.0", 0)))
+                await asyncio.sleep(0.1)
 
         waker = asyncio.ensure_future(wake_on_terminate())
         try:

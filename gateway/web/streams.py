@@ -333,12 +333,14 @@ async def _replay(
         if hub_event_id(item) == last_id:
             after = item.version
             break
-    if after is None and after_key is not None:
+    head_key = try_version_key(await runtime.bus_head())
+    if after is None and after_key is not None and head_key is not None and after_key <= head_key:
         after = last_id
         found, gaps = await runtime.bus.history(topics, after)
         if gaps:
             reason = "history_evicted"
     elif after is None:
+        # Not an id of this bus: malformed, or ahead of it (the bus was reset). Everything kept is replayed.
         reason = "unknown_last_event_id"
     else:
         found, gaps = await runtime.bus.history(topics, after)

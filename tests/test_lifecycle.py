@@ -1,0 +1,120 @@
+"""Stream life cycle against a real server: disconnects free streams on every protocol, SIGTERM drains cleanly,
+and the metrics and health endpoints say what is going on."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Server, start_server
+from tests.support.h3client import H3Client
+from tests.support.sse_client import SSEReader
+
+pytestmark = pytest.mark.asyncio
+
+
+async def metric(base: str, name: str, **labels: str) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(base + "/metrics")).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+async def wait_metric(base: str, name: str, expected: float, timeout: float = 5.0, **labels: str) -> None:
+    """Another process's state can only be observed by asking; each attempt is bounded and so is the whole."""
+    async with asyncio.timeout(timeout):
+        while (value := await metric(base, name, **labels)) != expected:
+            await asyncio.sleep(0.05)
+    assert value == expected
+
+
+async def test_http3_client_going_away_ends_its_streams(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    srv = start_server(tmp_path, certs)
+    try:
+        client = H3Client("127.0.0.1", srv.tls_port, verify=False)
+        await client.__aenter__()
+        streams = []
+        for _ in range(2):
+            cm = client.stream("GET", "/todos/updates", headers={"accept-encoding": "br"})
+            stream = await cm.__aenter__()
+            streams.append((cm, stream))
+            reader = SSEReader(stream.aiter_raw(), stream.header("content-encoding"))
+            await reader.next_event()
+        await wait_metric(srv.http, "gateway_streams_active", 2, kind="view")
+        await client.close()  # the tab closes: CONNECTION_CLOSE, no stream-level goodbye
+        await wait_metric(srv.http, "gateway_streams_active", 0, timeout=2.0, kind="view")
+        assert await metric(srv.http, "gateway_streams_closed_total", kind="view", reason="client_closed") == 2
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("protocol", ["http/1.1", "h2"])
+async def test_tcp_client_going_away_ends_its_stream(server: Server, protocol: str) -> None:
+    before = await metric(server.http, "gateway_streams_closed_total", kind="view")
+    h2 = protocol == "h2"
+    async with httpx.AsyncClient(http1=not h2, http2=h2, verify=False, timeout=10) as client:
+        base = server.https if h2 else server.http
+        async with client.stream("GET", base + "/todos/updates") as response:
+            reader = SSEReader(response.aiter_raw(), response.headers.get("content-encoding"))
+            await reader.next_event()
+    await wait_metric(server.http, "gateway_streams_closed_total", before + 1, kind="view")
+
+
+async def test_sigterm_drains_streams_on_every_protocol_and_exits_0(tmp_path: Path,
+                                                                    certs: tuple[Path, Path]) -> None:
+    srv = start_server(tmp_path, certs, env={"GATEWAY_SERVER_GRACEFUL_TIMEOUT": "20"})
+    readers: list[SSEReader] = []
+    async with httpx.AsyncClient(timeout=10) as h1, \
+            httpx.AsyncClient(http1=False, http2=True, verify=False, timeout=10) as h2, \
+            H3Client("127.0.0.1", srv.tls_port, verify=False) as h3:
+        async with h1.stream("GET", srv.http + "/todos/updates") as r1, \
+                h2.stream("GET", srv.https + "/todos/updates") as r2, \
+                h3.stream("GET", "/todos/updates") as r3:
+            readers = [SSEReader(r1.aiter_raw(), r1.headers.get("content-encoding")),
+                       SSEReader(r2.aiter_raw(), r2.headers.get("content-encoding")),
+                       SSEReader(r3.aiter_raw(), r3.header("content-encoding"))]
+            for reader in readers:
+                await reader.next_event()
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            for reader in readers:
+                await reader.until_end(timeout=10)  # each stream is ended by the server, not cut
+            elapsed = time.monotonic() - started
+    for reader in readers:
+        assert reader.decoded.endswith(b": draining\n\n")
+        assert reader.parser.retry is not None
+        assert 2000 <= reader.parser.retry <= 4000  # a jittered reconnect hint
+    code = await asyncio.to_thread(srv.proc.wait, 20)
+    assert code == 0, srv.output()
+    assert elapsed < 20  # well inside the drain window, not cut at its end
+
+
+async def test_health_readiness_and_metrics(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=server.http, timeout=5) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/todos/add", json={"text": "counted"})).status_code == 204
+        assert (await client.post("/todos/add", json={})).status_code == 422
+        async with client.stream("GET", "/todos/updates", headers={"accept-encoding": "br"}) as response:
+            reader = SSEReader(response.aiter_raw(), "br")  # held: dropping it would close the response
+            await reader.next_event()
+            assert await metric(server.http, "gateway_streams_active", kind="view") >= 1
+    base = server.http
+    assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="accepted") >= 1
+    assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="validation_failed") >= 1
+    assert await metric(base, "gateway_events_sent_total", kind="view") >= 1
+    sent = await metric(base, "gateway_stream_bytes_sent_total", kind="view", encoding="br")
+    raw = await metric(base, "gateway_stream_bytes_uncompressed_total", kind="view", encoding="br")
+    assert 0 < sent < raw
+    await wait_metric(base, "gateway_commands_handled_total", await metric(
+        base, "gateway_commands_total", outcome="accepted"), result="ok")
