@@ -33,7 +33,7 @@ async def metric(base: str, name: str, **labels: str) -> float:
 async def wait_metric(base: str, name: str, expected: float, timeout: float = 5.0, **labels: str) -> None:
     """Another process's state can only be observed by asking; each attempt is bounded and so is the whole."""
     async with asyncio.timeout(timeout):
-        while (value := await metric(base, name, **labels)) != expected:
+        while (value := await metric(base, name, **labels)) != expected:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.05)
     assert value == expected
 
@@ -74,22 +74,24 @@ async def test_sigterm_drains_streams_on_every_protocol_and_exits_0(tmp_path: Pa
                                                                     certs: tuple[Path, Path]) -> None:
     srv = start_server(tmp_path, certs, env={"GATEWAY_SERVER_GRACEFUL_TIMEOUT": "20"})
     readers: list[SSEReader] = []
-    async with httpx.AsyncClient(timeout=10) as h1, \
-            httpx.AsyncClient(http1=False, http2=True, verify=False, timeout=10) as h2, \
-            H3Client("127.0.0.1", srv.tls_port, verify=False) as h3:
-        async with h1.stream("GET", srv.http + "/todos/updates") as r1, \
-                h2.stream("GET", srv.https + "/todos/updates") as r2, \
-                h3.stream("GET", "/todos/updates") as r3:
-            readers = [SSEReader(r1.aiter_raw(), r1.headers.get("content-encoding")),
-                       SSEReader(r2.aiter_raw(), r2.headers.get("content-encoding")),
-                       SSEReader(r3.aiter_raw(), r3.header("content-encoding"))]
-            for reader in readers:
-                await reader.next_event()
-            started = time.monotonic()
-            srv.proc.send_signal(signal.SIGTERM)
-            for reader in readers:
-                await reader.until_end(timeout=10)  # each stream is ended by the server, not cut
-            elapsed = time.monotonic() - started
+    async with (
+        httpx.AsyncClient(timeout=10) as h1,
+        httpx.AsyncClient(http1=False, http2=True, verify=False, timeout=10) as h2,
+        H3Client("127.0.0.1", srv.tls_port, verify=False) as h3,
+        h1.stream("GET", srv.http + "/todos/updates") as r1,
+        h2.stream("GET", srv.https + "/todos/updates") as r2,
+        h3.stream("GET", "/todos/updates") as r3,
+    ):
+        readers = [SSEReader(r1.aiter_raw(), r1.headers.get("content-encoding")),
+                   SSEReader(r2.aiter_raw(), r2.headers.get("content-encoding")),
+                   SSEReader(r3.aiter_raw(), r3.header("content-encoding"))]
+        for reader in readers:
+            await reader.next_event()
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        for reader in readers:
+            await reader.until_end(timeout=10)  # each stream is ended by the server, not cut
+        elapsed = time.monotonic() - started
     for reader in readers:
         assert reader.decoded.endswith(b": draining\n\n")
         assert reader.parser.retry is not None
