@@ -93,16 +93,14 @@ class Gateway:
         def register(render: R) -> R:
             self._check_path(path)
             takes_request = len(inspect.signature(render).parameters) > 0
-            own = takes_request if per_request is None else per_request
-            if own:
-                if not takes_request:
-                    raise TypeError(f"per-request view {path} must take the request as its parameter")
+            if per_request is False and takes_request:
+                raise TypeError(f"shared view {path} must not take the request: it is rendered once for everybody")
+            if per_request and not takes_request:
+                raise TypeError(f"per-request view {path} must take the request as its parameter")
+            if takes_request:
                 spec = ViewSpec(path, tuple(topics), per_request_render=render)
             else:
-                shared: Callable[[], Awaitable[str]] = (
-                    (lambda: render(None)) if takes_request else render
-                )
-                spec = ViewSpec(path, tuple(topics), shared_render=shared)
+                spec = ViewSpec(path, tuple(topics), shared_render=render)
             self._views[path] = spec
             return render
 

@@ -52,7 +52,7 @@ class CommandSpec:
     def validate_body(self, body: bytes) -> None:
         """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``."""
         try:
-            self.model.model_validate_json(body or b"{}")
+            self.model.model_validate_json(body or b"{}", strict=True)
         except pydantic.ValidationError as exc:
             raise as_validation_failed(exc) from exc
 

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -25,7 +26,7 @@ from gateway.core.encoders import StreamEncoder, create_encoder, negotiate
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
 from gateway.core.sse import Event, comment, parse_last_event_id, retry_frame
-from gateway.core.stream_state import StreamStateMachine, Transition
+from gateway.core.stream_state import State, StreamStateMachine, Transition
 from gateway.core.versions import VersionKey, try_version_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.fanout import Frame, Subscriber, ViewChannel, hub_event_id, hub_frame
@@ -34,6 +35,8 @@ from gateway.web.runtime import Runtime, ViewSpec
 log = logging.getLogger("gateway.streams")
 
 _HEARTBEAT = comment("")
+# Reasons to end a stream that deserve a goodbye frame, and the comment it carries.
+_GRACEFUL = {"drain": "draining", "slow_consumer": "slow consumer: reconnect with Last-Event-ID"}
 
 
 class StreamClosed(Exception):
@@ -58,6 +61,13 @@ class Stream:
     disconnected: bool = False
     last_key: VersionKey | None = None
     _watcher: asyncio.Task[None] | None = None
+    _counters: tuple[Any, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        # Label lookups resolved once per stream, not once per event.
+        m, name = self.runtime.metrics, self.encoder.name
+        self._counters = (m.bytes_in.labels(self.kind, name), m.bytes_out.labels(self.kind, name),
+                          m.events_sent.labels(self.kind))
 
     @classmethod
     def open(cls, runtime: Runtime, kind: str, scope: Scope, send: Send) -> Stream:
@@ -112,12 +122,11 @@ class Stream:
     async def write(self, frames: bytes, *, events: int) -> None:
         encoded = self.encoder.encode_flush(frames)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
-        metrics = self.runtime.metrics
-        name = self.encoder.name
-        metrics.bytes_in.labels(self.kind, name).inc(len(frames))
-        metrics.bytes_out.labels(self.kind, name).inc(len(encoded))
+        counters = self._counters
+        counters[0].inc(len(frames))
+        counters[1].inc(len(encoded))
         if events:
-            metrics.events_sent.labels(self.kind).inc(events)
+            counters[2].inc(events)
 
     async def wait(self, heartbeat_at: float) -> bool:
         """Sleep until woken (True) or until the heartbeat is due (False)."""
@@ -138,27 +147,27 @@ class Stream:
         await self.write(_HEARTBEAT, events=0)
         self.runtime.metrics.heartbeats_sent.inc()
 
-    async def finish(self, reason: str) -> None:
-        """Close the response: a drain first tells the client when to come back (jittered, so reconnects spread)."""
-        if self.state.live and not self.disconnected:
+    async def end(self, reason: str) -> None:
+        """Close the response. A drain or a cut-off first tells the client when to come back, jittered so that
+        reconnects spread out; a stream whose client is gone, or whose write failed, is just released."""
+        if reason in _GRACEFUL and self.state.state is State.STREAMING and not self.disconnected:
             self.state.handle(Transition.DRAIN)
+            base = self.runtime.settings.sse.retry
+            goodbye = retry_frame(int(base + random.uniform(0, base))) + comment(_GRACEFUL[reason])
             with contextlib.suppress(StreamClosed):
-                if reason == "drain":
-                    base = self.runtime.settings.sse.retry
-                    await self.write(retry_frame(int(base + random.uniform(0, base))) + comment("draining"),
-                                     events=0)
-                tail = self.encoder.finish()
-                await self._send({"type": "http.response.body", "body": tail, "more_body": False})
-        self.close(reason)
+                await self.write(goodbye, events=0)
+                await self._send({"type": "http.response.body", "body": self.encoder.finish(), "more_body": False})
+        self.close("client_closed" if self.disconnected else reason)
 
     def close(self, reason: str) -> None:
-        if not self.state.live and self.state.state.value == "closed":
+        """Release the stream's resources; idempotent, because a disconnect and a server-side end can race."""
+        if self.state.state is State.CLOSED:
             return
-        was_started = self.state.state.value in ("streaming", "draining")
+        started = self.state.state in (State.STREAMING, State.DRAINING)
         self.state.handle(Transition.CLOSE)
         if self._watcher is not None:
             self._watcher.cancel()
-        if was_started:
+        if started:
             self.runtime.stream_closed(self)
             self.runtime.metrics.streams_active.labels(self.kind).dec()
             self.runtime.metrics.streams_closed.labels(self.kind, reason).inc()
@@ -209,14 +218,11 @@ async def serve_view(runtime: Runtime, spec: ViewSpec, scope: Scope, receive: Re
     except StreamClosed as exc:
         reason = exc.reason
     except asyncio.CancelledError:
-        reason = "cancelled"
+        reason = "cancelled"  # not graceful: nothing more is written
         raise
     finally:
         runtime.fanout.detach_view(channel, stream.sub)
-        if reason in ("drain", "client_closed") and not stream.disconnected:
-            await stream.finish(reason)
-        else:
-            stream.close("client_closed" if stream.disconnected else reason)
+        await stream.end(reason)
 
 
 async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runtime: Runtime) -> Frame:
@@ -294,13 +300,11 @@ async def serve_hub(runtime: Runtime, scope: Scope, receive: Receive, send: Send
     except StreamClosed as exc:
         reason = exc.reason
     except asyncio.CancelledError:
-        reason = "cancelled"
+        reason = "cancelled"  # not graceful: nothing more is written
         raise
     finally:
         runtime.fanout.detach_hub(topics, stream.sub)
-        if reason in ("drain", "client_closed", "slow_consumer") and not stream.disconnected:
-            await stream.finish("drain" if reason == "slow_consumer" else reason)
-        stream.close("client_closed" if stream.disconnected else reason)
+        await stream.end(reason)
 
 
 def _topics(request: StreamRequest, limit: int) -> tuple[str, ...]:
