@@ -123,3 +123,21 @@ async def test_health_readiness_and_metrics(server: Server) -> None:
     assert 0 < sent < raw
     assert await metric(base, "gateway_commands_handled_total", command="/todos/add", result="ok") >= 1
     assert await metric(base, "gateway_commands_handled_total", result="error") == 0
+
+
+@pytest.mark.parametrize("encoding", ["br", "identity"])
+async def test_heartbeats_arrive_flushed_on_an_idle_stream(tmp_path: Path, certs: tuple[Path, Path],
+                                                         encoding: str) -> None:
+    srv = start_server(tmp_path, certs, env={"GATEWAY_SSE_HEARTBEAT": "1"})
+    try:
+        async with httpx.AsyncClient(timeout=10) as client, \
+                client.stream("GET", srv.http + "/todos/updates", headers={"accept-encoding": encoding}) as r:
+            reader = SSEReader(r.aiter_raw(), r.headers.get("content-encoding"))
+            await reader.next_event()
+            async with asyncio.timeout(5):
+                while len(reader.parser.comments) < 2:  # two heartbeats, each decodable on arrival
+                    assert await reader.more()
+            assert reader.chunks_not_on_frame_boundary == 0
+        assert await metric(srv.http, "gateway_heartbeats_sent_total") >= 2
+    finally:
+        assert srv.stop() == 0

@@ -55,7 +55,8 @@ class SSEReader:
         self.decoded = b""
         self.chunks_not_on_frame_boundary = 0
 
-    async def _more(self) -> bool:
+    async def more(self) -> bool:
+        """Read one more chunk; False at the end of the stream."""
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
@@ -71,7 +72,7 @@ class SSEReader:
     async def next_event(self, timeout: float = 10.0) -> ParsedEvent:
         async with asyncio.timeout(timeout):
             while not self.pending:
-                if not await self._more():
+                if not await self.more():
                     raise EOFError("stream ended")
         return self.pending.pop(0)
 
@@ -85,5 +86,5 @@ class SSEReader:
 
     async def until_end(self, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
-            while await self._more():
+            while await self.more():
                 pass
