@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.api import Gateway
     from gateway.config import Settings
+    from gateway.core.compression import RouteCompression
 
-__all__ = ["Gateway", "Settings"]
+__all__ = ["Gateway", "RouteCompression", "Settings"]
 __version__ = "0.1.0"
 
 
@@ -25,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from gateway.config import Settings
 
         return Settings
+    if name == "RouteCompression":
+        from gateway.core.compression import RouteCompression
+
+        return RouteCompression
     raise AttributeError(f"module 'gateway' has no attribute {name!r}")

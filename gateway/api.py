@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from gateway.commands import CommandSpec, Handler
 from gateway.config import Settings
+from gateway.core.compression import RouteCompression
 from gateway.web.asgi import HUB_SUBSCRIBE, Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
 from gateway.web.routes import build_quart
@@ -38,8 +39,9 @@ class Gateway:
     """Commands, views, the hub and the plumbing between them, as one ASGI app."""
 
     def __init__(self, settings: Settings | None = None, *, static_folder: str | None = None,
-                 name: str = "gateway") -> None:
+                 name: str = "gateway", hub_compression: RouteCompression | None = None) -> None:
         self._settings = settings
+        self._hub_compression = hub_compression or RouteCompression()
         self._static_folder = static_folder
         self._name = name
         self._commands: dict[str, CommandSpec] = {}
@@ -82,12 +84,14 @@ class Gateway:
 
         return register
 
-    def view(self, path: str, topics: Iterable[str], *, per_request: bool | None = None) -> Callable[[R], R]:
+    def view(self, path: str, topics: Iterable[str], *, per_request: bool | None = None,
+             compression: RouteCompression | None = None) -> Callable[[R], R]:
         """Register a persistent SSE query at ``GET path``, re-rendered when any of ``topics`` changes.
 
         A view without parameters is rendered once per version and shared by every subscriber. A view that takes
         one parameter receives the ``StreamRequest`` and is rendered per connection (``per_request`` forces
-        either way; a shared view must not depend on who asks).
+        either way; a shared view must not depend on who asks). ``compression`` sets the route's codecs, quality
+        and window (``RouteCompression(encodings=())`` never compresses it: see the BREACH note in the docs).
         """
 
         def register(render: R) -> R:
@@ -97,10 +101,11 @@ class Gateway:
                 raise TypeError(f"shared view {path} must not take the request: it is rendered once for everybody")
             if per_request and not takes_request:
                 raise TypeError(f"per-request view {path} must take the request as its parameter")
+            policy = compression or RouteCompression()
             if takes_request:
-                spec = ViewSpec(path, tuple(topics), per_request_render=render)
+                spec = ViewSpec(path, tuple(topics), per_request_render=render, compression=policy)
             else:
-                spec = ViewSpec(path, tuple(topics), shared_render=render)
+                spec = ViewSpec(path, tuple(topics), shared_render=render, compression=policy)
             self._views[path] = spec
             return render
 
@@ -120,7 +125,7 @@ class Gateway:
     @property
     def runtime(self) -> Runtime:
         if self._runtime is None:
-            runtime = Runtime(self.settings)
+            runtime = Runtime(self.settings, hub_compression=self._hub_compression)
             runtime.commands.update(self._commands)
             runtime.views.update(self._views)
             self._runtime = runtime
@@ -147,4 +152,4 @@ class Gateway:
         await self.app(scope, receive, send)
 
 
-__all__ = ["Gateway", "StreamRequest"]
+__all__ = ["Gateway", "RouteCompression", "StreamRequest"]

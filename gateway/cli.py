@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--keyfile", metavar="PEM", help="private key for TLS and QUIC")
         sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         sub.add_argument("--bus", metavar="URL", help="bus backend URL (memory://)")
+    doc = commands.add_parser("config", help="print every setting with its default (TOML or a markdown table)")
+    doc.add_argument("--markdown", action="store_true", help="a markdown table instead of TOML")
     dev = commands.add_parser("devcert", help="create a self-signed development certificate")
     dev.add_argument("--dir", default=".dev-certs", help="where cert.pem and key.pem go")
     dev.add_argument("--force", action="store_true", help="replace an existing certificate")
@@ -92,6 +94,11 @@ def _print_settings(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config":
+        from gateway.config import defaults_markdown, defaults_toml
+
+        print(defaults_markdown() if args.markdown else defaults_toml(), end="")
+        return 0
     if args.command == "devcert":
         directory = Path(args.dir)
         if (directory / "cert.pem").exists() and not args.force:

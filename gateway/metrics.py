@@ -34,10 +34,24 @@ class Metrics:
         self.heartbeats_sent = Counter(
             "gateway_heartbeats_sent", "Heartbeat comments written to clients.", registry=r)
         self.bytes_in = Counter(
-            "gateway_stream_bytes_uncompressed", "SSE bytes before compression.", ["kind", "encoding"], registry=r)
+            "gateway_stream_bytes_uncompressed", "SSE bytes before compression, by route and encoding.",
+            ["route", "encoding"], registry=r)
         self.bytes_out = Counter(
-            "gateway_stream_bytes_sent", "SSE bytes on the wire after compression.", ["kind", "encoding"],
+            "gateway_stream_bytes_sent", "SSE bytes on the wire after compression, by route and encoding.",
+            ["route", "encoding"], registry=r)
+        self.encode_seconds = Counter(
+            "gateway_encode_seconds", "CPU time spent compressing stream frames.", ["route", "encoding"],
             registry=r)
+        self.compression_memory = Gauge(
+            "gateway_compression_memory_bytes", "Estimated memory of all live compressors.", registry=r)
+        self.compression_budget = Gauge(
+            "gateway_compression_memory_budget_bytes", "The compressor memory budget.", registry=r)
+        self.downgrades = Counter(
+            "gateway_compression_downgrades", "Connections given a cheaper encoder to stay within the budget, "
+            "by route and reason (window, quality, gzip, identity).", ["route", "reason"], registry=r)
+        self.window_grown = Counter(
+            "gateway_compression_window_grown", "Times a route's renders outgrew its window and new connections "
+            "got a larger one.", ["route", "encoding"], registry=r)
         self.commands = Counter(
             "gateway_commands", "Command requests by outcome (accepted or the refusal's error code).",
             ["command", "outcome"], registry=r)

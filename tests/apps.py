@@ -47,3 +47,49 @@ async def both() -> str:
 async def hello(request: StreamRequest) -> str:
     """Rendered per connection: it depends on who asks."""
     return f"hello {html.escape(request.arg('name') or 'nobody')}, a={state['a']}"
+
+
+# -- compression policies ---------------------------------------------------------------------------------------
+
+from gateway import RouteCompression  # noqa: E402
+
+WORDS = [f"w{i:03d}{'x' * (i % 7)}" for i in range(400)]
+sized = {"bytes": 5000, "tick": 0}
+
+
+def _pseudo_random_words(count: int, seed: int) -> list[str]:
+    """Deterministic filler that does not compress much within one render (a linear congruential walk)."""
+    out, x = [], seed
+    for _ in range(count):
+        x = (x * 1103515245 + 12345) % 2**31
+        out.append(WORDS[x % len(WORDS)])
+    return out
+
+
+@gw.command("/size")
+async def set_size(bytes: int) -> None:
+    sized["bytes"] = bytes
+    await gw.publish("sized")
+
+
+@gw.command("/tick")
+async def tick() -> None:
+    sized["tick"] += 1
+    await gw.publish("sized")
+
+
+@gw.view("/sized", topics=["sized"], compression=RouteCompression(brotli_lgwin=14))
+async def sized_view() -> str:
+    """A render of about ``sized["bytes"]`` bytes that changes in one place per tick."""
+    words = " ".join(_pseudo_random_words(sized["bytes"] // 6, 7))[: sized["bytes"]]
+    return f"<p>tick {sized['tick']}</p><div>{words}</div>"
+
+
+@gw.view("/secret", topics=["a"], compression=RouteCompression(encodings=()))
+async def secret() -> str:
+    return "token=s3cr3t; comment=user text here"
+
+
+@gw.view("/gzip-only", topics=["a"], compression=RouteCompression(encodings=("gzip",)))
+async def gzip_only() -> str:
+    return "gzip " * 50

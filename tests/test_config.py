@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Settings, describe, env_name
+from gateway.config import Settings, defaults_markdown, defaults_toml, describe, env_name
 from gateway.core.errors import SettingsError
 from tests.conftest import ROOT
 
@@ -79,10 +79,16 @@ def test_shipped_config_lists_every_setting_with_its_default() -> None:
     assert Settings.load(ROOT / "config" / "gateway.toml", environ={}) == Settings()
 
 
+def test_shipped_config_is_the_generated_one() -> None:
+    expected = defaults_toml()
+    assert (ROOT / "config" / "gateway.toml").read_text() == expected, "run: gateway config > config/gateway.toml"
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, *_ in describe() if f"`{key}`" not in readme or env_name(key) not in readme]
     assert not missing, f"README settings table lacks {missing}"
+    assert defaults_markdown() in readme, "run: gateway config --markdown, and paste it into the README"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -118,8 +118,8 @@ async def test_health_readiness_and_metrics(server: Server) -> None:
     assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="accepted") >= 1
     assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="validation_failed") >= 1
     assert await metric(base, "gateway_events_sent_total", kind="view") >= 1
-    sent = await metric(base, "gateway_stream_bytes_sent_total", kind="view", encoding="br")
-    raw = await metric(base, "gateway_stream_bytes_uncompressed_total", kind="view", encoding="br")
+    sent = await metric(base, "gateway_stream_bytes_sent_total", route="/todos/updates", encoding="br")
+    raw = await metric(base, "gateway_stream_bytes_uncompressed_total", route="/todos/updates", encoding="br")
     assert 0 < sent < raw
     assert await metric(base, "gateway_commands_handled_total", command="/todos/add", result="ok") >= 1
     assert await metric(base, "gateway_commands_handled_total", result="error") == 0

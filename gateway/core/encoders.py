@@ -233,3 +233,22 @@ def negotiate(
         if q > best_q:
             best, best_q = name, q
     return best
+
+
+def acceptable(
+    accept_encoding: str | None,
+    preference: Iterable[str] = DEFAULT_PREFERENCE,
+    available: Mapping[str, object] = ENCODERS,
+) -> frozenset[str]:
+    """Every coding of ``preference`` the client accepts (q > 0); identity is always in the set.
+
+    The memory budget needs this to know which cheaper codec a downgraded connection may fall back to.
+    """
+    offered = parse_accept_encoding(accept_encoding or "")
+    star = offered.get("*")
+    found = {"identity"}
+    for name in preference:
+        q = offered.get(name, star if name != "identity" else None)
+        if name in available and q is not None and q > 0.0:
+            found.add(name)
+    return frozenset(found)

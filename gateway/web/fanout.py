@@ -52,6 +52,7 @@ class Subscriber:
 
 
 Renderer = Callable[[], Awaitable[str]]
+Observer = Callable[[int], None]  # told the size of every frame, so windows can follow the data
 
 
 @dataclass(eq=False)
@@ -61,6 +62,7 @@ class ViewChannel:
     path: str
     topics: tuple[str, ...]
     render: Renderer | None  # None for per-request views
+    observe: Observer | None = None
     subscribers: set[Subscriber] = field(default_factory=set)
     current: Frame | None = None
     stale: bool = True
@@ -86,6 +88,8 @@ class ViewChannel:
                     return self.current
                 metrics.renders.labels(self.path, "ok").inc()
                 self.current = Frame(version_key(version), version, encode_message(html, id=version))
+                if self.observe is not None:
+                    self.observe(len(self.current.data or b""))
                 self.stale = self.version != version
             return self.current
 
@@ -93,9 +97,10 @@ class ViewChannel:
 class Fanout:
     """Routes bus notifications to this process's streams."""
 
-    def __init__(self, bus: Bus, metrics: Metrics) -> None:
+    def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None) -> None:
         self._bus = bus
         self._metrics = metrics
+        self._observe_hub = observe_hub
         self.views: dict[str, ViewChannel] = {}
         self._views_by_topic: dict[str, list[ViewChannel]] = {}
         self._hub: dict[str, set[Subscriber]] = {}
@@ -104,8 +109,9 @@ class Fanout:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None) -> ViewChannel:
-        channel = ViewChannel(path, topics, render)
+    def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None,
+                 observe: Observer | None = None) -> ViewChannel:
+        channel = ViewChannel(path, topics, render, observe)
         self.views[path] = channel
         for topic in topics:
             self._views_by_topic.setdefault(topic, []).append(channel)
@@ -165,6 +171,8 @@ class Fanout:
         if subscribers:
             frame = hub_frame(item)
             size = len(frame.data or b"")
+            if self._observe_hub is not None:
+                self._observe_hub(size)
             for sub in subscribers:
                 assert sub.hub_box is not None
                 if sub.hub_box.put(frame, size) is PutResult.OVERFLOW:

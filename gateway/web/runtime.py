@@ -11,20 +11,24 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus import Bus, Command, create_bus
 from gateway.commands import CommandSpec
 from gateway.config import Settings
-from gateway.core.encoders import CodecSettings
+from gateway.core.compression import RouteCompression
 from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
+from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 
 if TYPE_CHECKING:
     from gateway.web.streams import Stream
 
 log = logging.getLogger("gateway")
+
+HUB_ROUTE = "/hub/subscribe"
 
 SharedRender = Callable[[], Awaitable[str]]
 RequestRender = Callable[[StreamRequest], Awaitable[str]]
@@ -38,6 +42,7 @@ class ViewSpec:
     topics: tuple[str, ...]
     shared_render: SharedRender | None = None
     per_request_render: RequestRender | None = None
+    compression: RouteCompression = field(default_factory=RouteCompression)
 
     def __post_init__(self) -> None:
         if (self.shared_render is None) == (self.per_request_render is None):
@@ -53,6 +58,7 @@ class Runtime:
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     views: dict[str, ViewSpec] = field(default_factory=dict)
     streams: set[Stream] = field(default_factory=set)
+    hub_compression: RouteCompression = field(default_factory=RouteCompression)
     draining: bool = False
     started: bool = False
     streams_gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -60,7 +66,7 @@ class Runtime:
     _fanout: Fanout | None = None
 
     def __post_init__(self) -> None:
-        self.codec: CodecSettings = self.settings.compression.codec()
+        self.compression = CompressionEngine(self.settings, self.metrics)
 
     @property
     def bus(self) -> Bus:
@@ -84,9 +90,11 @@ class Runtime:
         return self.started and not self.draining and self.bus.ready
 
     async def startup(self) -> None:
-        fanout = Fanout(self.bus, self.metrics)
+        hub_route = self.compression.route(HUB_ROUTE, self.hub_compression)
+        fanout = Fanout(self.bus, self.metrics, lambda size: self.compression.observe(hub_route, size))
         for spec in self.views.values():
-            fanout.add_view(spec.path, spec.topics, spec.shared_render)
+            fanout.add_view(spec.path, spec.topics, spec.shared_render,
+                            partial(self.compression.observe, self.compression.route(spec.path, spec.compression)))
         self._fanout = fanout
         await self.bus.start(self._handle)
         await fanout.start()

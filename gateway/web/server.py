@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,22 @@ def listening(settings: Settings) -> list[str]:
     return urls
 
 
-async def serve(gateway: Gateway, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+def raise_fd_limit() -> int:
+    """Lift the soft open-files limit to the hard one: every stream is a socket, and 1024 is a typical default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit above %d", soft)
+    return soft
+
+
+async def serve(gateway: Gateway, settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain and stop."""
+    log.info("open-files limit: %d", raise_fd_limit())
     gateway.configure(settings)
     config = hypercorn_config(settings)
     applied = hypercorn_fixes.apply()

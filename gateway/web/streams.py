@@ -22,15 +22,15 @@ from typing import Any
 
 import orjson
 
-from gateway.core.encoders import StreamEncoder, create_encoder, negotiate
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
 from gateway.core.sse import Event, comment, parse_last_event_id, retry_frame
 from gateway.core.stream_state import State, StreamStateMachine, Transition
 from gateway.core.versions import VersionKey, try_version_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
+from gateway.web.compression import Lease, RouteState
 from gateway.web.fanout import Frame, Subscriber, ViewChannel, hub_event_id, hub_frame
-from gateway.web.runtime import Runtime, ViewSpec
+from gateway.web.runtime import HUB_ROUTE, Runtime, ViewSpec
 
 log = logging.getLogger("gateway.streams")
 
@@ -55,7 +55,7 @@ class Stream:
     kind: str
     request: StreamRequest
     send: Send
-    encoder: StreamEncoder
+    lease: Lease
     sub: Subscriber
     state: StreamStateMachine = field(default_factory=StreamStateMachine)
     disconnected: bool = False
@@ -64,18 +64,17 @@ class Stream:
     _counters: tuple[Any, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
+        self.encoder = self.lease.encoder
         # Label lookups resolved once per stream, not once per event.
-        m, name = self.runtime.metrics, self.encoder.name
-        self._counters = (m.bytes_in.labels(self.kind, name), m.bytes_out.labels(self.kind, name),
-                          m.events_sent.labels(self.kind))
+        m, route, name = self.runtime.metrics, self.lease.route.path, self.encoder.name
+        self._counters = (m.bytes_in.labels(route, name), m.bytes_out.labels(route, name),
+                          m.events_sent.labels(self.kind), m.encode_seconds.labels(route, name))
 
     @classmethod
-    def open(cls, runtime: Runtime, kind: str, scope: Scope, send: Send) -> Stream:
+    def open(cls, runtime: Runtime, kind: str, route: RouteState, scope: Scope, send: Send) -> Stream:
         request = StreamRequest.from_scope(scope)
-        settings = runtime.settings.compression
-        name = negotiate(request.headers.get("accept-encoding"), settings.encodings)
-        encoder = create_encoder(name, runtime.codec)
-        return cls(runtime, kind, request, send, encoder, Subscriber(asyncio.Event()))
+        lease = runtime.compression.open(route, request.headers.get("accept-encoding"))
+        return cls(runtime, kind, request, send, lease, Subscriber(asyncio.Event()))
 
     @property
     def last_event_id(self) -> str | None:
@@ -120,9 +119,11 @@ class Stream:
             raise StreamClosed("send_failed") from exc
 
     async def write(self, frames: bytes, *, events: int) -> None:
+        started = time.perf_counter()
         encoded = self.encoder.encode_flush(frames)
-        await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         counters = self._counters
+        counters[3].inc(time.perf_counter() - started)
+        await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         counters[0].inc(len(frames))
         counters[1].inc(len(encoded))
         if events:
@@ -165,6 +166,7 @@ class Stream:
             return
         started = self.state.state in (State.STREAMING, State.DRAINING)
         self.state.handle(Transition.CLOSE)
+        self.runtime.compression.release(self.lease)
         if self._watcher is not None:
             self._watcher.cancel()
         if started:
@@ -186,7 +188,7 @@ async def serve_view(runtime: Runtime, spec: ViewSpec, scope: Scope, receive: Re
     if await _refuse_if_draining(runtime, "view", send):
         return
     channel: ViewChannel = runtime.fanout.views[spec.path]
-    stream = Stream.open(runtime, "view", scope, send)
+    stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send)
     stream.sub.view_box = ConflatingMailbox()
     runtime.fanout.attach_view(channel, stream.sub)
     reason = "client_closed"
@@ -235,7 +237,9 @@ async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runt
         log.exception("view %s failed to render for a request", spec.path)
         raise
     runtime.metrics.renders.labels(spec.path, "ok").inc()
-    return Frame(frame.key, frame.version, Event(data=html, id=frame.version).encode())
+    data = Event(data=html, id=frame.version).encode()
+    runtime.compression.observe(runtime.compression.route(spec.path), len(data))
+    return Frame(frame.key, frame.version, data)
 
 
 async def _view_loop(runtime: Runtime, spec: ViewSpec, stream: Stream) -> str:
@@ -270,13 +274,13 @@ async def serve_hub(runtime: Runtime, scope: Scope, receive: Receive, send: Send
     """``GET /hub/subscribe?topic=a&topic=b``: published events, with replay after Last-Event-ID."""
     if await _refuse_if_draining(runtime, "hub", send):
         return
-    stream = Stream.open(runtime, "hub", scope, send)
     try:
-        topics = _topics(stream.request, runtime.settings.hub.max_topics)
+        topics = _topics(StreamRequest.from_scope(scope), runtime.settings.hub.max_topics)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
         return
+    stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send)
     hub = runtime.settings.hub
     box: BoundedMailbox[Frame] = BoundedMailbox(Limits(hub.max_buffered_events, hub.max_buffered_bytes))
     stream.sub.hub_box = box

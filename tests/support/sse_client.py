@@ -39,7 +39,12 @@ class Decoder:
         if self._d is None:
             return chunk
         if self.encoding == "br":
-            return bytes(self._d.process(chunk))
+            # brotli >= 1.2 caps each call's output (about 32 KB) and hands out the rest on further calls with
+            # empty input, even while can_accept_more_data() is True: drain it, or large events come back cut.
+            parts = [bytes(self._d.process(chunk))]
+            while parts[-1]:
+                parts.append(bytes(self._d.process(b"")))
+            return b"".join(parts)
         return bytes(self._d.decompress(chunk))
 
 
