@@ -78,11 +78,16 @@ async def tick() -> None:
     await gw.publish("sized")
 
 
+_filler: dict[int, str] = {}
+
+
 @gw.view("/sized", topics=["sized"], compression=RouteCompression(brotli_lgwin=14))
 async def sized_view() -> str:
     """A render of about ``sized["bytes"]`` bytes that changes in one place per tick."""
-    words = " ".join(_pseudo_random_words(sized["bytes"] // 6, 7))[: sized["bytes"]]
-    return f"<p>tick {sized['tick']}</p><div>{words}</div>"
+    size = sized["bytes"]
+    if size not in _filler:
+        _filler[size] = " ".join(_pseudo_random_words(size // 6, 7))[:size]
+    return f"<p>tick {sized['tick']}</p><div>{_filler[size]}</div>"
 
 
 @gw.view("/secret", topics=["a"], compression=RouteCompression(encodings=()))

@@ -18,6 +18,11 @@ version, so an upgrade cannot silently combine a changed upstream with a stale p
    already forgotten; ``KeyError`` escapes and the *whole connection* dies, with every SSE stream the browser
    multiplexed on it. Hypercorn guards ``StreamEnded`` for exactly this case but not ``DataReceived``. The fix
    acknowledges such data (so the connection's flow-control window is not leaked) and drops it.
+4. **h2 buffers grow without bound for a client that grants no window** (0.18.0): ``StreamBuffer.pop`` releases
+   a paused producer when the *popped chunk* is short, and with a zero flow-control window Hypercorn pops zero
+   bytes on every push, so the producer is never paused and the buffer grows by every event the app sends. The
+   fix releases the producer only when the *buffer* has drained below the low-water mark, so a stalled h2 client
+   blocks the app's ``send`` (and the gateway's write deadline then closes the stream).
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ def apply() -> list[str]:
         log.warning("hypercorn %s is not one the gateway's fixes were verified on (%s); not applying them",
                     current, ", ".join(VERIFIED))
         return []
-    names = ["quic_shutdown_wake", "h3_disconnects", "h2_late_data"]
+    names = ["quic_shutdown_wake", "h3_disconnects", "h2_late_data", "h2_buffer_backpressure"]
     if _applied:
         return names
     _fix_quic_shutdown()
     _fix_h3_disconnects()
     _fix_h2_late_data()
+    _fix_h2_buffer_backpressure()
     _applied = True
     return names
 
@@ -136,3 +142,21 @@ def _fix_h2_late_data() -> None:
         await original(self, pending)
 
     H2Protocol._handle_events = _handle_events  # type: ignore[method-assign]
+
+
+def _fix_h2_buffer_backpressure() -> None:
+    from hypercorn.protocol import h2 as hypercorn_h2
+
+    low_water = hypercorn_h2.BUFFER_LOW_WATER
+
+    async def pop(self: Any, max_length: int) -> bytes:
+        length = min(len(self.buffer), max_length)
+        data = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        if len(self.buffer) < low_water:  # the buffer, not the chunk: a zero window pops nothing
+            await self._paused.set()
+        if len(self.buffer) == 0:
+            await self._is_empty.set()
+        return data
+
+    hypercorn_h2.StreamBuffer.pop = pop  # type: ignore[method-assign]

@@ -1,0 +1,102 @@
+"""Clients that stop reading must not cost the gateway memory, nor delay anybody else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+
+from tests.conftest import Server, start_server
+from tests.support.sse_client import SSEReader
+from tests.test_compression import _rss
+from tests.test_lifecycle import wait_metric
+
+pytestmark = pytest.mark.asyncio
+
+
+class StalledH2Client:
+    """An h2c client that reads every frame (TCP never backs up) but never grants flow-control window."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.received = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.reset = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, port: int, path: str) -> StalledH2Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        client.conn.initiate_connection()
+        client.conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                     (":authority", f"127.0.0.1:{port}"), ("accept-encoding", "identity")],
+                                 end_stream=True)
+        writer.write(client.conn.data_to_send())
+        await writer.drain()
+        client._task = asyncio.create_task(client._read())
+        return client
+
+    async def _read(self) -> None:
+        while data := await self.reader.read(65536):
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    self.headers = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    self.received += len(event.data)  # and never acknowledged: no WINDOW_UPDATE
+                elif isinstance(event, h2.events.StreamReset | h2.events.StreamEnded):
+                    self.reset.set()
+            self.writer.write(self.conn.data_to_send())  # pings and settings acks only
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.writer.close()
+
+
+@pytest.fixture(scope="module")
+def stall_server(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("stall"), certs, args=["--app", "tests.apps:gw"],
+                       env={"GATEWAY_SSE_WRITE_TIMEOUT": "3"})
+    yield srv
+    assert srv.stop() == 0
+
+
+async def test_h2_client_granting_no_window_costs_bounded_memory(stall_server: Server) -> None:
+    base, port = stall_server.http, stall_server.http_port
+    ticks, size = 120, 1024 * 1024
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert (await client.post("/size", json={"bytes": size})).status_code == 204
+        stalled = await StalledH2Client.open(port, "/sized")
+        try:
+            async with client.stream("GET", "/sized", headers={"accept-encoding": "br"}) as healthy:
+                reader = SSEReader(healthy.aiter_raw(), healthy.headers.get("content-encoding"))
+                await reader.next_event()
+                rss_before = _rss(stall_server.proc.pid)
+                lags = []
+                for i in range(ticks):
+                    published = time.monotonic()
+                    assert (await client.post("/tick", json={})).status_code == 204
+                    event = await reader.until(lambda e, i=i: e.data.startswith("<p>tick "), timeout=10)
+                    lags.append(time.monotonic() - published)
+                    del event
+                rss_after = _rss(stall_server.proc.pid)
+            growth = rss_after - rss_before
+            print(f"\n{ticks} renders of 1 MiB with an h2 client granting no window: RSS +{growth / 2**20:.1f} MiB,"
+                  f" stalled client got {stalled.received} B; healthy client lag max {max(lags) * 1000:.0f} ms")
+            assert stalled.headers.get(b":status") == b"200"
+            assert stalled.received <= 65_535  # exactly the initial window, nothing more
+            assert growth < 64 * 2**20  # without the StreamBuffer fix this grows by every render
+            assert max(lags) < 1.0
+            # The stalled stream is closed by the write deadline (3 s here), not kept forever.
+            await wait_metric(base, "gateway_streams_closed_total", 1, timeout=10, kind="view", reason="write_timeout")
+        finally:
+            await stalled.close()
