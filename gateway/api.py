@@ -146,7 +146,7 @@ class Gateway:
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking streams and commands, end streams with a reconnect hint, finish accepted commands."""
-        await self.runtime.drain(self.settings.server.graceful_timeout if timeout is None else timeout)
+        await self.runtime.drain(self.settings.server.drain_timeout if timeout is None else timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

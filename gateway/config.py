@@ -83,8 +83,8 @@ class ServerSettings:
     certfile: str = _field("", "PEM certificate for TLS and QUIC; empty serves plain HTTP only")
     keyfile: str = _field("", "PEM private key of certfile")
     app: str = _field("gateway.demo:app", "the Gateway to serve, as MODULE:ATTRIBUTE", _module_attr)
-    graceful_timeout: float = _field(5 * SECONDS, "seconds for streams and commands to finish on shutdown",
-                                     _between(0, 600, " s"))
+    drain_timeout: float = _field(30 * SECONDS, "seconds a SIGTERM drain may take: open streams are closed spread "
+                                  "over its first half, accepted commands finish within it", _between(0, 3600, " s"))
     log_level: str = _field("info", "logging level", _one_of("debug", "info", "warning", "error"))
     access_log: bool = _field(False, "log every request (one line each)")
 
@@ -97,6 +97,11 @@ class SSESettings:
                         _between(0, 600_000, " ms"))
     write_timeout: float = _field(30 * SECONDS, "seconds a write may take before the stream is closed",
                                   _between(1, 3600, " s"))
+    slow_client_grace: float = _field(10 * SECONDS, "seconds a stream may keep undelivered events queued before it "
+                                      "is cut off as too slow", _between(0.1, 3600, " s"))
+    max_lifetime: float = _field(0 * SECONDS, "seconds after which a stream is ended with a reconnect hint (+-10% "
+                                 "jitter, spreads reconnects and rebalances); 0 keeps streams forever",
+                                 _between(0, 7 * 86_400, " s"))
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,9 @@ class HubSettings:
                                       _between(1, 1_000_000))
     max_buffered_bytes: int = _field(4 * 1024 * KIB, "bytes queued for one slow hub subscriber",
                                      _between(1024, 1024 * 1024 * KIB, " bytes"))
+    overflow_policy: str = _field("disconnect", "when a hub subscriber's queue is full: disconnect (it resumes "
+                                  "with Last-Event-ID) or drop-oldest (it gets a gap event)",
+                                  _one_of("disconnect", "drop-oldest"))
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,28 @@ class CompressionSettings:
                              zstd_window_log=self.zstd_window_log)
 
 
+def _addresses(value: Any) -> str | None:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"must be IP addresses or networks (CIDR); {item!r} is neither"
+    return None
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_streams: int = _field(50_000, "open streams per process; beyond it 503 with Retry-After",
+                              _between(1, 10_000_000))
+    max_streams_per_client: int = _field(1000, "open streams per client address, beyond it 429; 0 disables. Behind "
+                                         "a proxy set trusted_proxies, or every client shares the proxy's address",
+                                         _between(0, 10_000_000))
+    trusted_proxies: list[str] = _field([], "addresses/networks whose X-Forwarded-For is believed for the client "  # noqa: RUF009
+                                        "address (e.g. 127.0.0.1, 10.0.0.0/8)", _addresses)
+
+
 @dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool = _field(True, "serve Prometheus metrics at /metrics")
@@ -163,6 +193,7 @@ class Settings:
     bus: BusSettings = field(default_factory=BusSettings)
     hub: HubSettings = field(default_factory=HubSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod

@@ -67,6 +67,15 @@ class Metrics:
         self.conflated = Counter(
             "gateway_view_versions_conflated", "View versions a slow client skipped (latest wins).", ["view"],
             registry=r)
+        self.events_dropped = Counter(
+            "gateway_events_dropped", "Events dropped for slow subscribers (hub policy drop-oldest).", ["kind"],
+            registry=r)
+        self.mailbox_depth = Histogram(
+            "gateway_mailbox_depth", "Events waiting in a stream's mailbox when its writer takes them.", ["kind"],
+            registry=r, buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 10_000))
+        self.mailbox_bytes = Histogram(
+            "gateway_mailbox_bytes", "Bytes waiting in a stream's mailbox when its writer takes them.", ["kind"],
+            registry=r, buckets=(256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304))
         self.hub_published = Counter(
             "gateway_hub_published", "Events accepted by POST /hub/publish.", registry=r)
         self.notifications = Counter(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -31,24 +32,40 @@ log = logging.getLogger("gateway.fanout")
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """An SSE frame ready to encode, with the version that orders it."""
+    """An SSE frame ready to encode, with the version that orders it and the SSE id it carries."""
 
     key: VersionKey
     version: str
     data: bytes | None  # None: a per-request view must render this version itself
+    id: str = ""
 
 
 @dataclass(eq=False, slots=True)
 class Subscriber:
-    """One stream's end of the fan-out."""
+    """One stream's end of the fan-out.
+
+    ``pending_since`` is when an undelivered item was first left waiting; the writer clears it each time it takes
+    the mailbox. A subscriber that keeps items waiting for longer than ``grace`` while new ones arrive is cut off
+    (``cut``, set by the stream), whatever the mailbox policy: memory is bounded by the mailbox, and the time a
+    slow client may hold it by the grace.
+    """
 
     wake: asyncio.Event
+    grace: float = 10.0
     view_box: ConflatingMailbox[Frame] | None = None
     hub_box: BoundedMailbox[Frame] | None = None
-    overflowed: bool = False
+    cut: Callable[[str], None] | None = None
+    pending_since: float | None = None
 
     def notify(self) -> None:
         self.wake.set()
+
+    def queued(self, now: float) -> None:
+        """An item was put in the mailbox at ``now``."""
+        if self.pending_since is None:
+            self.pending_since = now
+        elif now - self.pending_since > self.grace and self.cut is not None:
+            self.cut("slow_consumer")
 
 
 Renderer = Callable[[], Awaitable[str]]
@@ -173,10 +190,15 @@ class Fanout:
             size = len(frame.data or b"")
             if self._observe_hub is not None:
                 self._observe_hub(size)
+            now = time.monotonic()
             for sub in subscribers:
                 assert sub.hub_box is not None
-                if sub.hub_box.put(frame, size) is PutResult.OVERFLOW:
-                    sub.overflowed = True
+                result = sub.hub_box.put(frame, size)
+                if result is PutResult.OVERFLOW and sub.cut is not None:
+                    sub.cut("slow_consumer")
+                elif result is PutResult.DROPPED_OLDEST:
+                    self._metrics.events_dropped.labels("hub").inc()
+                sub.queued(now)
                 sub.notify()
 
     # -- views ------------------------------------------------------------------------------------------------
@@ -205,6 +227,7 @@ class Fanout:
         assert sub.view_box is not None
         if sub.view_box.put(frame) is PutResult.REPLACED:
             self._metrics.conflated.labels(channel.path).inc()
+        sub.queued(time.monotonic())
         sub.notify()
 
     def attach_view(self, channel: ViewChannel, sub: Subscriber) -> None:
@@ -237,8 +260,9 @@ def hub_payload(data: str, event: str | None, event_id: str | None) -> bytes:
 def hub_frame(item: Notification) -> Frame:
     """The SSE frame of a hub notification: the publisher's id if it gave one, else the bus version."""
     body = orjson.loads(item.payload)
-    frame = encode_message(body["data"], event=body.get("event"), id=body.get("id") or item.version)
-    return Frame(version_key(item.version), item.version, frame)
+    event_id = body.get("id") or item.version
+    frame = encode_message(body["data"], event=body.get("event"), id=event_id)
+    return Frame(version_key(item.version), item.version, frame, event_id)
 
 
 def hub_event_id(item: Notification) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.bus import Bus, Command, create_bus
 from gateway.commands import CommandSpec
 from gateway.config import Settings
+from gateway.core.clientaddr import client_address, parse_networks
 from gateway.core.compression import RouteCompression
+from gateway.core.errors import TooManyRequests, Unavailable
 from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
 from gateway.web.compression import CompressionEngine
@@ -67,6 +71,28 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.compression = CompressionEngine(self.settings, self.metrics)
+        self.trusted_proxies = parse_networks(self.settings.limits.trusted_proxies)
+        self.admitted = 0
+        self.clients: Counter[str] = Counter()
+
+    def admit(self, request: StreamRequest) -> str:
+        """Count a new stream against the limits; returns the client address it is charged to."""
+        limits = self.settings.limits
+        client = client_address(request.client, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        if self.admitted >= limits.max_streams:
+            raise Unavailable(f"this gateway holds its maximum of {limits.max_streams} streams; retry later", 5)
+        if limits.max_streams_per_client and self.clients[client] >= limits.max_streams_per_client:
+            raise TooManyRequests(
+                f"{client} already holds {limits.max_streams_per_client} streams, the most one client may", 5)
+        self.admitted += 1
+        self.clients[client] += 1
+        return client
+
+    def release_client(self, client: str) -> None:
+        self.admitted -= 1
+        self.clients[client] -= 1
+        if self.clients[client] <= 0:
+            del self.clients[client]
 
     @property
     def bus(self) -> Bus:
@@ -127,10 +153,13 @@ class Runtime:
         if self.draining:
             return
         self.draining = True
-        log.info("draining: %d open streams", len(self.streams))
-        for stream in list(self.streams):
-            stream.sub.notify()
         loop = asyncio.get_running_loop()
+        # Close streams spread over the first half of the window, so that their reconnects (to other instances)
+        # spread out too, instead of arriving all at once.
+        spread = timeout / 2
+        log.info("draining: %d open streams closed over %.1f s", len(self.streams), spread)
+        for stream in list(self.streams):
+            loop.call_later(random.uniform(0, spread), stream.begin_drain)
         deadline = loop.time() + timeout
         if self.streams:
             self.streams_gone.clear()
@@ -148,7 +177,7 @@ class Runtime:
             await self._fanout.close()
         if not self.draining:
             self.draining = True
-            await self.bus.close(self.settings.server.graceful_timeout)
+            await self.bus.close(self.settings.server.drain_timeout)
 
     def info(self) -> dict[str, Any]:
         return {"commands": sorted(self.commands), "views": sorted(self.views)}

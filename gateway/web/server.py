@@ -1,6 +1,6 @@
 """Hypercorn configuration and the serve loop, with a shutdown the gateway owns.
 
-Hypercorn's own signal handling would give endless streams only ``graceful_timeout`` and then cut them. Here
+Hypercorn's own signal handling would give endless streams only its ``graceful_timeout`` and then cut them. Here
 SIGTERM/SIGINT first *drain* the gateway (readiness 503, streams told to reconnect and closed, accepted commands
 finished) and only then let Hypercorn stop listening, so its graceful phase finds nothing left to cut.
 """
@@ -47,7 +47,8 @@ def hypercorn_config(settings: Settings) -> Config:
     # A stream lives as long as its client: no read timeout, no worker recycling.
     config.read_timeout = None
     config.max_requests = None
-    config.graceful_timeout = server.graceful_timeout
+    # Hypercorn's own graceful phase only has to cover what the gateway's drain leaves (in-flight requests).
+    config.graceful_timeout = server.drain_timeout + 5.0
     config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
     config.include_server_header = False
     config.loglevel = server.log_level.upper()
@@ -97,7 +98,7 @@ async def serve(gateway: Gateway, settings: Settings) -> None:
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        log.info("signal received: draining for up to %.1f s", settings.server.graceful_timeout)
+        log.info("signal received: draining for up to %.1f s", settings.server.drain_timeout)
         await gateway.drain()
 
     if (settings.server.certfile and not settings.server.keyfile) or (settings.server.keyfile and not (

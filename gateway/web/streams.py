@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -36,7 +36,8 @@ log = logging.getLogger("gateway.streams")
 
 _HEARTBEAT = comment("")
 # Reasons to end a stream that deserve a goodbye frame, and the comment it carries.
-_GRACEFUL = {"drain": "draining", "slow_consumer": "slow consumer: reconnect with Last-Event-ID"}
+_GRACEFUL = {"drain": "draining", "slow_consumer": "slow consumer: reconnect with Last-Event-ID",
+             "lifetime": "stream lifetime reached: reconnect"}
 
 
 class StreamClosed(Exception):
@@ -57,10 +58,17 @@ class Stream:
     send: Send
     lease: Lease
     sub: Subscriber
+    client: str
     state: StreamStateMachine = field(default_factory=StreamStateMachine)
     disconnected: bool = False
+    drain_requested: bool = False
+    cut_reason: str | None = None
+    interrupted: bool = False  # a write was abandoned half-way: nothing more may be written
     last_key: VersionKey | None = None
+    heartbeat_at: float = 0.0
+    lifetime_at: float | None = None
     _watcher: asyncio.Task[None] | None = None
+    _deadline: asyncio.Timeout | None = None
     _counters: tuple[Any, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -69,12 +77,37 @@ class Stream:
         m, route, name = self.runtime.metrics, self.lease.route.path, self.encoder.name
         self._counters = (m.bytes_in.labels(route, name), m.bytes_out.labels(route, name),
                           m.events_sent.labels(self.kind), m.encode_seconds.labels(route, name))
+        sse = self.runtime.settings.sse
+        now = time.monotonic()
+        self.heartbeat_at = now + sse.heartbeat
+        if sse.max_lifetime > 0:
+            self.lifetime_at = now + sse.max_lifetime * random.uniform(0.9, 1.1)
+        self.sub.grace = sse.slow_client_grace
+        self.sub.cut = self.cut
 
     @classmethod
     def open(cls, runtime: Runtime, kind: str, route: RouteState, scope: Scope, send: Send) -> Stream:
+        """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder."""
         request = StreamRequest.from_scope(scope)
-        lease = runtime.compression.open(route, request.headers.get("accept-encoding"))
-        return cls(runtime, kind, request, send, lease, Subscriber(asyncio.Event()))
+        client = runtime.admit(request)
+        try:
+            lease = runtime.compression.open(route, request.headers.get("accept-encoding"))
+        except BaseException:
+            runtime.release_client(client)
+            raise
+        return cls(runtime, kind, request, send, lease, Subscriber(asyncio.Event()), client)
+
+    def cut(self, reason: str) -> None:
+        """End the stream from outside its task (slow consumer): abandon a write that is stuck, then wake it."""
+        if self.cut_reason is None:
+            self.cut_reason = reason
+        if self._deadline is not None:
+            self._deadline.reschedule(asyncio.get_running_loop().time())
+        self.sub.notify()
+
+    def begin_drain(self) -> None:
+        self.drain_requested = True
+        self.sub.notify()
 
     @property
     def last_event_id(self) -> str | None:
@@ -111,12 +144,17 @@ class Stream:
 
     async def _send(self, message: dict[str, object]) -> None:
         try:
-            async with asyncio.timeout(self.runtime.settings.sse.write_timeout):
+            async with asyncio.timeout(self.runtime.settings.sse.write_timeout) as deadline:
+                self._deadline = deadline
                 await self.send(message)
         except TimeoutError:
-            raise StreamClosed("write_timeout") from None
+            self.interrupted = True
+            raise StreamClosed(self.cut_reason or "write_timeout") from None
         except (OSError, RuntimeError) as exc:  # the transport is gone under us
+            self.interrupted = True
             raise StreamClosed("send_failed") from exc
+        finally:
+            self._deadline = None
 
     async def write(self, frames: bytes, *, events: int) -> None:
         started = time.perf_counter()
@@ -124,25 +162,37 @@ class Stream:
         counters = self._counters
         counters[3].inc(time.perf_counter() - started)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        self.heartbeat_at = time.monotonic() + self.runtime.settings.sse.heartbeat
         counters[0].inc(len(frames))
         counters[1].inc(len(encoded))
         if events:
             counters[2].inc(events)
 
-    async def wait(self, heartbeat_at: float) -> bool:
-        """Sleep until woken (True) or until the heartbeat is due (False)."""
+    async def next_batch(self) -> str | None:
+        """Sleep until the mailbox has news (None), writing heartbeats meanwhile, or until the stream must end
+        (the reason). One event wakes the writer for everything: fan-out, the disconnect watcher, a drain, a
+        cut-off; the heartbeat and lifetime deadlines are the only timers."""
         wake = self.sub.wake
-        if not wake.is_set():
-            delay = heartbeat_at - time.monotonic()
-            if delay <= 0:
-                return False
-            try:
-                async with asyncio.timeout(delay):
+        while True:
+            if self.disconnected:
+                return "client_closed"
+            if self.cut_reason is not None:
+                return self.cut_reason
+            if self.drain_requested:
+                return "drain"
+            now = time.monotonic()
+            if self.lifetime_at is not None and now >= self.lifetime_at:
+                return "lifetime"
+            if wake.is_set():
+                wake.clear()
+                return None
+            if now >= self.heartbeat_at:
+                await self.heartbeat()  # a failed heartbeat write ends the stream: liveness check
+                continue
+            until = self.heartbeat_at if self.lifetime_at is None else min(self.heartbeat_at, self.lifetime_at)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(until - now):
                     await wake.wait()
-            except TimeoutError:
-                return False
-        wake.clear()
-        return True
 
     async def heartbeat(self) -> None:
         await self.write(_HEARTBEAT, events=0)
@@ -151,7 +201,8 @@ class Stream:
     async def end(self, reason: str) -> None:
         """Close the response. A drain or a cut-off first tells the client when to come back, jittered so that
         reconnects spread out; a stream whose client is gone, or whose write failed, is just released."""
-        if reason in _GRACEFUL and self.state.state is State.STREAMING and not self.disconnected:
+        if (reason in _GRACEFUL and self.state.state is State.STREAMING and not self.disconnected
+                and not self.interrupted):
             self.state.handle(Transition.DRAIN)
             base = self.runtime.settings.sse.retry
             goodbye = retry_frame(int(base + random.uniform(0, base))) + comment(_GRACEFUL[reason])
@@ -167,6 +218,8 @@ class Stream:
         started = self.state.state in (State.STREAMING, State.DRAINING)
         self.state.handle(Transition.CLOSE)
         self.runtime.compression.release(self.lease)
+        self.runtime.release_client(self.client)
+        self.sub.cut = None
         if self._watcher is not None:
             self._watcher.cancel()
         if started:
@@ -188,7 +241,12 @@ async def serve_view(runtime: Runtime, spec: ViewSpec, scope: Scope, receive: Re
     if await _refuse_if_draining(runtime, "view", send):
         return
     channel: ViewChannel = runtime.fanout.views[spec.path]
-    stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send)
+    try:
+        stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send)
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("view", exc.code).inc()
+        await send_error(send, exc)
+        return
     stream.sub.view_box = ConflatingMailbox()
     runtime.fanout.attach_view(channel, stream.sub)
     reason = "client_closed"
@@ -245,21 +303,13 @@ async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runt
 async def _view_loop(runtime: Runtime, spec: ViewSpec, stream: Stream) -> str:
     box = stream.sub.view_box
     assert box is not None
-    interval = runtime.settings.sse.heartbeat
-    heartbeat_at = time.monotonic() + interval
-    while True:
-        woke = await stream.wait(heartbeat_at)
-        if stream.disconnected:
-            return "client_closed"
-        if runtime.draining:
-            return "drain"
-        if not woke:
-            await stream.heartbeat()
-            heartbeat_at = time.monotonic() + interval
-            continue
+    depth = runtime.metrics.mailbox_depth.labels("view")
+    while (reason := await stream.next_batch()) is None:
         frame = box.take()
+        stream.sub.pending_since = None
         if frame is None or (stream.last_key is not None and frame.key <= stream.last_key):
             continue  # an older version than the one already sent: converge, never go back
+        depth.observe(1)
         if frame.data is None:
             try:
                 frame = await _render_for(spec, stream.request, frame, runtime)
@@ -267,7 +317,7 @@ async def _view_loop(runtime: Runtime, spec: ViewSpec, stream: Stream) -> str:
                 continue  # keep the stream; the next change tries again
         await stream.write(frame.data or b"", events=1)
         stream.last_key = frame.key
-        heartbeat_at = time.monotonic() + interval
+    return reason
 
 
 async def serve_hub(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,9 +330,16 @@ async def serve_hub(runtime: Runtime, scope: Scope, receive: Receive, send: Send
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
         return
-    stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send)
+    try:
+        stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send)
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("hub", exc.code).inc()
+        await send_error(send, exc)
+        return
     hub = runtime.settings.hub
-    box: BoundedMailbox[Frame] = BoundedMailbox(Limits(hub.max_buffered_events, hub.max_buffered_bytes))
+    policy: Literal["disconnect", "drop-oldest"] = "drop-oldest" if hub.overflow_policy == "drop-oldest" else (
+        "disconnect")
+    box: BoundedMailbox[Frame] = BoundedMailbox(Limits(hub.max_buffered_events, hub.max_buffered_bytes, policy))
     stream.sub.hub_box = box
     runtime.fanout.attach_hub(topics, stream.sub)
     reason = "client_closed"
@@ -368,25 +425,26 @@ async def _replay(
 
 
 async def _hub_loop(runtime: Runtime, stream: Stream, box: BoundedMailbox[Frame]) -> str:
-    interval = runtime.settings.sse.heartbeat
-    heartbeat_at = time.monotonic() + interval
-    while True:
-        woke = await stream.wait(heartbeat_at)
-        if stream.disconnected:
-            return "client_closed"
-        if runtime.draining:
-            return "drain"
-        if stream.sub.overflowed:
-            log.info("hub subscriber at %s cut off: %d events queued", stream.request.client, len(box))
-            return "slow_consumer"
-        if not woke:
-            await stream.heartbeat()
-            heartbeat_at = time.monotonic() + interval
-            continue
+    metrics = runtime.metrics
+    depth, queued = metrics.mailbox_depth.labels("hub"), metrics.mailbox_bytes.labels("hub")
+    while (reason := await stream.next_batch()) is None:
+        if len(box):
+            depth.observe(len(box))
+            queued.observe(box.bytes)
+        lost = box.take_gap()
         frames = [f for f in box.take_all() if stream.last_key is None or f.key > stream.last_key]
-        if not frames:
+        stream.sub.pending_since = None
+        out = []
+        if lost is not None:  # policy drop-oldest: say what was lost, never a silent hole
+            data = orjson.dumps({"reason": "dropped", "firstLostId": lost.id}).decode()
+            out.append(Event(data=data, event="gap").encode())
+        if not frames and not out:
             continue
         # Coalesce everything pending into one write: one encoder flush and one send for the batch.
-        await stream.write(b"".join(f.data or b"" for f in frames), events=len(frames))
-        stream.last_key = frames[-1].key
-        heartbeat_at = time.monotonic() + interval
+        out.extend(f.data or b"" for f in frames)
+        await stream.write(b"".join(out), events=len(out))
+        if frames:
+            stream.last_key = frames[-1].key
+    if reason == "slow_consumer":
+        log.info("hub subscriber %s cut off: %d events, %d bytes queued", stream.client, len(box), box.bytes)
+    return reason
