@@ -178,8 +178,9 @@ async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, cer
     budget = 64 * 1024 * 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
-    srv = start_server(tmp_path, certs, env={"GATEWAY_COMPRESSION_MEMORY_BUDGET": str(budget),
-                                              "GATEWAY_SSE_HEARTBEAT": "55", "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0"})
+    env = {"GATEWAY_COMPRESSION_MEMORY_BUDGET": str(budget), "GATEWAY_SSE_HEARTBEAT": "55",
+           "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0"}  # every test stream comes from 127.0.0.1
+    srv = start_server(tmp_path, certs, env=env)
     streams: list[RawStream] = []
     try:
         rss_before = _rss(srv.proc.pid)
