@@ -98,3 +98,21 @@ async def secret() -> str:
 @gw.view("/gzip-only", topics=["a"], compression=RouteCompression(encodings=("gzip",)))
 async def gzip_only() -> str:
     return "gzip " * 50
+
+
+# -- drain: accepted commands must run before the process exits ------------------------------------------------
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+
+
+@gw.command("/record")
+async def record(n: int) -> None:
+    """Slow on purpose (so some are still queued at SIGTERM); appends to $RECORD_FILE once executed."""
+    await asyncio.sleep(0.02)
+    await asyncio.to_thread(_append, os.environ["RECORD_FILE"], f"{n}\n")
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line)

@@ -14,53 +14,11 @@ import pytest
 
 from gateway.core.sse import SSEParser
 from tests.conftest import Server, start_server
-from tests.support.sse_client import Decoder, SSEReader
+from tests.support.raw_stream import RawStream
+from tests.support.sse_client import SSEReader
 from tests.test_lifecycle import metric
 
 pytestmark = pytest.mark.asyncio
-
-
-class RawStream:
-    """An HTTP/1.1 SSE stream over a bare socket, counting every byte received (chunk framing included)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.headers: dict[str, str] = {}
-        self.wire_bytes = 0
-        self.parser = SSEParser()
-        self.decoder: Decoder | None = None
-        self._pending: list[str] = []
-
-    @classmethod
-    async def open(cls, port: int, path: str, accept_encoding: str) -> RawStream:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: {accept_encoding}\r\n\r\n".encode())
-        await writer.drain()
-        stream = cls(reader, writer)
-        head = await reader.readuntil(b"\r\n\r\n")
-        stream.wire_bytes += len(head)
-        status, *lines = head.decode("latin-1").split("\r\n")
-        assert " 200 " in status + " ", status
-        stream.headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
-        assert stream.headers.get("transfer-encoding") == "chunked"
-        stream.decoder = Decoder(stream.headers.get("content-encoding"))
-        return stream
-
-    async def next_event(self, timeout: float = 10) -> tuple[str, int]:
-        """The next event's data and the wire bytes it took since the previous one."""
-        start = self.wire_bytes
-        async with asyncio.timeout(timeout):
-            while not self._pending:
-                size_line = await self.reader.readuntil(b"\r\n")
-                size = int(size_line.strip(), 16)
-                chunk = await self.reader.readexactly(size + 2)
-                self.wire_bytes += len(size_line) + len(chunk)
-                assert self.decoder is not None
-                self._pending.extend(e.data for e in self.parser.feed(self.decoder.decode(chunk[:-2])))
-        return self._pending.pop(0), self.wire_bytes - start
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 @pytest.fixture(scope="module")
