@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import Server, start_server
 from tests.support.sse_client import SSEReader
 from tests.test_compression import _rss
-from tests.test_lifecycle import wait_metric
+from tests.test_lifecycle import metric, wait_metric
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,3 +100,36 @@ async def test_h2_client_granting_no_window_costs_bounded_memory(stall_server: S
             await wait_metric(base, "gateway_streams_closed_total", 1, timeout=10, kind="view", reason="write_timeout")
         finally:
             await stalled.close()
+
+
+async def test_http1_client_that_stops_reading(stall_server: Server) -> None:
+    """200 renders of 100 KB to a client whose socket is full: memory bounded, the stall closed by the deadline,
+    and a healthy client on the same view gets every latest state promptly."""
+    from tests.support.raw_stream import RawStream
+
+    base, port = stall_server.http, stall_server.http_port
+    before_closed = await metric(base, "gateway_streams_closed_total", kind="view", reason="write_timeout")
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert (await client.post("/size", json={"bytes": 100_000})).status_code == 204
+        stalled = await RawStream.open(port, "/sized", rcvbuf=4096)  # reads the headers, then nothing
+        try:
+            async with client.stream("GET", "/sized", headers={"accept-encoding": "br"}) as healthy:
+                reader = SSEReader(healthy.aiter_raw(), healthy.headers.get("content-encoding"))
+                await reader.next_event()
+                rss_before = _rss(stall_server.proc.pid)
+                lags = []
+                for _ in range(200):
+                    published = time.monotonic()
+                    response = await client.post("/tick", json={})
+                    assert response.status_code == 204
+                    await reader.next_event(timeout=10)
+                    lags.append(time.monotonic() - published)
+                growth = _rss(stall_server.proc.pid) - rss_before
+            print(f"\n200 renders of 100 KB, an HTTP/1.1 client not reading: RSS +{growth / 2**20:.1f} MiB, "
+                  f"healthy lag max {max(lags) * 1000:.0f} ms")
+            assert growth < 64 * 2**20
+            assert max(lags) < 1.0
+            await wait_metric(base, "gateway_streams_closed_total", before_closed + 1, timeout=10,
+                              kind="view", reason="write_timeout")
+        finally:
+            stalled.close()
