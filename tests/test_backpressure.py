@@ -133,3 +133,55 @@ async def test_http1_client_that_stops_reading(stall_server: Server) -> None:
                               kind="view", reason="write_timeout")
         finally:
             stalled.close()
+
+
+async def test_1000_hub_subscribers_10_stalled(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """990 healthy subscribers receive all 500 events in order while 10 stalled ones (h2, no window granted) are
+    cut off by their bounded mailboxes; the publisher never waits on them."""
+    import resource
+    import statistics
+
+    from tests.conftest import HUB_TOKEN
+    from tests.support.raw_stream import RawStream
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    srv = start_server(tmp_path, certs, env={"GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0",
+                                              "GATEWAY_HUB_MAX_BUFFERED_EVENTS": "100",
+                                              "GATEWAY_SSE_HEARTBEAT": "55"})
+    healthy: list[RawStream] = []
+    stalled: list[StalledH2Client] = []
+    try:
+        for _ in range(990):
+            healthy.append(await RawStream.open(srv.http_port, "/hub/subscribe?topic=fan"))
+        for _ in range(10):
+            stalled.append(await StalledH2Client.open(srv.http_port, "/hub/subscribe?topic=fan"))
+        await wait_metric(srv.http, "gateway_streams_active", 1000, kind="hub")
+
+        async def consume(stream: RawStream) -> list[str]:
+            events = await stream.read_frames(501, timeout=120)  # the retry: frame, then 500 events
+            return [e.data[:4] for e in events]
+
+        consumers = [asyncio.create_task(consume(s)) for s in healthy]
+        latencies = []
+        async with httpx.AsyncClient(base_url=srv.http, timeout=30,
+                                     headers={"authorization": f"Bearer {HUB_TOKEN}"}) as client:
+            for n in range(500):
+                started = time.monotonic()
+                response = await client.post("/hub/publish", json={"topic": "fan", "data": f"{n:04d}" + "x" * 300})
+                latencies.append(time.monotonic() - started)
+                assert response.status_code == 204
+        results = await asyncio.gather(*consumers)
+        expected = [f"{n:04d}" for n in range(500)]
+        assert all(got == expected for got in results)  # every healthy subscriber: all 500, in order
+        cut = await metric(srv.http, "gateway_streams_closed_total", kind="hub", reason="slow_consumer")
+        print(f"\n990 healthy + 10 stalled: all 500 events delivered in order to all 990; {cut:.0f} stalled cut off; "
+              f"publish POST p50 {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+        assert cut == 10
+        assert all(s.received < 70_000 for s in stalled)  # flow control held them to their window
+    finally:
+        for stream in healthy:
+            stream.close()
+        for s in stalled:
+            await s.close()
+        assert srv.stop() == 0

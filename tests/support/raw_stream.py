@@ -54,6 +54,23 @@ class RawStream:
         stream.decoder = Decoder(stream.headers.get("content-encoding"))
         return stream
 
+    async def read_frames(self, count: int, timeout: float = 60) -> list[ParsedEvent]:
+        """Read until ``count`` more frames arrived, then parse them all at once: the cheap path for tests that
+        hold a thousand streams (the gateway writes whole frames per chunk, so frames are counted per chunk)."""
+        frames = 0
+        raw = []
+        async with asyncio.timeout(timeout):
+            while frames < count:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = (await self.reader.readexactly(size + 2))[:-2]
+                if not size:
+                    break
+                assert self.decoder is not None
+                text = self.decoder.decode(chunk)
+                raw.append(text)
+                frames += text.count(b"\n\n")
+        return self.parser.feed(b"".join(raw))
+
     async def _chunk(self) -> bool:
         size_line = await self.reader.readuntil(b"\r\n")
         size = int(size_line.strip(), 16)
