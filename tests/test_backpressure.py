@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +61,10 @@ class StalledH2Client:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:  # now, not on a later loop iteration (see RawStream.close)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.writer.close()
 
 

@@ -29,13 +29,14 @@ async def test_stream_limits_503_per_process_429_per_client(tmp_path: Path, cert
         for _ in range(2):
             opened.append(await RawStream.open(srv.http_port, "/todos/updates", headers=alice))
             assert opened[-1].status == 200
-        third = await RawStream.open(srv.http_port, "/todos/updates", headers=alice)
+        opened.append(third := await RawStream.open(srv.http_port, "/todos/updates", headers=alice))
         assert third.status == 429
         assert third.headers["retry-after"]
         assert "198.51.100.1" in json.loads(third.body)["detail"]  # the forwarded address, not the proxy's
         opened.append(await RawStream.open(srv.http_port, "/todos/updates", headers=bob))
         assert opened[-1].status == 200
-        full = await RawStream.open(srv.http_port, "/hub/subscribe?topic=x", headers={"x-forwarded-for": "192.0.2.7"})
+        opened.append(full := await RawStream.open(srv.http_port, "/hub/subscribe?topic=x",
+                                                    headers={"x-forwarded-for": "192.0.2.7"}))
         assert full.status == 503
         assert full.headers["retry-after"]
         assert json.loads(full.body)["error"] == "unavailable"

@@ -7,6 +7,7 @@ buffer made small on purpose, a client that simply stops reading, and the end of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from gateway.core.sse import ParsedEvent, SSEParser
@@ -107,4 +108,10 @@ class RawStream:
         return events
 
     def close(self) -> None:
+        """Close now: asyncio would only close the socket on a later loop iteration, which a test that then
+        blocks (waiting for a server process, say) never gives it; the server would not see the client leave."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.writer.close()
