@@ -76,6 +76,20 @@ def stall_server(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Pa
     assert srv.stop() == 0
 
 
+async def publish_and_watch(client: httpx.AsyncClient, reader: SSEReader, pid: int, renders: int
+                            ) -> tuple[int, list[float]]:
+    """Publish ``renders`` new versions of /sized one by one; returns the server's RSS growth and, per render,
+    the healthy client's delay from publish to receipt."""
+    rss_before = _rss(pid)
+    lags = []
+    for _ in range(renders):
+        published = time.monotonic()
+        assert (await client.post("/tick", json={})).status_code == 204
+        await reader.until(lambda e: e.data.startswith("<p>tick "), timeout=10)
+        lags.append(time.monotonic() - published)
+    return _rss(pid) - rss_before, lags
+
+
 async def test_h2_client_granting_no_window_costs_bounded_memory(stall_server: Server) -> None:
     base, port = stall_server.http, stall_server.http_port
     ticks, size = 120, 1024 * 1024
@@ -86,16 +100,7 @@ async def test_h2_client_granting_no_window_costs_bounded_memory(stall_server: S
             async with client.stream("GET", "/sized", headers={"accept-encoding": "br"}) as healthy:
                 reader = SSEReader(healthy.aiter_raw(), healthy.headers.get("content-encoding"))
                 await reader.next_event()
-                rss_before = _rss(stall_server.proc.pid)
-                lags = []
-                for i in range(ticks):
-                    published = time.monotonic()
-                    assert (await client.post("/tick", json={})).status_code == 204
-                    event = await reader.until(lambda e, i=i: e.data.startswith("<p>tick "), timeout=10)
-                    lags.append(time.monotonic() - published)
-                    del event
-                rss_after = _rss(stall_server.proc.pid)
-            growth = rss_after - rss_before
+                growth, lags = await publish_and_watch(client, reader, stall_server.proc.pid, ticks)
             print(f"\n{ticks} renders of 1 MiB with an h2 client granting no window: RSS +{growth / 2**20:.1f} MiB,"
                   f" stalled client got {stalled.received} B; healthy client lag max {max(lags) * 1000:.0f} ms")
             assert stalled.headers.get(b":status") == b"200"
@@ -122,15 +127,7 @@ async def test_http1_client_that_stops_reading(stall_server: Server) -> None:
             async with client.stream("GET", "/sized", headers={"accept-encoding": "br"}) as healthy:
                 reader = SSEReader(healthy.aiter_raw(), healthy.headers.get("content-encoding"))
                 await reader.next_event()
-                rss_before = _rss(stall_server.proc.pid)
-                lags = []
-                for _ in range(200):
-                    published = time.monotonic()
-                    response = await client.post("/tick", json={})
-                    assert response.status_code == 204
-                    await reader.next_event(timeout=10)
-                    lags.append(time.monotonic() - published)
-                growth = _rss(stall_server.proc.pid) - rss_before
+                growth, lags = await publish_and_watch(client, reader, stall_server.proc.pid, 200)
             print(f"\n200 renders of 100 KB, an HTTP/1.1 client not reading: RSS +{growth / 2**20:.1f} MiB, "
                   f"healthy lag max {max(lags) * 1000:.0f} ms")
             assert growth < 64 * 2**20

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.core.sse import SSEParser
+from gateway.core.sse import ParsedEvent, SSEParser
 from tests.conftest import Server, start_server
 from tests.support.raw_stream import RawStream
 from tests.support.sse_client import SSEReader
@@ -69,7 +69,7 @@ async def test_codecs_end_to_end_decoded_by_httpx(fresh: Server, encoding: str, 
         assert r.headers["vary"] == "accept-encoding"
         parser = SSEParser()
         chunks = r.aiter_bytes()  # httpx's own decoders
-        events = []
+        events: list[ParsedEvent] = []
         async with asyncio.timeout(10):
             while not events:
                 events += parser.feed(await chunks.__anext__())

@@ -28,6 +28,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
+from tests.conftest import free_port
 from tests.support.chromium import NetworkLog, chromium_or_skip, launch, launch_args, spki_hash
 from tests.support.h3client import H3Client, H3ConnectionClosed, H3Error
 
@@ -197,25 +198,6 @@ class Server:
     def origin(self) -> str:
         """``host:port`` as browsers and ``:authority`` spell it."""
         return f"127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    """Return a loopback port number free on both TCP and UDP, as Hypercorn binds the one number twice.
-
-    There is a small window between closing these probes and Hypercorn binding the port; the loop only
-    guards against a number that is already taken on UDP.
-    """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port number free on both TCP and UDP 127.0.0.1 after 50 tries")
 
 
 async def wait_until_listening(port: int, task: asyncio.Task[None]) -> None:
