@@ -141,3 +141,16 @@ async def test_heartbeats_arrive_flushed_on_an_idle_stream(tmp_path: Path, certs
         assert await metric(srv.http, "gateway_heartbeats_sent_total") >= 2
     finally:
         assert srv.stop() == 0
+
+
+async def test_idle_http3_connection_does_not_hold_up_shutdown(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """Browsers keep QUIC connections open; SIGTERM must not wait for them until the graceful timeout."""
+    srv = start_server(tmp_path, certs, env={"GATEWAY_SERVER_DRAIN_TIMEOUT": "10"})
+    async with H3Client("127.0.0.1", srv.tls_port, verify=False) as client:
+        assert (await client.request("GET", "/healthz")).status == 200  # the connection stays open, idle
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(srv.proc.wait, 30)
+        exited = time.monotonic() - started
+    assert code == 0, srv.output()
+    assert exited < 8, f"exit took {exited:.1f} s"  # Hypercorn's graceful timeout is drain + 5 = 15 s
