@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -153,6 +154,10 @@ async def test_drop_oldest_announces_the_first_lost_id(tmp_path: Path, certs: tu
         assert srv.stop() == 0
 
 
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 async def test_slow_consumer_is_cut_off_after_the_grace_period(tmp_path: Path, certs: tuple[Path, Path]) -> None:
     srv = start_server(tmp_path, certs, args=["--app", "tests.apps:gw"],
                        env={"GATEWAY_SSE_SLOW_CLIENT_GRACE": "1", "GATEWAY_SSE_WRITE_TIMEOUT": "300"})
@@ -166,8 +171,15 @@ async def test_slow_consumer_is_cut_off_after_the_grace_period(tmp_path: Path, c
                     assert (await client.post("/tick", json={})).status_code == 204
                     await asyncio.sleep(0.1)  # keep new versions coming while the client does not read
             cut_after = time.monotonic() - started
+            # Its socket is released too, although the client still reads nothing (no flush can ever finish).
+            fds = _open_fds(srv.proc.pid)
+            async with asyncio.timeout(10):
+                while _open_fds(srv.proc.pid) >= fds:  # noqa: ASYNC110 - another process, bounded
+                    await asyncio.sleep(0.1)
+            released_after = time.monotonic() - started
             slow.close()
-        print(f"\nslow consumer cut off after {cut_after:.1f} s (grace 1 s, write timeout 300 s)")
+        print(f"\nslow consumer cut off after {cut_after:.1f} s (grace 1 s, write timeout 300 s), "
+              f"its connection released after {released_after:.1f} s")
         assert cut_after < 10  # the grace period, not the 300 s write deadline, ended it
     finally:
         assert srv.stop() == 0

@@ -57,6 +57,11 @@ version, so an upgrade cannot silently combine a changed upstream with a stale p
    gateway's write deadline closes the stream. When a stream's app ends without finishing the response (such a
    cut-off), the stream is reset (``RESET_STREAM``, ``H3_REQUEST_CANCELLED``): the client learns it ended and
    aioquic drops what was still buffered for it, instead of keeping both until the connection closes.
+8. **A closed connection lives on while its peer does not read** (0.18.0): ``TCPServer._close`` awaits
+   ``wait_closed()``, and asyncio only closes a transport once its write buffer is flushed, which never happens
+   for a client that stopped reading. A stream the gateway cut off (slow consumer, write deadline) kept its
+   socket, file descriptor and buffers until the client went away. The fix aborts the transport (dropping the
+   unsendable rest) when a close has not completed within ``CLOSE_GRACE`` seconds.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ log = logging.getLogger("gateway.hypercorn")
 
 VERIFIED = ("0.18.0",)
 AIOQUIC_VERIFIED = ("1.7.2",)  # fix 6 reads aioquic's stream internals
+CLOSE_GRACE = 3.0  # seconds a closing TCP connection may take to flush before it is aborted
 H3_HIGH_WATER = 256 * 1024  # bytes an HTTP/3 stream may hold unacknowledged before the app's send waits
 _applied = False
 
@@ -93,7 +99,7 @@ def apply() -> list[str]:
         return []
     fixes = [("quic_shutdown_wake", _fix_quic_shutdown), ("h3_disconnects", _fix_h3_disconnects),
              ("h2_late_data", _fix_h2_late_data), ("h2_buffer_backpressure", _fix_h2_buffer_backpressure),
-             ("send_after_disconnect", _fix_send_after_disconnect)]
+             ("send_after_disconnect", _fix_send_after_disconnect), ("tcp_close_abort", _fix_tcp_close_abort)]
     try:
         aioquic = version("aioquic")
     except PackageNotFoundError:
@@ -305,3 +311,19 @@ def _fix_h3_send_backpressure() -> None:
 
     QuicProtocol._handle_events = _handle_events  # type: ignore[method-assign]
     H3Protocol.stream_send = stream_send  # type: ignore[method-assign]
+
+
+def _fix_tcp_close_abort() -> None:
+    from hypercorn.asyncio.tcp_server import TCPServer
+
+    original = TCPServer._close
+
+    async def _close(self: Any) -> None:
+        transport = self.writer.transport
+        timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+        try:
+            await original(self)
+        finally:
+            timer.cancel()
+
+    TCPServer._close = _close  # type: ignore[method-assign]
