@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import random
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,15 @@ def write_json(path: Path, data: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Stop a gateway process the way an orchestrator does: SIGTERM (it drains), SIGKILL only past ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode

@@ -37,7 +37,6 @@ import contextlib
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import RESULTS_DIR, ROOT, machine_info, write_json
+from benchmarks import RESULTS_DIR, ROOT, machine_info, terminate, write_json
 from gateway.core.sse import SSEParser
 
 TOKEN = "bench-stalled-" + "t" * 24
@@ -287,14 +286,7 @@ class GatewayProcess:
         return parse_metrics(body.decode())
 
     def stop(self, timeout: float = 40.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
 
 # -- the clients ------------------------------------------------------------------------------------------------

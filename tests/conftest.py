@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from benchmarks import terminate
 
 STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
 HUB_TOKEN = "test-token-" + "x" * 16
@@ -70,14 +71,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
 
 def start_server(tmp: Path, certs: tuple[Path, Path], *, env: dict[str, str] | None = None,
