@@ -24,15 +24,15 @@ from typing import Any, TypeVar
 from gateway.commands import CommandSpec, Handler
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
-from gateway.web.asgi import HUB_SUBSCRIBE, Dispatcher
+from gateway.web.asgi import Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
 from gateway.web.routes import build_quart
-from gateway.web.runtime import Runtime, ViewSpec
+from gateway.web.runtime import HUB_ROUTE, Runtime, ViewSpec
 
 H = TypeVar("H", bound=Handler)
 R = TypeVar("R", bound=Callable[..., Awaitable[str]])
 
-_RESERVED = {HUB_SUBSCRIBE, "/hub/publish", "/metrics", "/healthz", "/readyz"}
+_RESERVED = {HUB_ROUTE, "/hub/publish", "/metrics", "/healthz", "/readyz"}
 
 
 class Gateway:

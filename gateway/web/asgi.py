@@ -8,13 +8,10 @@ from quart import Quart
 
 from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.web.asgi_util import Receive, Scope, Send, send_error
-from gateway.web.runtime import Runtime
+from gateway.web.runtime import HUB_ROUTE, Runtime
 from gateway.web.streams import serve_hub, serve_view
 
 log = logging.getLogger("gateway")
-
-HUB_SUBSCRIBE = "/hub/subscribe"
-
 
 class Dispatcher:
     """Routes a request to a stream responder or to the Quart app."""
@@ -28,7 +25,7 @@ class Dispatcher:
         if kind == "http":
             path = scope["path"]
             spec = self.runtime.views.get(path)
-            if spec is not None or path == HUB_SUBSCRIBE:
+            if spec is not None or path == HUB_ROUTE:
                 if scope["method"] not in ("GET", "HEAD"):
                     await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
                                                             ("GET", "HEAD")))

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.bus import Bus, Command, create_bus
 from gateway.commands import CommandSpec
@@ -178,6 +178,3 @@ class Runtime:
         if not self.draining:
             self.draining = True
             await self.bus.close(self.settings.server.drain_timeout)
-
-    def info(self) -> dict[str, Any]:
-        return {"commands": sorted(self.commands), "views": sorted(self.views)}
