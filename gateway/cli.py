@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ _FLAGS = {
     "app": "server.app",
     "log_level": "server.log_level",
     "bus": "bus.url",
+    "loop": "server.loop",
 }
 
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--keyfile", metavar="PEM", help="private key for TLS and QUIC")
         sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
         sub.add_argument("--bus", metavar="URL", help="bus backend URL (memory://)")
+        sub.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop implementation")
     doc = commands.add_parser("config", help="print every setting with its default (TOML or a markdown table)")
     doc.add_argument("--markdown", action="store_true", help="a markdown table instead of TOML")
     dev = commands.add_parser("devcert", help="create a self-signed development certificate")
@@ -76,6 +79,18 @@ def load_app(target: str) -> Any:
     if not isinstance(app, Gateway):
         raise SettingsError("server.app", target, "must name a gateway.Gateway instance")
     return app
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """None for asyncio's own loop; uvloop's factory, or an error naming the setting when it is not installed."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise SettingsError("server.loop", name, "uvloop is not installed: pip install 'gateway[uvloop]'") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _print_settings(settings: Settings) -> None:
@@ -120,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         gateway = load_app(settings.server.app)
         from gateway.web.server import serve
 
-        asyncio.run(serve(gateway, settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.server.loop)) as runner:
+            runner.run(serve(gateway, settings))
     except SettingsError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2

@@ -87,6 +87,11 @@ class ServerSettings:
                                   "over its first half, accepted commands finish within it", _between(0, 3600, " s"))
     log_level: str = _field("info", "logging level", _one_of("debug", "info", "warning", "error"))
     access_log: bool = _field(False, "log every request (one line each)")
+    loop: str = _field("asyncio", "event loop: asyncio, or uvloop (pip install 'gateway[uvloop]')",
+                       _one_of("asyncio", "uvloop"))
+    backlog: int = _field(4096, "listen backlog of each TCP listener: connections the kernel queues before "
+                          "accepting; reconnect storms after a restart need more than the usual 100",
+                          _between(16, 65_535))
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ class SSESettings:
     max_lifetime: float = _field(0 * SECONDS, "seconds after which a stream is ended with a reconnect hint (+-10% "
                                  "jitter, spreads reconnects and rebalances); 0 keeps streams forever",
                                  _between(0, 7 * 86_400, " s"))
+    direct_writes: bool = _field(True, "fan-out writes events straight to the socket of idle HTTP/1.1 streams "
+                                 "(no task wake-up; several events in one write); busy, h2 and HTTP/3 streams "
+                                 "always use their own task")
 
 
 @dataclass(frozen=True)

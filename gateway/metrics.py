@@ -7,16 +7,48 @@ of reasons. Topics are never labels: their number is up to the clients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Tally"]
+
+
+@dataclass(eq=False, slots=True)
+class Tally:
+    """Stream write counters for one (kind, route, encoding), kept as plain numbers on the per-event path.
+
+    A Prometheus ``inc`` takes a lock (about 0.5 µs); fan-out's direct writes add here instead and ``report()``
+    moves the sums into the counters once per fan-out round, so a scrape lags by one loop iteration at most.
+    """
+
+    bytes_in: Any
+    bytes_out: Any
+    events: Any
+    encode_seconds: Any
+    n_in: int = 0
+    n_out: int = 0
+    n_events: int = 0
+    seconds: float = 0.0
+
+    def report(self) -> None:
+        if self.n_out:
+            self.bytes_in.inc(self.n_in)
+            self.bytes_out.inc(self.n_out)
+            self.events.inc(self.n_events)
+            if self.seconds:
+                self.encode_seconds.inc(self.seconds)
+            self.n_in = self.n_out = self.n_events = 0
+            self.seconds = 0.0
 
 
 class Metrics:
     """All metric families, created once per gateway."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._tallies: dict[tuple[str, str, str], Tally] = {}
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.streams_active = Gauge(
@@ -83,5 +115,21 @@ class Metrics:
         self.bus_gaps = Counter(
             "gateway_bus_gaps", "Times the fan-out fell behind the bus history.", registry=r)
 
+    def tally(self, kind: str, route: str, encoding: str) -> Tally:
+        """The shared write counters of every stream of this kind, route and encoding."""
+        key = (kind, route, encoding)
+        found = self._tallies.get(key)
+        if found is None:
+            found = self._tallies[key] = Tally(self.bytes_in.labels(route, encoding),
+                                               self.bytes_out.labels(route, encoding),
+                                               self.events_sent.labels(kind),
+                                               self.encode_seconds.labels(route, encoding))
+        return found
+
+    def report_tallies(self) -> None:
+        for tally in self._tallies.values():
+            tally.report()
+
     def exposition(self) -> bytes:
+        self.report_tallies()
         return generate_latest(self.registry)

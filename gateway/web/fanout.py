@@ -8,6 +8,12 @@ is lost.
 Views are rendered here once per version and the same frame bytes go into every subscriber's conflating mailbox
 (render once, compress per connection); views that depend on the request get a "changed" marker and render in
 their own writer. Hub events are framed once and put into bounded mailboxes. Nothing here ever awaits a client.
+
+The fast path: a subscriber whose stream can take a write without its task (``DirectTarget``: an idle HTTP/1.1
+stream, see ``gateway.web.direct``) gets the frame in a per-round batch instead of its mailbox. The batch is
+written once the current round of callbacks is over (``call_soon``), so every event dispatched in the same loop
+iteration reaches a socket in one write: under a burst, events coalesce by themselves, and a lone event waits for
+nothing. A subscriber that stops being ready before the write gets the batch in its mailbox, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
@@ -40,6 +47,16 @@ class Frame:
     id: str = ""
 
 
+class DirectTarget(Protocol):
+    """A stream that fan-out may write to itself, without waking the stream's task."""
+
+    def direct_ready(self) -> bool:
+        """True when a write now would neither block nor overtake anything the stream's task holds."""
+
+    def direct_write(self, frames: list[Frame], now: float) -> None:
+        """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time."""
+
+
 @dataclass(eq=False, slots=True)
 class Subscriber:
     """One stream's end of the fan-out.
@@ -56,6 +73,8 @@ class Subscriber:
     hub_box: BoundedMailbox[Frame] | None = None
     cut: Callable[[str], None] | None = None
     pending_since: float | None = None
+    direct: DirectTarget | None = None
+    parked: bool = False  # the stream's task waits for news with nothing queued
 
     def notify(self) -> None:
         self.wake.set()
@@ -114,10 +133,13 @@ class ViewChannel:
 class Fanout:
     """Routes bus notifications to this process's streams."""
 
-    def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None) -> None:
+    def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None,
+                 on_flushed: Callable[[], None] | None = None) -> None:
         self._bus = bus
         self._metrics = metrics
         self._observe_hub = observe_hub
+        self._on_flushed = on_flushed
+        self._batch: dict[Subscriber, list[Frame]] = {}  # direct writes of this round, per subscriber
         self.views: dict[str, ViewChannel] = {}
         self._views_by_topic: dict[str, list[ViewChannel]] = {}
         self._hub: dict[str, set[Subscriber]] = {}
@@ -192,14 +214,55 @@ class Fanout:
                 self._observe_hub(size)
             now = time.monotonic()
             for sub in subscribers:
-                assert sub.hub_box is not None
-                result = sub.hub_box.put(frame, size)
-                if result is PutResult.OVERFLOW and sub.cut is not None:
-                    sub.cut("slow_consumer")
-                elif result is PutResult.DROPPED_OLDEST:
-                    self._metrics.events_dropped.labels("hub").inc()
+                if not self._offer(sub, frame, conflate=False):
+                    self._put_hub(sub, frame, size, now)
+
+    def _put_hub(self, sub: Subscriber, frame: Frame, size: int, now: float) -> None:
+        assert sub.hub_box is not None
+        result = sub.hub_box.put(frame, size)
+        if result is PutResult.OVERFLOW and sub.cut is not None:
+            sub.cut("slow_consumer")
+        elif result is PutResult.DROPPED_OLDEST:
+            self._metrics.events_dropped.labels("hub").inc()
+        sub.queued(now)
+        sub.notify()
+
+    # -- the direct path --------------------------------------------------------------------------------------
+
+    def _offer(self, sub: Subscriber, frame: Frame, *, conflate: bool) -> bool:
+        """Put ``frame`` in this round's batch if ``sub`` takes direct writes; False: use the mailbox."""
+        pending = self._batch.get(sub)
+        if pending is not None:  # already batched this round: later frames follow it, whatever happened since
+            if conflate:
+                pending[0] = frame
+            else:
+                pending.append(frame)
+            return True
+        target = sub.direct
+        if target is None or not target.direct_ready():
+            return False
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch[sub] = [frame]
+        return True
+
+    def _flush(self) -> None:
+        """Write this round's batches; a subscriber no longer ready gets its batch in the mailbox instead."""
+        batch, self._batch = self._batch, {}
+        now, loop_now = time.monotonic(), asyncio.get_running_loop().time()
+        for sub, frames in batch.items():
+            target = sub.direct
+            if target is not None and target.direct_ready():
+                target.direct_write(frames, loop_now)
+            elif sub.view_box is not None:
+                sub.view_box.put(frames[-1])
                 sub.queued(now)
                 sub.notify()
+            else:
+                for frame in frames:
+                    self._put_hub(sub, frame, len(frame.data or b""), now)
+        if self._on_flushed is not None:
+            self._on_flushed()
 
     # -- views ------------------------------------------------------------------------------------------------
 
@@ -225,6 +288,8 @@ class Fanout:
 
     def _put_view(self, channel: ViewChannel, sub: Subscriber, frame: Frame) -> None:
         assert sub.view_box is not None
+        if frame.data is not None and self._offer(sub, frame, conflate=True):
+            return
         if sub.view_box.put(frame) is PutResult.REPLACED:
             self._metrics.conflated.labels(channel.path).inc()
         sub.queued(time.monotonic())

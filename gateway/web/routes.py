@@ -145,8 +145,10 @@ def build_quart(runtime: Runtime, *, static_folder: str | None = None, name: str
 
 
 def _no_content() -> Response:
-    response = Response(status=204)
+    # An empty bytes body: with none at all Quart streams an empty iterable through a worker thread per response.
+    response = Response(b"", status=204)
     del response.headers["Content-Type"]
+    del response.headers["Content-Length"]  # a 204 has no body to measure (RFC 9110 §8.6)
     return response
 
 

@@ -117,7 +117,8 @@ class Runtime:
 
     async def startup(self) -> None:
         hub_route = self.compression.route(HUB_ROUTE, self.hub_compression)
-        fanout = Fanout(self.bus, self.metrics, lambda size: self.compression.observe(hub_route, size))
+        fanout = Fanout(self.bus, self.metrics, lambda size: self.compression.observe(hub_route, size),
+                        self.metrics.report_tallies)
         for spec in self.views.values():
             fanout.add_view(spec.path, spec.topics, spec.shared_render,
                             partial(self.compression.observe, self.compression.route(spec.path, spec.compression)))

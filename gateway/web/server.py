@@ -49,6 +49,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.max_requests = None
     # Hypercorn's own graceful phase only has to cover what the gateway's drain leaves (in-flight requests).
     config.graceful_timeout = server.drain_timeout + 5.0
+    config.backlog = server.backlog
     config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
     config.include_server_header = False
     config.loglevel = server.log_level.upper()

@@ -29,6 +29,7 @@ from gateway.core.stream_state import State, StreamStateMachine, Transition
 from gateway.core.versions import VersionKey, try_version_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.compression import Lease, RouteState
+from gateway.web.direct import HIGH_WATER, chunk, h1_transport
 from gateway.web.fanout import Frame, Subscriber, ViewChannel, hub_event_id, hub_frame
 from gateway.web.runtime import HUB_ROUTE, Runtime, ViewSpec
 
@@ -67,18 +68,25 @@ class Stream:
     last_key: VersionKey | None = None
     heartbeat_at: float = 0.0
     lifetime_at: float | None = None
+    transport: asyncio.WriteTransport | None = None  # set when fan-out may write to this stream directly
     _watcher: asyncio.Task[None] | None = None
     _deadline: asyncio.Timeout | None = None
+    _timer: asyncio.TimerHandle | None = None
     _counters: tuple[Any, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         self.encoder = self.lease.encoder
+        self._identity = self.encoder.name == "identity"
         # Label lookups resolved once per stream, not once per event.
         m, route, name = self.runtime.metrics, self.lease.route.path, self.encoder.name
         self._counters = (m.bytes_in.labels(route, name), m.bytes_out.labels(route, name),
                           m.events_sent.labels(self.kind), m.encode_seconds.labels(route, name))
+        self._tally = m.tally(self.kind, route, name)
         sse = self.runtime.settings.sse
-        now = time.monotonic()
+        self._heartbeat = sse.heartbeat
+        # Every deadline of the stream is on the loop's clock, the one its timers run on.
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self.heartbeat_at = now + sse.heartbeat
         if sse.max_lifetime > 0:
             self.lifetime_at = now + sse.max_lifetime * random.uniform(0.9, 1.1)
@@ -133,6 +141,39 @@ class Stream:
         self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         await self.write(first, events=0)
+        if self.runtime.settings.sse.direct_writes:
+            self.transport = h1_transport(self.send)
+            self.sub.direct = self if self.transport is not None else None
+
+    def direct_ready(self) -> bool:
+        """Fan-out may write now: the task is parked with nothing queued (so nothing can be overtaken, and the
+        encoder is not in use) and the socket holds little (so the write cannot pile up memory)."""
+        transport = self.transport
+        return (transport is not None and self.sub.parked and not self.sub.wake.is_set()
+                and transport.get_write_buffer_size() < HIGH_WATER and not transport.is_closing())
+
+    def direct_write(self, frames: list[Frame], now: float) -> None:
+        """Encode ``frames`` with one flush and write them as one chunk, from fan-out, without awaiting."""
+        last = self.last_key
+        if last is not None and frames[0].key <= last:
+            frames = [f for f in frames if f.key > last]
+            if not frames:
+                return
+        data = frames[0].data or b"" if len(frames) == 1 else b"".join(f.data or b"" for f in frames)
+        tally = self._tally
+        if self._identity:
+            encoded = data
+        else:
+            started = time.perf_counter()
+            encoded = self.encoder.encode_flush(data)
+            tally.seconds += time.perf_counter() - started
+        assert self.transport is not None
+        self.transport.write(chunk(encoded))
+        self.last_key = frames[-1].key
+        self.heartbeat_at = now + self._heartbeat
+        tally.n_in += len(data)
+        tally.n_out += len(encoded)
+        tally.n_events += len(frames)
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -157,12 +198,15 @@ class Stream:
             self._deadline = None
 
     async def write(self, frames: bytes, *, events: int) -> None:
-        started = time.perf_counter()
-        encoded = self.encoder.encode_flush(frames)
         counters = self._counters
-        counters[3].inc(time.perf_counter() - started)
+        if self._identity:
+            encoded = frames
+        else:
+            started = time.perf_counter()
+            encoded = self.encoder.encode_flush(frames)
+            counters[3].inc(time.perf_counter() - started)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
-        self.heartbeat_at = time.monotonic() + self.runtime.settings.sse.heartbeat
+        self.heartbeat_at = self._loop.time() + self._heartbeat
         counters[0].inc(len(frames))
         counters[1].inc(len(encoded))
         if events:
@@ -171,8 +215,12 @@ class Stream:
     async def next_batch(self) -> str | None:
         """Sleep until the mailbox has news (None), writing heartbeats meanwhile, or until the stream must end
         (the reason). One event wakes the writer for everything: fan-out, the disconnect watcher, a drain, a
-        cut-off; the heartbeat and lifetime deadlines are the only timers."""
-        wake = self.sub.wake
+        cut-off, and the one timer, armed for the next heartbeat or the end of the lifetime.
+
+        The timer is not moved on every write (``call_at`` and ``cancel`` on each event cost more than the rest of
+        a direct write): when a write has pushed the heartbeat later, the timer fires early, finds nothing due and
+        is armed again, once per heartbeat interval at most."""
+        wake, sub = self.sub.wake, self.sub
         while True:
             if self.disconnected:
                 return "client_closed"
@@ -180,7 +228,7 @@ class Stream:
                 return self.cut_reason
             if self.drain_requested:
                 return "drain"
-            now = time.monotonic()
+            now = self._loop.time()
             if self.lifetime_at is not None and now >= self.lifetime_at:
                 return "lifetime"
             if wake.is_set():
@@ -190,9 +238,20 @@ class Stream:
                 await self.heartbeat()  # a failed heartbeat write ends the stream: liveness check
                 continue
             until = self.heartbeat_at if self.lifetime_at is None else min(self.heartbeat_at, self.lifetime_at)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(until - now):
-                    await wake.wait()
+            timer = self._timer
+            if timer is None or timer.when() > until:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(until, self._on_timer)
+            sub.parked = True
+            try:
+                await wake.wait()
+            finally:
+                sub.parked = False
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.sub.wake.set()
 
     async def heartbeat(self) -> None:
         await self.write(_HEARTBEAT, events=0)
@@ -220,6 +279,11 @@ class Stream:
         self.runtime.compression.release(self.lease)
         self.runtime.release_client(self.client)
         self.sub.cut = None
+        self.sub.direct = None
+        self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._watcher is not None:
             self._watcher.cancel()
         if started:
