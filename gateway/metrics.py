@@ -28,19 +28,22 @@ class Tally:
     bytes_out: Any
     events: Any
     encode_seconds: Any
+    writes: Any
     n_in: int = 0
     n_out: int = 0
     n_events: int = 0
+    n_writes: int = 0
     seconds: float = 0.0
 
     def report(self) -> None:
-        if self.n_out:
+        if self.n_writes:
             self.bytes_in.inc(self.n_in)
             self.bytes_out.inc(self.n_out)
             self.events.inc(self.n_events)
+            self.writes.inc(self.n_writes)
             if self.seconds:
                 self.encode_seconds.inc(self.seconds)
-            self.n_in = self.n_out = self.n_events = 0
+            self.n_in = self.n_out = self.n_events = self.n_writes = 0
             self.seconds = 0.0
 
 
@@ -63,6 +66,10 @@ class Metrics:
             ["kind", "reason"], registry=r)
         self.events_sent = Counter(
             "gateway_events_sent", "SSE events written to clients.", ["kind"], registry=r)
+        self.stream_writes = Counter(
+            "gateway_stream_writes", "Writes to SSE streams, by kind and path: direct (fan-out wrote to an idle "
+            "HTTP/1.1 socket itself) or task (the stream's own task sent through ASGI).", ["kind", "path"],
+            registry=r)
         self.heartbeats_sent = Counter(
             "gateway_heartbeats_sent", "Heartbeat comments written to clients.", registry=r)
         self.bytes_in = Counter(
@@ -123,7 +130,8 @@ class Metrics:
             found = self._tallies[key] = Tally(self.bytes_in.labels(route, encoding),
                                                self.bytes_out.labels(route, encoding),
                                                self.events_sent.labels(kind),
-                                               self.encode_seconds.labels(route, encoding))
+                                               self.encode_seconds.labels(route, encoding),
+                                               self.stream_writes.labels(kind, "direct"))
         return found
 
     def report_tallies(self) -> None:

@@ -80,7 +80,8 @@ class Stream:
         # Label lookups resolved once per stream, not once per event.
         m, route, name = self.runtime.metrics, self.lease.route.path, self.encoder.name
         self._counters = (m.bytes_in.labels(route, name), m.bytes_out.labels(route, name),
-                          m.events_sent.labels(self.kind), m.encode_seconds.labels(route, name))
+                          m.events_sent.labels(self.kind), m.encode_seconds.labels(route, name),
+                          m.stream_writes.labels(self.kind, "task"))
         self._tally = m.tally(self.kind, route, name)
         sse = self.runtime.settings.sse
         self._heartbeat = sse.heartbeat
@@ -174,6 +175,7 @@ class Stream:
         tally.n_in += len(data)
         tally.n_out += len(encoded)
         tally.n_events += len(frames)
+        tally.n_writes += 1
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -209,6 +211,7 @@ class Stream:
         self.heartbeat_at = self._loop.time() + self._heartbeat
         counters[0].inc(len(frames))
         counters[1].inc(len(encoded))
+        counters[4].inc()
         if events:
             counters[2].inc(events)
 

@@ -30,10 +30,12 @@ class RawStream:
     @classmethod
     async def open(cls, port: int, path: str, accept_encoding: str = "identity", *,
                    headers: dict[str, str] | None = None, rcvbuf: int | None = None,
-                   timeout: float = 10) -> RawStream:
+                   mss: int | None = None, timeout: float = 10) -> RawStream:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the advertised TCP window is small from the start
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if mss is not None:  # an Ethernet-sized MSS keeps the server's send buffer from autotuning to megabytes
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
         sock.setblocking(False)
         async with asyncio.timeout(timeout):
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
