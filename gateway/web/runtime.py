@@ -26,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
 from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
+from gateway.web.gcpolicy import GCPolicy
 
 if TYPE_CHECKING:
     from gateway.web.streams import Stream
@@ -74,6 +75,7 @@ class Runtime:
         self.trusted_proxies = parse_networks(self.settings.limits.trusted_proxies)
         self.admitted = 0
         self.clients: Counter[str] = Counter()
+        self.gc = GCPolicy(enabled=self.settings.server.gc_freeze)
 
     def admit(self, request: StreamRequest) -> str:
         """Count a new stream against the limits; returns the client address it is charged to."""
@@ -168,12 +170,18 @@ class Runtime:
                 await asyncio.wait_for(self.streams_gone.wait(), timeout)
         await self.bus.close(max(0.0, deadline - loop.time()))
 
+    def stream_opened(self, stream: Stream) -> None:
+        self.streams.add(stream)
+        self.gc.opened()
+
     def stream_closed(self, stream: Stream) -> None:
         self.streams.discard(stream)
+        self.gc.closed(len(self.streams))
         if not self.streams:
             self.streams_gone.set()
 
     async def shutdown(self) -> None:
+        self.gc.close()
         if self._fanout is not None:
             await self._fanout.close()
         if not self.draining:

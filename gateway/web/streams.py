@@ -138,7 +138,7 @@ class Stream:
         metrics = self.runtime.metrics
         metrics.streams_opened.labels(self.kind, self.encoder.name).inc()
         metrics.streams_active.labels(self.kind).inc()
-        self.runtime.streams.add(self)
+        self.runtime.stream_opened(self)
         self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         await self.write(first, events=0)
