@@ -1,0 +1,515 @@
+"""Tests for the benchmark load generator (``benchmarks/loadgen``): the measuring instrument is tested first.
+
+The parser, the decoders and the chunked-body parser are fed byte streams whole, split in two at every byte and
+one byte at a time, since a network read can end anywhere. The parser is also checked against the gateway's own
+parser on random streams (the two were written independently, so agreement means something). Then the whole
+generator runs against a real gateway: h1, h2c and h2 over TLS, Brotli and identity, every event accounted for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import brotli
+import orjson
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.loadgen.decoders import DECODERS, make_decoder
+from benchmarks.loadgen.fleet import Fleet, LatencyRecorder, cpu_seconds, raise_fd_limit
+from benchmarks.loadgen.h1 import ChunkedParser, H1Stream, build_request
+from benchmarks.loadgen.h2 import client_ssl_context
+from benchmarks.loadgen.latency import StreamStats, stamp
+from benchmarks.loadgen.publisher import Publisher
+from benchmarks.loadgen.sse import SSEEvent, SSEParser
+from benchmarks.loadgen.stream import StreamState
+from gateway.core import sse as gateway_sse
+from gateway.core.encoders import ENCODERS, CodecSettings
+from tests.conftest import HUB_TOKEN, Server
+
+# --- the SSE parser ------------------------------------------------------------------------------------------
+
+M = "message"
+
+# (stream, expected events, last_event_id, retry, comments) after the whole stream.
+CASES: list[tuple[str, bytes, list[SSEEvent], str | None, int | None, int]] = [
+    ("simple", b"data: hello\n\n", [SSEEvent("hello", M, None)], None, None, 0),
+    ("multi-line data", b"data: a\ndata: b\ndata\n\n", [SSEEvent("a\nb\n", M, None)], None, None, 0),
+    ("no space", b"data:x\n\n", [SSEEvent("x", M, None)], None, None, 0),
+    ("one space stripped", b"data:  two\n\n", [SSEEvent(" two", M, None)], None, None, 0),
+    ("colon in value", b"data: a:b: c\n\n", [SSEEvent("a:b: c", M, None)], None, None, 0),
+    ("field without colon", b"data\n\n", [SSEEvent("", M, None)], None, None, 0),
+    ("two empty data lines", b"data\ndata:\n\n", [SSEEvent("\n", M, None)], None, None, 0),
+    ("event type", b"event: tick\ndata: 1\n\ndata: 2\n\n",
+     [SSEEvent("1", "tick", None), SSEEvent("2", M, None)], None, None, 0),
+    ("empty event type", b"event:\ndata: x\n\n", [SSEEvent("x", M, None)], None, None, 0),
+    ("no data: no event, type reset", b"event: a\n\nid: 3\n\ndata: x\n\n", [SSEEvent("x", M, "3")], "3", None, 0),
+    ("id persists", b"id: 1\ndata: a\n\ndata: b\n\n", [SSEEvent("a", M, "1"), SSEEvent("b", M, "1")], "1", None, 0),
+    ("id after data, same event", b"data: a\nid: 7\n\n", [SSEEvent("a", M, "7")], "7", None, 0),
+    ("empty id resets", b"id: 1\ndata: a\n\nid\ndata: b\n\nid: 2\nid:\ndata: c\n\n",
+     [SSEEvent("a", M, "1"), SSEEvent("b", M, None), SSEEvent("c", M, None)], None, None, 0),
+    ("id with NUL ignored", b"id: 1\n\nid: a\x00b\ndata: x\n\n", [SSEEvent("x", M, "1")], "1", None, 0),
+    ("retry", b"retry: 1500\n\n", [], None, 1500, 0),
+    ("retry not digits", b"retry: 1500\nretry: 15a\nretry: -1\nretry:  10\nretry:\nretry: \xd9\xa1\n\n",
+     [], None, 1500, 0),
+    ("retry digits only", b"retry:0\nretry: 0042\n", [], None, 42, 0),
+    ("comments", b": hi\n:\n:: x\ndata: x\n: after\n\n", [SSEEvent("x", M, None)], None, None, 4),
+    ("heartbeat only", b": ping\n\n: ping\n\n", [], None, None, 2),
+    ("unknown fields", b"foo: bar\nData: x\nDATA\n data: y\ndata: z\n\n", [SSEEvent("z", M, None)], None, None, 0),
+    ("CRLF", b"data: a\r\ndata: b\r\n\r\n", [SSEEvent("a\nb", M, None)], None, None, 0),
+    ("CR", b"data: a\rdata: b\r\rdata: c\r\r", [SSEEvent("a\nb", M, None), SSEEvent("c", M, None)], None, None, 0),
+    ("mixed line ends", b"id: 1\r\ndata: a\rdata: b\n\r\ndata: c\r\n\n",
+     [SSEEvent("a\nb", M, "1"), SSEEvent("c", M, "1")], "1", None, 0),
+    ("CR CR LF", b"data: a\r\r\n", [SSEEvent("a", M, None)], None, None, 0),
+    ("BOM", b"\xef\xbb\xbfdata: x\n\n", [SSEEvent("x", M, None)], None, None, 0),
+    ("only the first BOM", b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\ndata: y\n\n", [SSEEvent("y", M, None)],
+     None, None, 0),
+    ("BOM-like start", b"\xef\xbbdata: x\n\ndata: y\n\n", [SSEEvent("y", M, None)], None, None, 0),
+    ("UTF-8", "event: é\nid: ü\ndata: héllo € 😀 中文\n\n".encode(), [SSEEvent("héllo € 😀 中文", "é", "ü")],
+     "ü", None, 0),
+    ("invalid UTF-8", b"data: \xff\xfeok\xe2\x82\n\n", [SSEEvent("\ufffd\ufffdok\ufffd", M, None)], None, None, 0),
+    ("unfinished event", b"data: a\n\ndata: b\n", [SSEEvent("a", M, None)], None, None, 0),
+    ("unfinished line", b"data: a\n\ndata: b", [SSEEvent("a", M, None)], None, None, 0),
+    ("blank lines", b"\n\n\r\n\rdata: a\n\n\n", [SSEEvent("a", M, None)], None, None, 0),
+]
+
+
+def _feed(chunks: list[bytes]) -> tuple[list[SSEEvent], SSEParser]:
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events.extend(parser.feed(chunk))
+    return events, parser
+
+
+@pytest.mark.parametrize(("stream", "expected", "last_id", "retry", "comments"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_parser_known_streams(stream: bytes, expected: list[SSEEvent], last_id: str | None, retry: int | None,
+                              comments: int) -> None:
+    splits: list[list[bytes]] = [[stream]]
+    splits += [[stream[:cut], stream[cut:]] for cut in range(len(stream) + 1)]  # (b"" feeds included)
+    splits.append([stream[i:i + 1] for i in range(len(stream))])
+    for chunks in splits:
+        events, parser = _feed(chunks)
+        assert events == expected, chunks
+        assert (parser.last_event_id, parser.retry, parser.comments) == (last_id, retry, comments), chunks
+        assert all(type(event) is SSEEvent for event in events)
+
+
+def test_parser_event_is_a_named_tuple() -> None:
+    event = SSEParser().feed(b"id: 9\nevent: e\ndata: d\n\n")[0]
+    assert (event.data, event.event, event.id) == ("d", "e", "9")
+    assert event == ("d", "e", "9")
+
+
+def test_parser_long_line_in_many_chunks() -> None:
+    """A 1 MB data line arriving in 1 KB reads: kept as a list of pieces, joined once (linear, not quadratic)."""
+    parser = SSEParser()
+    payload = b"x" * (1 << 20)
+    stream = b"data: " + payload + b"\n\n"
+    events = [e for i in range(0, len(stream), 1024) for e in parser.feed(stream[i:i + 1024])]
+    assert events == [SSEEvent(payload.decode(), M, None)]
+
+
+_FIELD = st.sampled_from(["data", "event", "id", "retry", "", "foo", "dat", "\ufeffdata"])
+_SEP = st.sampled_from([":", ": ", ":  ", ""])
+_VALUE = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12),
+    st.sampled_from(["", "0", "123", "12a", " 5", "a\0b", "é", "😀", "1"]),
+)
+_END = st.sampled_from([b"\n", b"\r\n", b"\r"])
+_LINE = st.one_of(
+    st.tuples(_FIELD, _SEP, _VALUE).map(lambda t: (t[0] + t[1] + t[2]).encode()),
+    st.just(b""),  # a blank line: dispatch
+    st.binary(max_size=6).filter(lambda b: b"\r" not in b and b"\n" not in b),  # invalid UTF-8 too
+)
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    lines = draw(st.lists(st.tuples(_LINE, _END), max_size=25))
+    stream = (b"\xef\xbb\xbf" if draw(st.booleans()) else b"") + b"".join(line + end for line, end in lines)
+    if draw(st.booleans()):
+        stream += draw(st.binary(max_size=4))
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    return stream, cuts
+
+
+@settings(max_examples=400, deadline=None)
+@given(_streams())
+def test_parser_agrees_with_the_gateway_parser(case: tuple[bytes, list[int]]) -> None:
+    stream, cuts = case
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    ours, parser = _feed(chunks)
+    reference = gateway_sse.SSEParser()
+    theirs = [e for chunk in chunks for e in reference.feed(chunk)]
+    assert [tuple(e) for e in ours] == [(e.data, e.event, e.id) for e in theirs]
+    assert parser.last_event_id == reference.last_event_id
+    assert parser.retry == reference.retry
+    assert parser.comments == len(reference.comments)
+    assert _feed([stream])[0] == ours
+    assert _feed([stream[i:i + 1] for i in range(len(stream))])[0] == ours  # every boundary, CR|LF included
+
+
+# --- decoders ------------------------------------------------------------------------------------------------
+
+EVENTS = [
+    b"retry: 2000\n\n",
+    b"id: 1\ndata: " + b'{"price": 1.08, "symbol": "EURUSD"}' * 3 + b"\n\n",
+    b": heartbeat\n\n",
+    "id: 2\ndata: héllo € 😀\n\n".encode(),
+    b"id: 3\ndata: " + b'{"price": 1.09, "symbol": "EURUSD"}' * 3 + b"\n\n",
+]
+
+
+def _brotli(frames: list[bytes]) -> list[bytes]:
+    c = brotli.Compressor(quality=4, lgwin=16)
+    return [c.process(f) + c.flush() for f in frames]
+
+
+def _gzip(frames: list[bytes]) -> list[bytes]:
+    c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return [c.compress(f) + c.flush(zlib.Z_SYNC_FLUSH) for f in frames]
+
+
+def _deflate(wbits: int) -> Callable[[list[bytes]], list[bytes]]:
+    def encode(frames: list[bytes]) -> list[bytes]:
+        c = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        return [c.compress(f) + c.flush(zlib.Z_SYNC_FLUSH) for f in frames]
+
+    return encode
+
+
+def _zstd(frames: list[bytes]) -> list[bytes]:
+    c = zstandard.ZstdCompressor(level=3).compressobj()
+    return [c.compress(f) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) for f in frames]
+
+
+def _gateway(name: str) -> Callable[[list[bytes]], list[bytes]]:
+    def encode(frames: list[bytes]) -> list[bytes]:
+        encoder = ENCODERS[name](CodecSettings())
+        return [encoder.encode_flush(f) for f in frames]
+
+    return encode
+
+
+ENCODINGS: list[tuple[str, str | None, Callable[[list[bytes]], list[bytes]]]] = [
+    ("brotli", "br", _brotli),
+    ("gzip", "gzip", _gzip),
+    ("deflate-zlib", "deflate", _deflate(zlib.MAX_WBITS)),
+    ("deflate-raw", "deflate", _deflate(-zlib.MAX_WBITS)),
+    ("zstd", "zstd", _zstd),
+    ("identity", None, lambda frames: list(frames)),
+    *((f"gateway-{name}", name, _gateway(name)) for name in sorted(ENCODERS)),
+]
+
+
+@pytest.mark.parametrize(("encoding", "encode"), [c[1:] for c in ENCODINGS], ids=[c[0] for c in ENCODINGS])
+def test_decoder_every_split(encoding: str | None, encode: Callable[[list[bytes]], list[bytes]]) -> None:
+    parts = encode(EVENTS)
+    wire = b"".join(parts)
+    plain = b"".join(EVENTS)
+    # Each event is decodable the moment its flushed bytes are in: nothing lags one event behind.
+    decoder = make_decoder(encoding)
+    out = b""
+    for part, event_bytes in zip(parts, EVENTS, strict=True):
+        before = len(out)
+        out += decoder.decode(part)
+        assert out[before:] == event_bytes
+    for cut in range(len(wire) + 1):
+        decoder = make_decoder(encoding)
+        assert decoder.decode(wire[:cut]) + decoder.decode(wire[cut:]) + decoder.flush() == plain, cut
+    decoder = make_decoder(encoding)
+    assert b"".join(decoder.decode(wire[i:i + 1]) for i in range(len(wire))) + decoder.flush() == plain
+
+
+def test_brotli_event_over_64k_decoded_whole() -> None:
+    """brotli >= 1.2 hands out about 32 KB per call: a big event must still come out complete in one decode."""
+    big = b"data: " + orjson.dumps([{"i": i, "v": f"{i * 7919 % 10007:x}"} for i in range(8000)]) + b"\n\n"
+    assert len(big) > 64 * 1024
+    wire = _brotli([EVENTS[0], big])
+    decoder = make_decoder("br")
+    assert decoder.decode(wire[0]) == EVENTS[0]
+    assert decoder.decode(wire[1]) == big
+    events, _ = _feed([EVENTS[0], big])
+    assert len(events) == 1
+    assert len(events[0].data) == len(big) - 8
+
+
+def test_decoder_names() -> None:
+    assert {"br", "gzip", "deflate", "zstd", "identity"} <= set(DECODERS)
+    assert make_decoder(" BR ").decode(_brotli([b"x"])[0]) == b"x"
+    assert make_decoder("").decode(b"x") == b"x"
+    with pytest.raises(ValueError, match="compress"):
+        make_decoder("compress")
+
+
+# --- HTTP/1.1 framing ----------------------------------------------------------------------------------------
+
+CHUNKED_PAYLOAD = [b"hello", b"", b" world\r\n", b"x" * 300]
+CHUNKED = (b"5\r\nhello\r\n8;ext=1\r\n world\r\n\r\n12C\r\n" + b"x" * 300 + b"\r\n"
+           b"0\r\nTrailer: yes\r\n\r\n")
+
+
+def _unchunk(pieces: list[bytes]) -> tuple[bytes, bool]:
+    parser = ChunkedParser()
+    out = b"".join(p for piece in pieces for p in parser.feed(piece))
+    return out, parser.done
+
+
+def test_chunked_every_split() -> None:
+    expected = b"".join(CHUNKED_PAYLOAD)
+    assert _unchunk([CHUNKED]) == (expected, True)
+    for cut in range(len(CHUNKED) + 1):
+        assert _unchunk([CHUNKED[:cut], CHUNKED[cut:]]) == (expected, True), cut
+        prefix, done = _unchunk([CHUNKED[:cut]])  # payload is handed out as it arrives, even mid-chunk
+        assert expected.startswith(prefix)
+        assert done == (cut == len(CHUNKED))
+    assert _unchunk([CHUNKED[i:i + 1] for i in range(len(CHUNKED))]) == (expected, True)
+
+
+def test_chunked_lf_only_and_errors() -> None:
+    assert _unchunk([b"3\nabc\n0\n\n"]) == (b"abc", True)
+    assert _unchunk([b"3\r\nabc\r\n0\r\n\r\nleftover"]) == (b"abc", True)
+    for bad in (b"zz\r\n", b"3\r\nabcX", b"-1\r\n", b"\r\n", b"1 2\r\n"):
+        with pytest.raises(ValueError, match="chunk"):
+            _unchunk([bad])
+
+
+class _Transport(asyncio.Transport):
+    """Enough of an asyncio transport for feeding an ``H1Stream`` by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def _response(encoding: str, frames: list[bytes]) -> bytes:
+    body = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in frames if p) + b"0\r\n\r\n"
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: {encoding}\r\n"
+            "Transfer-Encoding: chunked\r\nVary: a\r\nVary: b\r\n\r\n").encode() + body
+
+
+@pytest.mark.asyncio
+async def test_h1_stream_every_split() -> None:
+    """Head, chunk framing and Brotli split anywhere: the same events, counters and a clean end."""
+    parts = _brotli(EVENTS)
+    response = _response("br", parts)
+    expected = _feed(EVENTS)[0]
+    for cut in [*range(0, len(response) + 1, 3), len(response)]:
+        got: list[tuple[int, SSEEvent]] = []
+
+        def sink(stream: StreamState, events: list[SSEEvent], t_ns: int, got: list[Any] = got) -> None:
+            got.extend((t_ns, e) for e in events)
+
+        state = StreamState(0, sink)
+        protocol = H1Stream(state, build_request("/s", "h", accept_encoding="br"))
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(response[:cut])
+        protocol.data_received(response[cut:])
+        assert [e for _, e in got] == expected, cut
+        assert all(isinstance(t, int) and t > 0 for t, _ in got)
+        assert state.opened.result() == (200, state.headers)
+        assert state.headers["vary"] == "a, b"
+        assert state.closed.result() == "end"
+        assert transport.closed
+        assert state.wire_bytes == sum(map(len, parts))
+        assert state.decoded_bytes == sum(map(len, EVENTS))
+        assert state.events == len(expected)
+        assert state.parser.comments == 1
+        assert protocol.received_bytes == len(response)
+    assert transport.written.startswith(b"GET /s HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n")
+
+
+@pytest.mark.asyncio
+async def test_h1_stream_non_200_and_content_length() -> None:
+    state = StreamState()
+    protocol = H1Stream(state, b"")
+    protocol.connection_made(_Transport())
+    protocol.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nContent-Length: 5\r\n\r\nno")
+    assert state.opened.result()[0] == 429
+    assert not state.closed.done()
+    protocol.data_received(b"pe!")
+    assert state.closed.result() == "end"
+    assert (state.status, state.error, state.error_body) == (429, "status 429", b"nope!")
+
+    state = StreamState()
+    protocol = H1Stream(state, b"")
+    protocol.connection_made(_Transport())
+    protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\ndata: x\n\ndata: y\n\n")
+    assert state.events == 1
+    assert state.closed.result() == "end"
+
+
+# --- the latency recorder ------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_latency_recorder_counts_and_order() -> None:
+    recorder = LatencyRecorder()
+    a, b = StreamState(0, recorder), StreamState(1, recorder)
+    recorder.expect(5)
+    assert not await recorder.wait_all(0)
+    e = [SSEEvent(stamp(seq), M, None) for seq in range(3)]
+    recorder(a, [e[0], e[1], e[2]], 0)
+    recorder(b, [e[1], e[0]], 0)  # reordered
+    assert await recorder.wait_all(1)
+    recorder(b, [SSEEvent("not json", M, None), SSEEvent('{"seq": 1}', M, None)], 0)
+    assert recorder.stream_stats(a) == StreamStats(3, 2, 0)
+    assert recorder.stream_stats(b) == StreamStats(2, 1, 1)
+    summary = recorder.percentiles()
+    assert (summary["delivered"], summary["expected"], summary["out_of_order"], summary["unparsed"]) == (5, 5, 1, 2)
+    assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"] < 0  # t_ns 0 is before every stamp
+    recorder.reset()
+    assert recorder.percentiles()["delivered"] == 0
+
+
+# --- against a real gateway ----------------------------------------------------------------------------------
+
+
+async def _publish(publisher: Publisher, topic: str, count: int) -> None:
+    auth = [("Authorization", f"Bearer {HUB_TOKEN}")]
+    for seq in range(count):
+        status = await publisher.post("/hub/publish", orjson.dumps({"topic": topic, "data": stamp(seq)}), auth)
+        assert status == 204, publisher.last_body
+
+
+@pytest.mark.asyncio
+async def test_fleet_h1_and_h2c_against_the_gateway(server: Server) -> None:
+    topic = f"loadgen-{uuid.uuid4().hex}"
+    path = f"/hub/subscribe?topic={topic}"
+    recorder = LatencyRecorder()
+    fleets = [
+        Fleet("127.0.0.1", server.http_port, path, protocol=protocol, accept_encoding=encoding,
+              streams_per_connection=20, sink=recorder)
+        for protocol in ("h1", "h2") for encoding in ("br", "identity")
+    ]
+    publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+    raise_fd_limit()
+    cpu_before = cpu_seconds()
+    try:
+        async with asyncio.timeout(20):
+            for fleet in fleets:
+                report = await fleet.open(20)
+                assert (report.opened, report.failed) == (20, 0), report
+            recorder.expect(5 * 80)
+            await _publish(publisher, topic, 5)
+            assert await recorder.wait_all(10), recorder.percentiles()
+        for fleet in fleets:
+            for stream in fleet.streams:
+                assert recorder.stream_stats(stream) == StreamStats(5, 4, 0)
+                assert stream.headers.get("content-encoding", "identity") == fleet.accept_encoding
+                assert stream.parser.retry is not None  # the gateway's retry hint came first
+                assert stream.ok
+            assert fleet.totals()["events"] == 5 * 20
+        assert [len(f.connections) for f in fleets] == [20, 20, 1, 1]  # 20 streams on one h2 connection
+        summary = recorder.percentiles()
+        assert summary["delivered"] == summary["expected"] == 400
+        assert summary["out_of_order"] == summary["unparsed"] == 0
+        assert 0 < summary["p50_ms"] <= summary["max_ms"] < 10_000
+        assert publisher.requests == 5
+        assert cpu_seconds() >= cpu_before
+    finally:
+        publisher.close()
+        for fleet in fleets:
+            await fleet.close()
+    for fleet in fleets:
+        assert all(stream.closed.done() for stream in fleet.streams)
+        assert all(connection.lost.done() for connection in fleet.connections)
+
+
+@pytest.mark.asyncio
+async def test_fleet_h2_over_tls(server: Server) -> None:
+    topic = f"loadgen-tls-{uuid.uuid4().hex}"
+    context = client_ssl_context(cafile=str(server.certfile))
+    fleet = Fleet("127.0.0.1", server.tls_port, f"/hub/subscribe?topic={topic}", protocol="h2",
+                  accept_encoding="br, gzip", ssl=context)
+    publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+    recorder = fleet.recorder
+    assert recorder is not None
+    try:
+        async with asyncio.timeout(15):
+            report = await fleet.open(1)
+            assert report.opened == 1, report
+            recorder.expect(3)
+            await _publish(publisher, topic, 3)
+            assert await recorder.wait_all(10)
+        (stream,) = fleet.streams
+        assert stream.headers["content-encoding"] == "br"
+        assert recorder.stream_stats(stream) == StreamStats(3, 2, 0)
+        assert stream.wire_bytes < stream.decoded_bytes
+    finally:
+        publisher.close()
+        await fleet.close()
+
+
+@pytest.mark.asyncio
+async def test_fleet_records_refusals(server: Server) -> None:
+    """A 400 (no topic) is counted by status for both protocols, never raised."""
+    for protocol in ("h1", "h2"):
+        fleet = Fleet("127.0.0.1", server.http_port, "/hub/subscribe", protocol=protocol)
+        try:
+            async with asyncio.timeout(10):
+                report = await fleet.open(3)
+                await asyncio.gather(*(s.closed for s in fleet.streams))  # (the body may come after the head)
+            assert (report.opened, dict(report.statuses), dict(report.errors)) == (0, {400: 3}, {}), protocol
+            assert all(s.error == "status 400" and s.error_body for s in fleet.streams)
+        finally:
+            await fleet.close()
+
+
+@pytest.mark.asyncio
+async def test_fleet_connect_errors_are_counted() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for protocol in ("h1", "h2"):
+        fleet = Fleet("127.0.0.1", port, "/", protocol=protocol, connect_timeout=2)
+        async with asyncio.timeout(10):
+            report = await fleet.open(2)
+            await fleet.close()
+        assert report.opened == 0
+        assert sum(report.errors.values()) == 2
+        assert all("ConnectionRefusedError" in key for key in report.errors), report.errors
+
+
+@pytest.mark.asyncio
+async def test_publisher_keeps_the_connection(server: Server) -> None:
+    publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+    try:
+        async with asyncio.timeout(10):
+            await publisher.connect()
+            assert await publisher.post("/hub/publish", b"{}", [("Authorization", "Bearer wrong")]) == 401
+            assert b"Authorization" in publisher.last_body
+            assert publisher.connected
+            status = await publisher.post("/hub/publish", orjson.dumps({"topic": "t", "data": "x"}),
+                                          [("Authorization", f"Bearer {HUB_TOKEN}")])
+            assert status == 204
+            assert publisher.last_headers["event-id"]
+            assert publisher.requests == 2
+    finally:
+        publisher.close()
