@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CERTS := .dev-certs
 
-.PHONY: run test lint typecheck install install-dev clean
+.PHONY: run test bench lint typecheck install install-dev bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,22 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway tests benchmarks
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway benchmarks
 
 ## test: install and run every test (lint and strict typing included)
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: install what the comparison needs (nginx + nchan as root), run it (~15 min), write docs/benchmarks.md
+bench: $(VENV)/.installed-dev bench-deps
+	$(BIN)/python -m benchmarks comparison $(BENCH_ARGS)
+
+bench-deps:
+	@if ! dpkg-query -W -f='$${Status}' libnginx-mod-nchan 2>/dev/null | grep -q "install ok installed"; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nginx libnginx-mod-nchan; \
+		else echo "nchan is not installed (apt-get install nginx libnginx-mod-nchan): its rows will be skipped"; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(CERTS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

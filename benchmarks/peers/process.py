@@ -52,9 +52,13 @@ def free_port() -> int:
 
 
 def check_cpu(cpu: int | None) -> None:
-    """Refuse a CPU this process may not use: pinning a server there would fail, or silently not happen."""
-    if cpu is not None and cpu not in os.sched_getaffinity(0):
-        raise ValueError(f"CPU {cpu} is not usable here (allowed: {sorted(os.sched_getaffinity(0))})")
+    """Refuse a CPU the machine does not have: pinning a server there would fail, or silently not happen.
+
+    Checked against the machine's CPUs, not this process's affinity: the harness pins itself to the load
+    generator's CPU and then starts servers on the other one."""
+    online = os.cpu_count() or 1
+    if cpu is not None and not 0 <= cpu < online:
+        raise ValueError(f"CPU {cpu} is not usable here (CPUs 0-{online - 1})")
 
 
 def descendants(pid: int) -> list[int]:

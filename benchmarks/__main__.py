@@ -1,0 +1,248 @@
+"""``python -m benchmarks [comparison|report|compression|encoder_memory|stalled] [--quick]``.
+
+``comparison`` (the default, what ``make bench`` runs) starts every peer in turn on CPU 0, drives it from this
+process pinned to CPU 1, writes ``benchmarks/results/comparison.json`` and then the table and plots of
+``docs/benchmarks.md``. ``report`` redraws the docs from the last JSON. The other names run the older single-topic
+benchmarks (each has its own ``--help``).
+
+Single scenarios: ``python -m benchmarks comparison --peers gateway,nchan --scenarios burst``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import RESULTS_DIR, ROOT, machine_info, write_json
+from benchmarks import scenarios as sc
+from benchmarks.loadgen import pin_to_cpu, raise_fd_limit
+from benchmarks.peers import PEERS, GatewayPeer, Peer, Target
+
+SERVER_CPU, GENERATOR_CPU = 0, 1
+ALL_SCENARIOS = ("burst", "broadcast", "idle", "bytes", "view", "profile")
+
+
+def _plan(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"burst_n": (100, 300), "burst_publishes": 200, "broadcast_n": 1000, "broadcast_publishes": 5,
+                "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4}
+    return {"burst_n": (100, 1000), "burst_publishes": 1000, "broadcast_n": 10_000, "broadcast_publishes": 20,
+            "idle_br_n": 500, "view_n": 100, "view_commands": 200, "profile_seconds": 8}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("gateway", "hypercorn", "quart", "h11", "uvicorn", "sse-starlette", "starlette", "uvloop"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    nginx = shutil.which("nginx")
+    if nginx:
+        out = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False).stderr.strip()
+        found["nginx"] = out.split("/")[-1]
+        dpkg = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"], capture_output=True,
+                              text=True, check=False)
+        found["nchan"] = dpkg.stdout.strip() or "unknown"
+    return found
+
+
+@contextlib.contextmanager
+def _started(peer: Peer, workdir: Path, env: dict[str, str] | None = None) -> Iterator[Target]:
+    with peer.start(workdir, cpu=SERVER_CPU, env=env) as target:
+        yield target
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+async def _guard(name: str, coro: Any) -> dict[str, Any]:
+    """A scenario that fails is recorded as such; the rest of the comparison still runs."""
+    try:
+        result: dict[str, Any] = await coro
+        return result
+    except Exception as exc:  # recorded in the results, never hidden
+        _log(f"  {name} failed: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
+    plan = _plan(args.quick)
+    wanted = args.scenarios.split(",") if args.scenarios else list(ALL_SCENARIOS)
+    peers = [PEERS[name] for name in args.peers.split(",")] if args.peers else list(PEERS.values())
+    uvloop_peer = GatewayPeer(args=("--loop", "uvloop"), name="gateway-uvloop",
+                              description="this gateway on uvloop (--loop uvloop)")
+    results: dict[str, Any] = {"machine": machine_info(), "versions": _versions(), "plan": plan,
+                               "quick": args.quick, "pinning": {"server_cpu": SERVER_CPU,
+                                                                "generator_cpu": GENERATOR_CPU},
+                               "peers": {}, "skipped": {}}
+    work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    started = time.perf_counter()
+    try:
+        run_peers: list[Peer] = list(peers)
+        if not args.peers or "gateway" in args.peers.split(","):
+            run_peers.insert(1, uvloop_peer)
+        for peer in run_peers:
+            why = peer.missing()
+            if why is not None:
+                results["skipped"][peer.name] = why
+                _log(f"{peer.name}: skipped ({why})")
+                continue
+            entry: dict[str, Any] = {"description": peer.description}
+            results["peers"][peer.name] = entry
+            is_gateway = peer.name == "gateway"
+            if "burst" in wanted:
+                entry["burst"] = {}
+                encodings = ["identity", "br"] if is_gateway or peer.name == "naive-quart-br" else ["identity"]
+                if peer.name == "naive-quart-br":
+                    encodings = ["br"]
+                for encoding in encodings:
+                    for n in plan["burst_n"]:
+                        with _started(peer, work) as target:
+                            _log(f"{peer.name}: burst N={n} {encoding}")
+                            entry["burst"][f"{encoding}-{n}"] = await _guard(
+                                "burst", sc.burst(target, n, plan["burst_publishes"], encoding=encoding))
+                            _log(f"  -> {_brief(entry['burst'][f'{encoding}-{n}'])}")
+            if "broadcast" in wanted and peer.name not in ("naive-quart-br", "gateway-uvloop"):
+                with _started(peer, work) as target:
+                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']}")
+                    entry["broadcast"] = await _guard("broadcast", sc.broadcast(
+                        target, plan["broadcast_n"], plan["broadcast_publishes"]))
+                    _log(f"  -> {_brief(entry['broadcast'])}")
+            if "idle" in wanted and peer.name in ("gateway", "naive-quart-br"):
+                with _started(peer, work) as target:
+                    _log(f"{peer.name}: idle memory, br")
+                    entry["idle_br"] = await _guard("idle", sc.idle_memory(target, plan["idle_br_n"],
+                                                                           encoding="br"))
+            if is_gateway and "bytes" in wanted:
+                with _started(peer, work) as target:
+                    _log("gateway: bytes per event by encoding")
+                    entry["bytes"] = await _guard("bytes", sc.bytes_per_event(target))
+            if is_gateway and "view" in wanted:
+                entry["view"] = {}
+                for encoding in ("identity", "br"):
+                    with _started(peer, work) as target:
+                        _log(f"gateway: view re-render, {encoding}")
+                        entry["view"][encoding] = await _guard("view", sc.view_rerender(
+                            target, plan["view_n"], plan["view_commands"], encoding=encoding))
+                        _log(f"  -> {entry['view'][encoding]}")
+            if is_gateway and "profile" in wanted:
+                entry["profile"] = await _guard("profile", _profile(peer, work, plan))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return str(result["error"])
+    lat = result.get("latency", {})
+    return (f"delivered {result.get('delivered')}/{result.get('expected')}, "
+            f"{result.get('server_cpu_us_per_event')} us/event, p50 {lat.get('p50_ms')} ms, "
+            f"p99 {lat.get('p99_ms')} ms, gen {result.get('generator_cpu_share')}")
+
+
+async def _profile(peer: Peer, work: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """py-spy on the gateway during a burst to 1,000 streams: the functions where the server's time goes."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(spy, os.X_OK):
+        return {"error": "py-spy is not installed (pip install '.[bench]')"}
+    out = work / "profile.txt"
+    with _started(peer, work) as target:
+        proc = None
+        task = asyncio.ensure_future(sc.burst(target, plan["burst_n"][-1], plan["burst_publishes"] * 3))
+        await asyncio.sleep(3.0)  # the streams are open and publishing has begun: sample the steady state
+        proc = await asyncio.create_subprocess_exec(
+            spy, "record", "-p", str(target.pids[0]), "-d", str(plan["profile_seconds"]), "-r", "250", "-f", "raw",
+            "-o", str(out), "--nonblocking", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), plan["profile_seconds"] + 30)
+        burst = await task
+    try:
+        raw = out.read_text()  # a small local file, read once after the run
+    except OSError:
+        return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-300:]}"}
+    return {"burst": burst, **_summarize_profile(raw)}
+
+
+def _summarize_profile(raw: str, top: int = 18) -> dict[str, Any]:
+    """Inclusive and self shares of the sampled functions (``function (file)``), highest first."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        for name in set(frames):
+            inclusive[name] = inclusive.get(name, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    skip = ("<module>", "_run_module_as_main", "_run_code", "run (", "Runner.run", "run_until_complete",
+            "run_forever", "main (")
+
+    def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
+        rows = [(k, round(v / total * 100, 1)) for k, v in sorted(table.items(), key=lambda kv: -kv[1])]
+        return [r for r in rows if not any(r[0].startswith(s) for s in skip)][:top]
+
+    return {"samples": total, "inclusive": ranked(inclusive), "self": ranked(own)}
+
+
+def _frame(text: str) -> str:
+    """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
+    name, _, where = text.partition(" (")
+    return f"{name} ({where.rsplit('/', 1)[-1].split(':')[0]})" if where else name
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and not argv[0].startswith("-") else "comparison"
+    if command in ("compression", "encoder_memory", "stalled"):
+        module = importlib.import_module(f"benchmarks.{command}")
+        sys.argv = [f"benchmarks.{command}", *argv]
+        result: int | None = module.main()
+        return result or 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every scenario")
+    parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
+    parser.add_argument("--scenarios", help=f"comma-separated subset of {', '.join(ALL_SCENARIOS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "comparison.json")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    from benchmarks import report
+
+    if command == "report":
+        report.write(args.out, args.docs)
+        return 0
+    if command != "comparison":
+        parser.error(f"unknown command {command!r}")
+    if (os.cpu_count() or 1) < 2:
+        print("warning: fewer than 2 CPUs: server and load generator share one", file=sys.stderr)
+    else:
+        pin_to_cpu(GENERATOR_CPU)
+    raise_fd_limit()
+    results = asyncio.run(_comparison(args))
+    write_json(args.out, results)
+    _log(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    report.write(args.out, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
