@@ -156,7 +156,14 @@ class MemoryBus:
             if t.evicted_up_to > after:
                 gaps.append(Gap(name, str(after) if after else None))
             if t.history and int(t.history[-1].version) > after:
-                found.extend(n for n in t.history if int(n.version) > after)
+                # From the newest backwards: a follower is usually one or two behind, and the history is 1,000 long.
+                newer = []
+                for n in reversed(t.history):
+                    if int(n.version) <= after:
+                        break
+                    newer.append(n)
+                newer.reverse()
+                found.extend(newer)
         found.sort(key=lambda n: int(n.version))
         return found, gaps
 
