@@ -8,7 +8,8 @@ from quart import Quart
 
 from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.web.asgi_util import Receive, Scope, Send, send_error
-from gateway.web.runtime import HUB_ROUTE, Runtime
+from gateway.web.posts import Handler, command_handler, hub_publish, serve_post
+from gateway.web.runtime import HUB_PUBLISH_ROUTE, HUB_ROUTE, Runtime
 from gateway.web.streams import serve_hub, serve_view
 
 log = logging.getLogger("gateway")
@@ -19,6 +20,13 @@ class Dispatcher:
     def __init__(self, runtime: Runtime, quart: Quart) -> None:
         self.runtime = runtime
         self.quart = quart
+        self._posts: dict[str, Handler] = {HUB_PUBLISH_ROUTE: hub_publish}
+
+    def _post_handler(self, path: str) -> Handler | None:
+        handler = self._posts.get(path)
+        if handler is None and (spec := self.runtime.commands.get(path)) is not None:
+            handler = self._posts[path] = command_handler(spec)
+        return handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -35,6 +43,13 @@ class Dispatcher:
                     await serve_view(self.runtime, spec, scope, receive, send)
                 else:
                     await serve_hub(self.runtime, scope, receive, send)
+                return
+            handler = self._post_handler(path)
+            if handler is not None:
+                if not self.runtime.started:
+                    await send_error(send, Unavailable("the gateway is starting", 1))
+                else:
+                    await serve_post(self.runtime, handler, scope, receive, send)
                 return
             await self.quart(scope, receive, send)  # type: ignore[arg-type]
         elif kind == "lifespan":

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 HUB_ROUTE = "/hub/subscribe"
+HUB_PUBLISH_ROUTE = "/hub/publish"
 
 SharedRender = Callable[[], Awaitable[str]]
 RequestRender = Callable[[StreamRequest], Awaitable[str]]
