@@ -107,9 +107,8 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
             is_gateway = peer.name == "gateway"
             if "burst" in wanted:
                 entry["burst"] = {}
-                encodings = ["identity", "br"] if is_gateway or peer.name == "naive-quart-br" else ["identity"]
-                if peer.name == "naive-quart-br":
-                    encodings = ["br"]
+                encodings = {"gateway": ["identity", "br", "zstd"], "naive-quart-br": ["br"]}.get(peer.name,
+                                                                                                 ["identity"])
                 for encoding in encodings:
                     for n in plan["burst_n"]:
                         with _started(peer, work) as target:

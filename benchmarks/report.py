@@ -228,11 +228,14 @@ def _targets(r: dict[str, Any]) -> str:
         per = bc["rss_per_idle_stream_kib"]
         lines.append(f"| ≤ 30 KB RSS per idle identity stream, {bc['subscribers']:,} streams in one process | "
                      f"{per:.1f} KiB ({per * 1.024:.1f} KB) | {'met' if per * 1.024 <= 30 else 'not met'} |")
-    br, ident = cpu("gateway", "br"), ours
+    br, ident, zstd = cpu("gateway", "br"), ours, cpu("gateway", "zstd")
     if br and ident:
         lines.append(f"| Brotli ≤ 1.5× identity CPU per delivered event (small JSON, burst N={n_big:,}) | "
                      f"{br:.1f} vs {ident:.1f} µs = {br / ident:.2f}× | "
                      f"{'met' if br <= 1.5 * ident else f'not met, by {br / ident / 1.5:.1f}×'} |")
+    if zstd and ident:
+        lines.append(f"| (for comparison) zstd on the same stream | {zstd:.1f} vs {ident:.1f} µs = "
+                     f"{zstd / ident:.2f}× | {'within 1.5×' if zstd <= 1.5 * ident else 'over 1.5×'} |")
     view = _get(p.get("gateway", {}), "view") or {}
     vi, vb = view.get("identity", {}), view.get("br", {})
     if vi.get("wire_bytes_per_render") and vb.get("wire_bytes_per_render"):

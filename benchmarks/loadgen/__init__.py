@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from benchmarks.loadgen.decoders import DECODERS, Decoder, make_decoder
-from benchmarks.loadgen.fleet import Fleet, FleetReport, cpu_seconds, pin_to_cpu, raise_fd_limit
+from benchmarks.loadgen.fleet import Fleet, FleetReport, cpu_seconds, pin_to_cpu, raise_fd_limit, run
 from benchmarks.loadgen.h2 import client_ssl_context
 from benchmarks.loadgen.latency import LatencyRecorder, LatencySummary, StreamStats, stamp
 from benchmarks.loadgen.publisher import Publisher
@@ -37,5 +37,6 @@ __all__ = [
     "make_decoder",
     "pin_to_cpu",
     "raise_fd_limit",
+    "run",
     "stamp",
 ]

@@ -53,6 +53,14 @@ class ChunkedParser:
         self.done = False
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._state == _SIZE and not self._line:  # fast path: a read of exactly one whole chunk
+            nl = data.find(b"\r\n")
+            if 0 < nl <= 8:
+                size_text = data[:nl]
+                if not size_text.strip(_HEX):
+                    end = nl + 2 + int(size_text, 16)
+                    if end + 2 == len(data) and end > nl + 2 and data.endswith(b"\r\n"):
+                        return [data[nl + 2:end]]
         out: list[bytes] = []
         pos, n = 0, len(data)
         while pos < n and not self.done:

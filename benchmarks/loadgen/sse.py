@@ -85,26 +85,22 @@ class SSEParser:
             elif line.startswith(b"data:"):  # the common line, without the general split
                 data.append(line[6:] if line.startswith(b" ", 5) else line[5:])
             else:
-                self._field(line, data)
+                name, _, value = line.partition(b":")
+                if not name:  # the line starts with a colon: a comment
+                    self.comments += 1
+                    continue
+                if value.startswith(b" "):
+                    value = value[1:]
+                if name == b"id":
+                    if b"\0" not in value:
+                        self.last_event_id = value.decode("utf-8", "replace") if value else None
+                elif name == b"event":
+                    self._event = value
+                elif name == b"data":  # (written "data" with no colon)
+                    data.append(value)
+                elif name == b"retry" and value.isdigit():  # bytes.isdigit() is ASCII digits only
+                    self.retry = int(value)
         return events
-
-    def _field(self, line: bytes, data: list[bytes]) -> None:
-        """Any line but a blank one or ``data:...``."""
-        name, _, value = line.partition(b":")
-        if not name:  # the line starts with a colon: a comment
-            self.comments += 1
-            return
-        if value.startswith(b" "):
-            value = value[1:]
-        if name == b"id":
-            if b"\0" not in value:
-                self.last_event_id = value.decode("utf-8", "replace") if value else None
-        elif name == b"event":
-            self._event = value
-        elif name == b"data":  # (written "data" with no colon)
-            data.append(value)
-        elif name == b"retry" and value.isdigit():  # bytes.isdigit() is ASCII digits only
-            self.retry = int(value)
 
     def _prepare(self, chunk: bytes) -> bytes | None:
         """The slow path: the BOM check, a CR whose LF may start this chunk, an unfinished line to prepend.
