@@ -122,6 +122,12 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                     entry["broadcast"] = await _guard("broadcast", sc.broadcast(
                         target, plan["broadcast_n"], plan["broadcast_publishes"]))
                     _log(f"  -> {_brief(entry['broadcast'])}")
+            if "broadcast" in wanted and is_gateway:
+                with _started(peer, work) as target:
+                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over h2")
+                    entry["broadcast_h2"] = await _guard("broadcast", sc.broadcast(
+                        target, plan["broadcast_n"], plan["broadcast_publishes"], protocol="h2"))
+                    _log(f"  -> {_brief(entry['broadcast_h2'])}")
             if "idle" in wanted and peer.name in ("gateway", "naive-quart-br"):
                 with _started(peer, work) as target:
                     _log(f"{peer.name}: idle memory, br")
@@ -140,7 +146,9 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                             target, plan["view_n"], plan["view_commands"], encoding=encoding))
                         _log(f"  -> {entry['view'][encoding]}")
             if is_gateway and "profile" in wanted:
-                entry["profile"] = await _guard("profile", _profile(peer, work, plan))
+                for encoding, key in (("identity", "profile"), ("br", "profile_br")):
+                    _log(f"gateway: py-spy during a burst, {encoding}")
+                    entry[key] = await _guard("profile", _profile(peer, work, plan, encoding))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
@@ -156,7 +164,7 @@ def _brief(result: dict[str, Any]) -> str:
             f"p99 {lat.get('p99_ms')} ms, gen {result.get('generator_cpu_share')}")
 
 
-async def _profile(peer: Peer, work: Path, plan: dict[str, Any]) -> dict[str, Any]:
+async def _profile(peer: Peer, work: Path, plan: dict[str, Any], encoding: str) -> dict[str, Any]:
     """py-spy on the gateway during a burst to 1,000 streams: the functions where the server's time goes."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
@@ -164,7 +172,8 @@ async def _profile(peer: Peer, work: Path, plan: dict[str, Any]) -> dict[str, An
     out = work / "profile.txt"
     with _started(peer, work) as target:
         proc = None
-        task = asyncio.ensure_future(sc.burst(target, plan["burst_n"][-1], plan["burst_publishes"] * 3))
+        task = asyncio.ensure_future(sc.burst(target, plan["burst_n"][-1], plan["burst_publishes"] * 3,
+                                              encoding=encoding))
         await asyncio.sleep(3.0)  # the streams are open and publishing has begun: sample the steady state
         proc = await asyncio.create_subprocess_exec(
             spy, "record", "-p", str(target.pids[0]), "-d", str(plan["profile_seconds"]), "-r", "250", "-f", "raw",
@@ -194,11 +203,11 @@ def _summarize_profile(raw: str, top: int = 18) -> dict[str, Any]:
             inclusive[name] = inclusive.get(name, 0) + n
         own[frames[-1]] = own.get(frames[-1], 0) + n
     skip = ("<module>", "_run_module_as_main", "_run_code", "run (", "Runner.run", "run_until_complete",
-            "run_forever", "main (")
+            "run_forever", "main (", "_run_once", "Handle._run")
 
     def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
         rows = [(k, round(v / total * 100, 1)) for k, v in sorted(table.items(), key=lambda kv: -kv[1])]
-        return [r for r in rows if not any(r[0].startswith(s) for s in skip)][:top]
+        return [r for r in rows if not any(s in r[0] for s in skip)][:top]
 
     return {"samples": total, "inclusive": ranked(inclusive), "self": ranked(own)}
 

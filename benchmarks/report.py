@@ -92,8 +92,9 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
     add("| peer | encoding | N | delivered | events/s | CPU/event µs | p50 ms | p99 ms | generator CPU |\n"
         "|---|---|---|---|---|---|---|---|---|")
     for name in peers:
-        for key, row in sorted((_get(p[name], "burst") or {}).items(), key=lambda kv: (kv[0].split("-")[0],
-                                                                                    int(kv[0].split("-")[1]))):
+        order = {"identity": 0, "br": 1, "zstd": 2, "gzip": 3}
+        for key, row in sorted((_get(p[name], "burst") or {}).items(),
+                               key=lambda kv: (order.get(kv[0].split("-")[0], 9), int(kv[0].split("-")[1]))):
             enc, n = key.split("-")
             if "error" in row:
                 add(f"| {name} | {enc} | {n} | failed: {row['error']} | | | | | |")
@@ -107,8 +108,9 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
     add(f"## Broadcast: {plan['broadcast_publishes']} events, 0.5 s apart, to N = {plan['broadcast_n']:,}\n")
     add("| peer | delivered | p50 ms | p99 ms | max ms | CPU/event µs | RSS per idle stream KiB | time to open s |"
         " generator CPU |\n|---|---|---|---|---|---|---|---|---|")
-    for name in peers:
-        row = _get(p[name], "broadcast")
+    rows = [(name, _get(p[name], "broadcast")) for name in peers]
+    rows.insert(1, ("gateway over h2 (100 streams a connection)", _get(p.get("gateway", {}), "broadcast_h2")))
+    for name, row in rows:
         if row is None:
             continue
         if "error" in row:
@@ -159,11 +161,15 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
 
     add("## Targets\n")
     add(_targets(r))
-    prof = _get(g, "profile")
-    if prof and "error" not in prof:
-        add(f"## Where the gateway's time goes (py-spy, {prof['samples']:,} samples during a burst to "
-            f"{n_big:,} streams)\n")
-        add("Inclusive share of samples (a function and everything it calls), then self time:\n")
+    add(_reading(r))
+    for key, label in (("profile", "identity"), ("profile_br", "Brotli")):
+        prof = _get(g, key)
+        if not prof or "error" in prof:
+            continue
+        add(f"## Where the gateway's time goes: {label} (py-spy, {prof['samples']:,} samples during a burst to "
+            f"{n_big:,} streams, {prof['burst']['server_cpu_us_per_event']} µs per delivered event)\n")
+        add("Inclusive share of samples (a function and everything it calls), then self time (native code, such "
+            "as the `send` system call or Brotli's encoder, counts as the Python line that called it):\n")
         add("```")
         for name, share in prof["inclusive"]:
             add(f"{share:5.1f}%  {name}")
@@ -191,6 +197,53 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
     add("`make bench` installs the `bench` extra and, as root, Debian's `nginx` and `libnginx-mod-nchan`; a peer "
         "that cannot run is listed as skipped with the reason.")
     return "\n".join(out) + "\n"
+
+
+def _reading(r: dict[str, Any]) -> str:
+    """What the tables say, in words, with the figures of this run."""
+    p = r["peers"]
+    n_small, n_big = r["plan"]["burst_n"]
+
+    def cpu(name: str, enc: str, n: int) -> float | None:
+        row = _get(p.get(name, {}), "burst", f"{enc}-{n}")
+        return None if not row or "error" in row else float(row["server_cpu_us_per_event"])
+
+    lines = ["## Reading the results\n"]
+    ours_small, nchan_small = cpu("gateway", "identity", n_small), cpu("nchan", "identity", n_small)
+    if ours_small and nchan_small:
+        lines.append(f"- **Small fan-out is where nchan keeps its lead** ({ours_small:.1f} vs {nchan_small:.1f} µs "
+                     f"per delivered event at N={n_small}): each publish is an HTTP request parsed in Python "
+                     "(h11, the ASGI call, JSON, the bus), a fixed cost that a hundred deliveries share; at "
+                     f"N={n_big:,} it is spread thin and the per-subscriber write, coalesced, is what counts.")
+    br, ident = cpu("gateway", "br", n_big), cpu("gateway", "identity", n_big)
+    if br and ident:
+        lines.append(f"- **Brotli on small events costs {br / ident:.1f}× identity** ({br:.1f} vs {ident:.1f} µs). "
+                     "The profile below shows the encoder's flush as the largest share: every flush ends a "
+                     "Brotli meta-block, whose fixed cost (measured alone: ~10 µs at quality 4 for one ~190-byte "
+                     "event, ~3-4 µs per event when eight share a flush) is larger than everything else a "
+                     f"coalesced identity delivery costs ({ident:.1f} µs). Coalescing amortises it under a "
+                     "burst; it cannot remove it. For feeds of "
+                     "small events, gzip gives the smallest bytes here and zstd is the cheaper compressor; the "
+                     "memory budget and `compression.encodings` choose per deployment. On the view stream, "
+                     "where a render is ~16 KB, Brotli is the clear win (see the bytes per render).")
+    uv, gw = cpu("gateway-uvloop", "identity", n_big), cpu("gateway", "identity", n_big)
+    if uv and gw:
+        lines.append(f"- **uvloop** changes little in CPU per event here ({uv:.1f} vs {gw:.1f} µs at N={n_big:,}): "
+                     "the time is in the `send` system call, which no event loop avoids; it lowers latency "
+                     "where the loop's own overhead shows.")
+    h2 = _get(p.get("gateway", {}), "broadcast_h2")
+    h1 = _get(p.get("gateway", {}), "broadcast")
+    if h2 and h1 and "error" not in h2 and "error" not in h1:
+        lines.append(f"- **Over h2 the gateway uses the task path** (p99 {h2['latency']['p99_ms']:.0f} ms vs "
+                     f"{h1['latency']['p99_ms']:.0f} ms over HTTP/1.1; {h2['server_cpu_us_per_event']:.1f} vs "
+                     f"{h1['server_cpu_us_per_event']:.1f} µs per event): HTTP/2 frames go through Hypercorn's h2 "
+                     "state machine and flow control, so each delivery wakes its stream's task. Behind a reverse "
+                     "proxy, which speaks HTTP/1.1 to its upstreams, production traffic takes the direct path; "
+                     f"h2 still holds streams cheaply ({h2['rss_per_idle_stream_kib']:.1f} KiB each).")
+    lines.append("- **The generator's own CPU share** is printed in every row; near 1.0 it bounds the delivery rate "
+                 "and the tail latencies of the fast peers (nchan and the gateway alike), while CPU per delivered "
+                 "event, measured on the server, stays exact.")
+    return "\n".join(lines) + "\n"
 
 
 def _targets(r: dict[str, Any]) -> str:

@@ -178,12 +178,13 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
 
 
 async def broadcast(target: Target, subscribers: int, publishes: int, *, interval: float = 0.5,
-                    timeout: float = 120.0) -> dict[str, Any]:
+                    protocol: str = "h1", timeout: float = 120.0) -> dict[str, Any]:
     """``subscribers`` idle streams (RSS per stream measured before any event), then ``publishes`` events spaced
-    ``interval`` apart: publish-to-receipt latency over every delivery."""
+    ``interval`` apart: publish-to-receipt latency over every delivery. ``protocol`` h2 carries 100 streams on
+    each connection, as a browser's tabs share one."""
     rss_before = rss_bytes(target.pids)
     opened = time.perf_counter()
-    fleet = await _open(target, subscribers)
+    fleet = await _open(target, subscribers, protocol=protocol)
     open_seconds = time.perf_counter() - opened
     publishers = await _publishers(target, 1)
     try:
@@ -202,7 +203,7 @@ async def broadcast(target: Target, subscribers: int, publishes: int, *, interva
             complete = await recorder.wait_all(timeout)
             clock.stop()
         return {
-            "subscribers": subscribers, "publishes": publishes, "interval_s": interval,
+            "subscribers": subscribers, "publishes": publishes, "interval_s": interval, "protocol": protocol,
             "complete": complete, "delivered": recorder.delivered, "expected": recorder.expected,
             "out_of_order": recorder.out_of_order, "open_seconds": round(open_seconds, 1),
             "latency": _latency(recorder),

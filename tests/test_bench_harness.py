@@ -1,0 +1,34 @@
+"""``make bench`` must not rot: a quick comparison of the gateway and nchan, end to end, JSON and page included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, require_binary
+
+
+def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
+    require_binary("nginx")
+    out, docs = tmp_path / "comparison.json", tmp_path / "docs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "comparison", "--quick", "--peers", "gateway,nchan",
+         "--scenarios", "burst,bytes", "--out", str(out), "--docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["peers"]) == {"gateway", "gateway-uvloop", "nchan"}, results.get("skipped")
+    for name, entry in results["peers"].items():
+        for key, row in entry["burst"].items():
+            assert "error" not in row, f"{name} {key}: {row}"
+            assert row["complete"], f"{name} {key}: {row['delivered']} of {row['expected']} delivered"
+            assert row["out_of_order"] == 0
+            assert row["server_cpu_us_per_event"] > 0
+    assert results["peers"]["gateway"]["burst"]["br-300"]["content_encoding"] == "br"
+    encodings = results["peers"]["gateway"]["bytes"]["encodings"]
+    assert encodings["br"]["wire_bytes_per_event"] < encodings["identity"]["wire_bytes_per_event"]
+    page = (docs / "benchmarks.md").read_text()
+    assert "| nchan | identity | 300 |" in page
+    assert (docs / "benchmarks.png").stat().st_size > 10_000
