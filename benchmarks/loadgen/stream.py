@@ -134,14 +134,7 @@ class StreamState:
 
     def receive(self, data: bytes, t_ns: int) -> None:
         """The body bytes of one read, delivered at once: ``body(data); deliver(t_ns)`` in one call (hot path)."""
-        self.wire_bytes += len(data)
-        if self._decode is not None:
-            try:
-                data = self._decode(data)
-            except Exception as exc:
-                data = self._decode_failed(exc)
-        self.decoded_bytes += len(data)
-        events = self._feed(data)
+        events = self._feed(self._decoded(data))
         if self._pending:
             events = self._pending + events
             self._pending = []

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import terminate
+
 __all__ = ["ServerSpec", "check_cpu", "descendants", "free_port", "serve"]
 
 HOST = "127.0.0.1"
@@ -180,13 +182,7 @@ def _stop(proc: subprocess.Popen[bytes], known: Sequence[tuple[int, int]], timeo
     """
     current = [(pid, started) for pid in descendants(proc.pid) if (started := _start_time(pid)) is not None]
     others = {*known, *current}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    terminate(proc, timeout)
     deadline = time.monotonic() + timeout
     killed = False
     while alive := [pid for pid, started in others if _start_time(pid) == started]:

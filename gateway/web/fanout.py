@@ -269,8 +269,15 @@ class Fanout:
         for sub, frames in batch.items():
             target = sub.direct
             if target is not None and target.direct_ready():
-                target.direct_write(frames, loop_now)
-            elif sub.view_box is not None:
+                try:
+                    target.direct_write(frames, loop_now)
+                except Exception:  # one broken stream must not cost the rest of the round their events
+                    log.exception("direct write failed: the stream is ended and its client resumes")
+                    sub.direct = None  # its encoder may hold half a write: nothing more goes to it
+                    if sub.cut is not None:
+                        sub.cut("send_failed")
+                continue
+            if sub.view_box is not None:
                 sub.view_box.put(frames[-1])
                 sub.queued(now)
                 sub.notify()
