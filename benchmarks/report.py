@@ -70,7 +70,8 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
         f"{r['pinning']['generator_cpu']} (`taskset`). Server CPU is user + system time of all its processes from "
         "`/proc/<pid>/stat` (on loopback, the kernel's TCP work for the receiver is charged to the sender); RSS "
         "from `/proc/<pid>/status`.")
-    add("- **Load generator**: `benchmarks/loadgen`, one asyncio process: HTTP/1.1 (a connection per stream), "
+    add("- **Load generator**: `benchmarks/loadgen`, one asyncio process on uvloop: HTTP/1.1 (a connection per "
+        "stream; h2 where said), "
         "every event parsed by a WHATWG SSE parser and decoded (br/zstd/gzip), each event's `{\"seq\", \"t\"}` "
         "checked for order and timed publish→receipt on one clock. Its own CPU share (1.0 = one core busy) is "
         "in every table: near 1.0 it, not the server, bounds the delivery rate and the latencies, while the "

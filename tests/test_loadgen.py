@@ -19,13 +19,16 @@ import brotli
 import orjson
 import pytest
 import zstandard
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.loadgen import h2 as h2_module
 from benchmarks.loadgen.decoders import DECODERS, make_decoder
-from benchmarks.loadgen.fleet import Fleet, LatencyRecorder, cpu_seconds, raise_fd_limit
+from benchmarks.loadgen.fleet import Fleet, LatencyRecorder, cpu_seconds, pin_to_cpu, raise_fd_limit, run
 from benchmarks.loadgen.h1 import ChunkedParser, H1Stream, build_request
-from benchmarks.loadgen.h2 import client_ssl_context
+from benchmarks.loadgen.h2 import DEFAULT_STREAM_WINDOW, H2Client, client_ssl_context
 from benchmarks.loadgen.latency import StreamStats, stamp
 from benchmarks.loadgen.publisher import Publisher
 from benchmarks.loadgen.sse import SSEEvent, SSEParser
@@ -231,14 +234,18 @@ def test_decoder_every_split(encoding: str | None, encode: Callable[[list[bytes]
     assert b"".join(decoder.decode(wire[i:i + 1]) for i in range(len(wire))) + decoder.flush() == plain
 
 
-def test_brotli_event_over_64k_decoded_whole() -> None:
-    """brotli >= 1.2 hands out about 32 KB per call: a big event must still come out complete in one decode."""
+@pytest.mark.parametrize("lgwin", [16, 22])
+def test_brotli_event_over_64k_decoded_whole(lgwin: int) -> None:
+    """brotli 1.2.1 can hand out as little as 32,752 bytes per call (with a 4 MiB window, brotli's default, it
+    does): a big event must still come out complete from one ``decode``."""
     big = b"data: " + orjson.dumps([{"i": i, "v": f"{i * 7919 % 10007:x}"} for i in range(8000)]) + b"\n\n"
     assert len(big) > 64 * 1024
-    wire = _brotli([EVENTS[0], big])
+    compressor = brotli.Compressor(quality=4, lgwin=lgwin)
+    wire = [compressor.process(f) + compressor.flush() for f in (EVENTS[0], big, EVENTS[1])]
     decoder = make_decoder("br")
     assert decoder.decode(wire[0]) == EVENTS[0]
     assert decoder.decode(wire[1]) == big
+    assert decoder.decode(wire[2]) == EVENTS[1]
     events, _ = _feed([EVENTS[0], big])
     assert len(events) == 1
     assert len(events[0].data) == len(big) - 8
@@ -363,6 +370,113 @@ async def test_h1_stream_non_200_and_content_length() -> None:
     assert state.closed.result() == "end"
 
 
+def _h2_client(fast_data: bool) -> tuple[H2Client, _Transport, list[StreamState], list[list[SSEEvent]]]:
+    client = H2Client("h", fast_data=fast_data)
+    transport = _Transport()
+    client.connection_made(transport)
+    got: list[list[SSEEvent]] = [[], [], []]
+    states = []
+    for i in range(3):
+        def sink(stream: StreamState, events: list[SSEEvent], t_ns: int, out: list[SSEEvent] = got[i]) -> None:
+            out.extend(events)
+
+        state = StreamState(i, sink)
+        client.open_stream(state, f"/s{i}", accept_encoding="br" if i == 1 else "identity")
+        states.append(state)
+    return client, transport, states, got
+
+
+def _h2_server(request_bytes: bytes) -> tuple[H2Connection, bytes]:
+    """A server's whole answer to three streams: two event streams (one Brotli), one refusal, PINGs, padding."""
+    server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(request_bytes)
+    sse = [(b":status", b"200"), (b"content-type", b"text/event-stream")]
+    server.send_headers(1, sse)
+    server.send_headers(3, [*sse, (b"content-encoding", b"br")])
+    server.send_headers(5, [(b":status", b"429"), (b"content-length", b"9")])
+    server.send_data(5, b"slow down", end_stream=True)
+    br = _brotli(EVENTS)
+    for i, frame in enumerate(EVENTS):
+        server.send_data(1, frame, pad_length=7 if i == 2 else None)
+        server.send_data(3, br[i])
+        if i == 1:
+            server.ping(b"12345678")
+    server.send_data(1, b"data: last\n\n", end_stream=True)
+    return server, server.data_to_send()
+
+
+@pytest.mark.asyncio
+async def test_h2_client_fast_path_matches_h2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain DATA frames read outside h2 give exactly what h2 gives, split anywhere, and keep the windows open."""
+    monkeypatch.setattr(h2_module, "_ACK_EVERY", 100)  # so that our own WINDOW_UPDATEs are exercised
+    _, transport, _, _ = _h2_client(True)
+    server, answer = _h2_server(transport.written)
+    expected = [_feed([*EVENTS, b"data: last\n\n"])[0], _feed(EVENTS)[0], []]
+    for fast in (True, False):
+        for cut in [*range(0, len(answer) + 1, 7), len(answer)]:
+            client, transport, states, got = _h2_client(fast)
+            transport.written = b""
+            client.data_received(answer[:cut])
+            client.data_received(answer[cut:])
+            assert got == expected, (fast, cut)
+            assert [s.closed.done() and s.closed.result() for s in states] == ["end", False, "end"]
+            assert [s.status for s in states] == [200, 200, 429]
+            assert states[2].error_body == b"slow down"
+            assert states[1].wire_bytes == sum(map(len, _brotli(EVENTS)))
+            assert states[0].decoded_bytes == sum(map(len, EVENTS)) + 12
+            assert client.ready.result() is None
+            assert client.error is None
+        # What the client wrote (SETTINGS ACK, PING ACK, WINDOW_UPDATEs) is valid HTTP/2, and gives the windows back.
+        check = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        check.initiate_connection()
+        _, first, _, _ = _h2_client(fast)
+        check.receive_data(first.written)
+        check.data_to_send()
+        check.send_headers(3, [(b":status", b"200")])
+        big = b"data: " + b"x" * 5000 + b"\n\n"
+        for _ in range(4):
+            check.send_data(3, big)
+        client, transport, states, _ = _h2_client(fast)
+        transport.written = b""
+        client.data_received(server.data_to_send() + check.data_to_send())
+        check.receive_data(transport.written)
+        # Ours give back every byte (here every 100); h2 waits for half a window, which is as safe with 16 MiB.
+        window = check.local_flow_control_window(3)
+        assert window == DEFAULT_STREAM_WINDOW if fast else window >= DEFAULT_STREAM_WINDOW // 2
+        assert states[1].events == 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fast", [True, False])
+async def test_h2_client_goaway_and_protocol_errors(fast: bool) -> None:
+    _, transport, _, _ = _h2_client(fast)
+    server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(transport.written)
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data(1, b"data: a\n\n")
+    server.close_connection(last_stream_id=1)  # streams 3 and 5 were never processed
+    client, transport, states, got = _h2_client(fast)
+    answer = server.data_to_send()
+    server_settings = answer[:answer.index(b"\x00\x00\x00\x04\x01")]  # up to the SETTINGS ACK
+    client.data_received(answer)
+    assert [s.closed.done() and s.closed.result() for s in states] == [False, "goaway", "goaway"]
+    assert got[0] == [SSEEvent("a", M, None)]
+    assert states[0].ok
+    # A frame over the MAX_FRAME_SIZE we announced is a connection error: reported, never raised.
+    client, transport, states, got = _h2_client(fast)
+    client.data_received(server_settings)
+    client.data_received((2 << 20).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + b"x" * (2 << 20))
+    assert client.error is not None
+    assert "protocol error" in client.error
+    assert transport.closed
+    client.connection_lost(None)
+    assert states[0].closed.result() == "eof"
+    assert states[0].error == "connection closed mid-response"
+    assert client.lost.done()
+
+
 # --- the latency recorder ------------------------------------------------------------------------------------
 
 
@@ -384,6 +498,30 @@ async def test_latency_recorder_counts_and_order() -> None:
     assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"] < 0  # t_ns 0 is before every stamp
     recorder.reset()
     assert recorder.percentiles()["delivered"] == 0
+
+
+def test_process_knobs() -> None:
+    import os
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert raise_fd_limit() >= soft
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= soft
+    allowed = os.sched_getaffinity(0)
+    try:
+        pin_to_cpu(min(allowed))
+        assert os.sched_getaffinity(0) == {min(allowed)}
+    finally:
+        os.sched_setaffinity(0, allowed)
+    before = cpu_seconds()
+    sum(i * i for i in range(200_000))
+    assert cpu_seconds() > before
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    assert run(answer()) == 42
 
 
 # --- against a real gateway ----------------------------------------------------------------------------------
@@ -463,6 +601,37 @@ async def test_fleet_h2_over_tls(server: Server) -> None:
     finally:
         publisher.close()
         await fleet.close()
+
+
+def test_fleet_on_uvloop(server: Server) -> None:
+    """``run`` picks uvloop when installed: its transports (TLS included) must drive the same protocols."""
+    topic = f"loadgen-uvloop-{uuid.uuid4().hex}"
+    path = f"/hub/subscribe?topic={topic}"
+
+    async def main() -> list[int]:
+        recorder = LatencyRecorder()
+        context = client_ssl_context(cafile=str(server.certfile))
+        fleets = [
+            Fleet("127.0.0.1", server.http_port, path, protocol="h1", accept_encoding="br", sink=recorder),
+            Fleet("127.0.0.1", server.http_port, path, protocol="h2", sink=recorder),
+            Fleet("127.0.0.1", server.tls_port, path, protocol="h2", accept_encoding="br", ssl=context,
+                  sink=recorder),
+        ]
+        publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+        try:
+            async with asyncio.timeout(15):
+                opened = [(await fleet.open(3)).opened for fleet in fleets]
+                recorder.expect(2 * 9)
+                await _publish(publisher, topic, 2)
+                assert await recorder.wait_all(10)
+            assert recorder.out_of_order == 0
+            return opened
+        finally:
+            publisher.close()
+            for fleet in fleets:
+                await fleet.close()
+
+    assert run(main()) == [3, 3, 3]
 
 
 @pytest.mark.asyncio

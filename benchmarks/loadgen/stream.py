@@ -28,8 +28,9 @@ _ids = itertools.count()
 #: The one receive buffer of every connection (h1 and h2 protocols are ``BufferedProtocol``s).
 #:
 #: Why: a plain ``asyncio.Protocol`` makes the transport call ``sock.recv(262144)`` on every read, which allocates
-#: and then shrinks a 256 KiB ``bytes`` each time; on a read of one small event that costs several times more than
-#: everything else the generator does with it. ``recv_into`` this buffer, then one copy of the bytes read, is cheap.
+#: and then shrinks a 256 KiB ``bytes`` each time: measured with 2,000 sockets, a read of one small event cost about
+#: 25 µs that way against 10 µs with ``recv_into`` this buffer (then one copy of the bytes read), more than all the
+#: decoding, parsing and recording the generator does with it.
 #: Sharing it is safe: the transports (asyncio's, its SSL layer's and uvloop's) call ``get_buffer`` and
 #: ``buffer_updated`` back to back for one read, with nothing in between (one event loop per process, here).
 READ_BUFFER = memoryview(bytearray(256 * 1024))
