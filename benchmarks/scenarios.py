@@ -22,6 +22,7 @@ import orjson
 
 from benchmarks import ticker_frames
 from benchmarks.loadgen import Fleet, LatencyRecorder, Publisher, SSEEvent, StreamState, cpu_seconds
+from benchmarks.loadgen.latency import LANE_BITS
 from benchmarks.peers import Target
 from benchmarks.procstat import cpu_seconds as server_cpu
 from benchmarks.procstat import rss_bytes
@@ -45,9 +46,10 @@ def _quotes() -> list[dict[str, Any]]:
 _QUOTES = _quotes()
 
 
-def payload(seq: int) -> str:
+def payload(seq: int, *, quote: int | None = None) -> str:
     """One event's data: a ticker quote stamped with ``seq`` and the publish time (~190 bytes)."""
-    return orjson.dumps({"seq": seq, "t": time.perf_counter_ns(), **_QUOTES[seq % len(_QUOTES)]}).decode()
+    body = _QUOTES[(seq if quote is None else quote) % len(_QUOTES)]
+    return orjson.dumps({"seq": seq, "t": time.perf_counter_ns(), **body}).decode()
 
 
 @contextlib.contextmanager
@@ -143,9 +145,9 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
         recorder.expect(publishes * subscribers)
         before = fleet.totals()
 
-        async def run(k: int) -> None:
-            for seq in range(k, publishes, concurrency):
-                await _publish(publishers[k], target, payload(seq))
+        async def run(k: int) -> None:  # publisher k's events are lane k: in order within it, checked per stream
+            for n, seq in enumerate(range(k, publishes, concurrency)):
+                await _publish(publishers[k], target, payload(k << LANE_BITS | n, quote=seq))
 
         with quiet_generator():
             clock = Clock(target.pids).start()

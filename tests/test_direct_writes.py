@@ -128,24 +128,34 @@ async def test_a_burst_to_many_streams_coalesces_events_into_fewer_writes(
 ) -> None:
     """Busy fan-out keeps its rounds apart, so publishes accepted meanwhile leave in the same write: fewer system
     calls than events, every event still delivered in the bus's order."""
-    from benchmarks.loadgen import Fleet
+    import orjson
 
+    from benchmarks.loadgen import Fleet, Publisher
+
+    streams, count, concurrency = 600, 128, 16
     srv = start_server(tmp_path, certs, env={"GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0"})
     try:
         fleet = Fleet("127.0.0.1", srv.http_port, "/hub/subscribe?topic=burst", sink=lambda *_: None)
-        report = await fleet.open(300)
-        assert report.opened == 300
-        datas = [f"burst {i}" for i in range(160)]
-        await _publish(srv.http, "burst", datas, concurrency=16)
+        assert (await fleet.open(streams)).opened == streams
+        publishers = [Publisher("127.0.0.1", srv.http_port) for _ in range(concurrency)]
+
+        async def run(k: int) -> None:  # raw keep-alive POSTs: fast enough to outpace one flush to 600 sockets
+            await publishers[k].connect()
+            for i in range(k, count, concurrency):
+                body = orjson.dumps({"topic": "burst", "data": f"burst {i}"})
+                assert await publishers[k].post("/hub/publish", body, AUTH.items()) == 204
+            publishers[k].close()
+
+        await asyncio.gather(*(run(k) for k in range(concurrency)))
         async with asyncio.timeout(30):
-            while fleet.totals()["events"] < 300 * len(datas):  # noqa: ASYNC110 - local counters, no event to await
+            while fleet.totals()["events"] < streams * count:  # noqa: ASYNC110 - local counters, no event to await
                 await asyncio.sleep(0.02)
-        orders = {tuple(s.parser.last_event_id or "") for s in fleet.streams}
-        assert len(orders) == 1, "streams ended on different last ids"
+        assert len({s.parser.last_event_id for s in fleet.streams}) == 1, "streams ended on different last ids"
         events = await metric(srv.http, "gateway_events_sent_total", kind="hub")
         direct = await _writes(srv.http, "direct")
-        assert events >= 300 * len(datas)
-        assert direct < 0.8 * 300 * len(datas), f"{direct:.0f} direct writes for {events:.0f} events: no coalescing"
+        assert events >= streams * count
+        # Measured here: ~0.1 write per event with the deferral, ~0.3 without it (rounds merge only by chance).
+        assert direct < 0.2 * streams * count, f"{direct:.0f} direct writes for {events:.0f} events: no coalescing"
         await fleet.close()
     finally:
         assert srv.stop() == 0

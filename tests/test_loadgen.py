@@ -495,9 +495,24 @@ async def test_latency_recorder_counts_and_order() -> None:
     assert recorder.stream_stats(b) == StreamStats(2, 1, 1)
     summary = recorder.percentiles()
     assert (summary["delivered"], summary["expected"], summary["out_of_order"], summary["unparsed"]) == (5, 5, 1, 2)
+
     assert summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"] < 0  # t_ns 0 is before every stamp
     recorder.reset()
     assert recorder.percentiles()["delivered"] == 0
+
+
+@pytest.mark.asyncio
+async def test_latency_recorder_checks_order_per_publisher_lane() -> None:
+    """Concurrent publishers number their events in lanes: lanes interleave freely, one lane must not go back."""
+    from benchmarks.loadgen.latency import LANE_BITS
+
+    recorder = LatencyRecorder()
+    stream = StreamState(0, recorder)
+    seqs = [0, 1 << LANE_BITS, 1, (1 << LANE_BITS) | 1, 2, (2 << LANE_BITS)]
+    recorder(stream, [SSEEvent(stamp(seq), M, None) for seq in seqs], 0)
+    assert recorder.out_of_order == 0
+    recorder(stream, [SSEEvent(stamp(1 << LANE_BITS), M, None)], 0)  # lane 1 went back
+    assert recorder.out_of_order == 1
 
 
 def test_process_knobs() -> None:

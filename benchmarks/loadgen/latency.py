@@ -19,9 +19,12 @@ import orjson
 from benchmarks.loadgen.sse import SSEEvent
 from benchmarks.loadgen.stream import StreamState
 
-__all__ = ["LatencyRecorder", "LatencySummary", "StreamStats", "stamp"]
+__all__ = ["LANE_BITS", "LatencyRecorder", "LatencySummary", "StreamStats", "stamp"]
 
 _CACHE_MAX = 4096
+#: Concurrent publishers number their events in lanes: ``seq = lane << LANE_BITS | n``. The order of one lane is
+#: checked; lanes interleave freely, since which of two concurrent publishes the server accepts first is its call.
+LANE_BITS = 32
 
 
 def stamp(seq: int, *, pad: int = 0) -> str:
@@ -67,6 +70,7 @@ class LatencyRecorder:
         self.expected = 0
         self.unparsed = 0  # events whose data was not a stamp (a gap notice, another publisher's event...)
         self._streams: dict[int, list[int]] = {}
+        self._lanes: dict[int, dict[int, int]] = {}  # per stream: the last seq of each lane
         self._cache: dict[str, tuple[int, int]] = {}
         self._done = asyncio.Event()
 
@@ -76,6 +80,9 @@ class LatencyRecorder:
         slot = self._streams.get(stream.id)
         if slot is None:
             slot = self._streams[stream.id] = [0, -1, 0]
+            lanes = self._lanes[stream.id] = {}
+        else:
+            lanes = self._lanes[stream.id]
         for event in events:
             data = event.data
             parsed = cache.get(data)
@@ -92,10 +99,12 @@ class LatencyRecorder:
             seq, t = parsed
             append(t_ns - t)
             slot[0] += 1
-            if seq <= slot[1]:
+            lane = seq >> LANE_BITS
+            previous = lanes.get(lane)
+            if previous is not None and seq <= previous:
                 slot[2] += 1
             else:
-                slot[1] = seq
+                lanes[lane] = slot[1] = seq
             self.delivered += 1
         if self.expected and self.delivered >= self.expected:
             self._done.set()
