@@ -241,8 +241,9 @@ def _reading(r: dict[str, Any]) -> str:
                      "state machine and flow control, so each delivery wakes its stream's task. Behind a reverse "
                      "proxy, which speaks HTTP/1.1 to its upstreams, production traffic takes the direct path; "
                      f"h2 still holds streams cheaply ({h2['rss_per_idle_stream_kib']:.1f} KiB each).")
-    lines.append("- **Broadcast tails vary from run to run** on this 2-core VM: over the four full runs made while "
-                 "building this page, the gateway's p99 ranged 222-553 ms and nchan's 177-270 ms. One run's p99 is "
+    lines.append("- **Broadcast tails vary from run to run** on this 2-core VM: over the full runs made while "
+                 "building this page, the gateway's p99 ranged 222-553 ms and nchan's 177-270 ms (the 553 ms run "
+                 "was before the load generator moved to uvloop). One run's p99 is "
                  "one sample of that spread; the p50 and the CPU per event move much less.")
     lines.append("- **The generator's own CPU share** is printed in every row; near 1.0 it bounds the delivery rate "
                  "and the tail latencies of the fast peers (nchan and the gateway alike), while CPU per delivered "
