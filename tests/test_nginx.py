@@ -1,0 +1,149 @@
+"""``deploy/nginx/gateway.conf``, run as shipped by the real nginx in front of two gateway processes.
+
+Only the addresses and certificate paths are rewritten for the test; every proxy directive is the shipped one.
+Each gateway here has its own in-memory bus, so an event is published to both: whichever process holds a stream
+delivers it (with the Redis bus one publish anywhere reaches every process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import HUB_TOKEN, ROOT, Server, free_port, require_binary, start_server
+from tests.support.sse_client import SSEReader
+from tests.test_lifecycle import metric
+
+SHIPPED = ROOT / "deploy" / "nginx" / "gateway.conf"
+
+WRAPPER = """\
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {prefix}/gateway.conf;
+}}
+"""
+
+
+def render(prefix: Path, port: int, upstreams: list[int], cert: Path, key: Path) -> Path:
+    """The shipped file with this test's addresses, inside a wrapper that keeps nginx in ``prefix``."""
+    conf = SHIPPED.read_text()
+    conf, listens = re.subn(r"listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;", conf)
+    servers = iter(upstreams)
+    conf, replaced = re.subn(r"server 127\.0\.0\.1:800\d", lambda _: f"server 127.0.0.1:{next(servers)}", conf)
+    conf = conf.replace("/etc/gateway/cert.pem", str(cert)).replace("/etc/gateway/key.pem", str(key))
+    assert (listens, replaced) == (1, len(upstreams)), "the shipped file's layout changed: update render()"
+    (prefix / "gateway.conf").write_text(conf)
+    user = "user root;" if os.geteuid() == 0 else ""
+    main = prefix / "nginx.conf"
+    main.write_text(WRAPPER.format(prefix=prefix, user=user))
+    return main
+
+
+@contextlib.contextmanager
+def nginx(prefix: Path, main: Path, port: int) -> Iterator[None]:
+    binary = require_binary("nginx")
+    check = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(main)], capture_output=True, text=True,
+                           check=False, timeout=30)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(main)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # another process's readiness can only be seen by trying it; bounded
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((prefix / "error.log").read_text(errors="replace")) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_shipped_config_passes_nginx_t(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    require_binary("nginx")
+    main = render(tmp_path, free_port(), [8001, 8002], *certs)
+    check = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(main)], capture_output=True, text=True,
+                           check=False, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+async def _publish_everywhere(backends: list[Server], data: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        for srv in backends:
+            answer = await client.post(f"{srv.http}/hub/publish", json={"topic": "proxied", "data": data},
+                                       headers={"Authorization": f"Bearer {HUB_TOKEN}"})
+            assert answer.status_code == 204
+
+
+@pytest.mark.asyncio
+async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path: Path,
+                                                                       certs: tuple[Path, Path]) -> None:
+    require_binary("nginx")
+    env = {"GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1/32"}
+    backends: list[Server] = []
+    for i in range(2):
+        (tmp_path / f"g{i}").mkdir()
+        backends.append(start_server(tmp_path / f"g{i}", certs, env=env))
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    main = render(prefix, port, [b.http_port for b in backends], *certs)
+    tls = ssl.create_default_context(cafile=str(certs[0]))
+    try:
+        with nginx(prefix, main, port):
+            async with httpx.AsyncClient(http2=True, verify=tls, timeout=10) as client, \
+                    contextlib.AsyncExitStack() as stack:
+                readers = []
+                for _ in range(6):
+                    response = await stack.enter_async_context(client.stream(
+                        "GET", f"https://127.0.0.1:{port}/hub/subscribe?topic=proxied",
+                        headers={"Accept-Encoding": "br", "Accept": "text/event-stream"}))
+                    assert response.status_code == 200
+                    assert response.http_version == "HTTP/2"
+                    assert response.headers["content-encoding"] == "br", "nginx re-encoded or dropped br"
+                    assert "alt-svc" not in response.headers
+                    readers.append(SSEReader(response.aiter_raw(), "br"))
+                held = [await metric(b.http, "gateway_streams_active", kind="hub") for b in backends]
+                assert sum(held) == 6
+                assert min(held) >= 2, f"least_conn did not spread the streams: {held}"
+                for i in range(5):
+                    sent = time.perf_counter()
+                    await _publish_everywhere(backends, f"event {i}")
+
+                    async def latency(reader: SSEReader, expected: str = f"event {i}", since: float = sent) -> float:
+                        event = await reader.next_event(timeout=5)
+                        assert event.data == expected
+                        return time.perf_counter() - since
+
+                    lags = await asyncio.gather(*(latency(r) for r in readers))
+                    assert max(lags) < 0.1, f"event {i} took {max(lags) * 1000:.0f} ms through nginx: buffered?"
+    finally:
+        for srv in backends:
+            assert srv.stop() == 0
