@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from benchmarks import RESULTS_DIR, ROOT, machine_info, terminate, write_json
+from benchmarks.procstat import cpu_seconds, rss_bytes
 from gateway.core.sse import SSEParser
 
 TOKEN = "bench-stalled-" + "t" * 24
@@ -114,14 +115,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 def _ms(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 2)
-
-
-def proc_rss(pid: int) -> int:
-    """Resident set size of a process, bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def proc_fds(pid: int) -> int:
@@ -458,10 +451,6 @@ def proc_runqueue_wait(pid: int | str) -> float:
     return int(Path(f"/proc/{pid}/schedstat").read_text(encoding="ascii").split()[1]) / 1e9
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -474,7 +463,7 @@ class Sampler:
     errors: int = 0
 
     async def sample(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"t": round(time.perf_counter() - self.t0, 3), "rss": proc_rss(self.server.pid),
+        row: dict[str, Any] = {"t": round(time.perf_counter() - self.t0, 3), "rss": rss_bytes((self.server.pid,)),
                                "fds": proc_fds(self.server.pid)}
         try:
             row.update(await self.server.hub_metrics())
@@ -523,7 +512,7 @@ async def run_scenario(plan: Plan, name: str, fraction: float, prefix: list[str]
     load_before = os.getloadavg()[0]
     try:
         await server.wait_ready()
-        rss_idle, fds_idle = proc_rss(server.pid), proc_fds(server.pid)
+        rss_idle, fds_idle = rss_bytes((server.pid,)), proc_fds(server.pid)
         latencies: list[int] = []
         connect_started = time.perf_counter()
         healthy, stalled = await connect_all(plan, server.port, stalled_count, latencies)
@@ -533,12 +522,12 @@ async def run_scenario(plan: Plan, name: str, fraction: float, prefix: list[str]
             if (await sampler.sample()).get("active") == plan.subscribers:
                 break
             await asyncio.sleep(0.05)
-        rss_before, fds_before = proc_rss(server.pid), proc_fds(server.pid)
+        rss_before, fds_before = rss_bytes((server.pid,)), proc_fds(server.pid)
 
         # Publish, and wait (bounded) for every healthy subscriber to have every event.
         sampler.samples.clear()
         sampler.t0 = time.perf_counter()
-        cpu_server0, cpu_self0 = proc_cpu_seconds(server.pid), time.process_time()
+        cpu_server0, cpu_self0 = cpu_seconds((server.pid,)), time.process_time()
         wait_server0, wait_self0 = proc_runqueue_wait(server.pid), proc_runqueue_wait("self")
         budget = plan.events * 0.5 + plan.delivery_timeout + plan.write_timeout + plan.cutoff_grace + 5
         sampling = asyncio.create_task(sampler.run(budget))
@@ -551,7 +540,7 @@ async def run_scenario(plan: Plan, name: str, fraction: float, prefix: list[str]
             await asyncio.wait(pending, timeout=plan.delivery_timeout)
         delivered_s = time.perf_counter() - published_at
         busy_s = time.perf_counter() - sampler.t0
-        cpu_server = proc_cpu_seconds(server.pid) - cpu_server0
+        cpu_server = cpu_seconds((server.pid,)) - cpu_server0
         cpu_self = time.process_time() - cpu_self0
         wait_server = proc_runqueue_wait(server.pid) - wait_server0
         wait_self = proc_runqueue_wait("self") - wait_self0
@@ -568,7 +557,7 @@ async def run_scenario(plan: Plan, name: str, fraction: float, prefix: list[str]
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
-        rss_after, fds_after = proc_rss(server.pid), proc_fds(server.pid)
+        rss_after, fds_after = rss_bytes((server.pid,)), proc_fds(server.pid)
         peak_rss = max([rss_before, rss_after, *(s["rss"] for s in sampler.samples)])
         # Are the cut-off clients' TCP connections released, or do they linger until the client goes away?
         await asyncio.sleep(plan.linger_check)

@@ -17,6 +17,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def scope_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name; repeated ones joined with ", " as HTTP allows."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRequest:
     """What a stream handler (and a per-request view) may know about its request."""
@@ -30,11 +40,7 @@ class StreamRequest:
 
     @classmethod
     def from_scope(cls, scope: Scope) -> StreamRequest:
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope.get("headers", ()):
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        headers = scope_headers(scope)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         client = scope.get("client")
         return cls(

@@ -30,7 +30,7 @@ from gateway.core.errors import (
     ValidationFailed,
 )
 from gateway.core.sse import Event
-from gateway.web.asgi_util import Receive, Scope, Send, send_error
+from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
 from gateway.web.fanout import hub_payload
 from gateway.web.runtime import Runtime
 from gateway.web.streams import check_topic
@@ -49,15 +49,6 @@ class HubEvent(pydantic.BaseModel):
     data: Any
     event: str | None = None
     id: str | None = None
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
 
 
 async def read_json_body(runtime: Runtime, headers: Mapping[str, str], receive: Receive) -> bytes | None:
@@ -154,7 +145,7 @@ async def serve_post(runtime: Runtime, handler: Handler, scope: Scope, receive: 
     is_hub = handler is hub_publish
     metrics = runtime.metrics
     try:
-        headers = _headers(scope)
+        headers = scope_headers(scope)
         if is_hub:
             _authorize(runtime, headers)
         elif runtime.draining:
