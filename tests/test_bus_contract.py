@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,9 +27,10 @@ import pytest_asyncio
 from gateway.bus import Bus, Command, Gap, Notification, create_bus
 from gateway.core.errors import Unavailable
 from gateway.core.versions import version_key
+from tests.support.redis import drop_namespace, redis_namespace
 
-BACKENDS = ["memory"]
-_URLS = {"memory": "memory://"}
+BACKENDS = ["memory", "redis"]
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 WAIT = 5.0  # seconds: generous for a loaded CI machine, still a quick failure when something is stuck
 
@@ -49,8 +51,9 @@ def bus_options() -> BusOptions:
 @pytest_asyncio.fixture(params=BACKENDS)
 async def bus(request: pytest.FixtureRequest, bus_options: BusOptions) -> AsyncIterator[Bus]:
     """A fresh, not yet started bus of one backend; closed after the test (closing twice must be safe)."""
+    url = redis_namespace(REDIS_URL) if request.param == "redis" else "memory://"
     instance = create_bus(
-        _URLS[request.param],
+        url,
         history=bus_options.history,
         workers=bus_options.workers,
         queue_size=bus_options.queue_size,
@@ -61,6 +64,8 @@ async def bus(request: pytest.FixtureRequest, bus_options: BusOptions) -> AsyncI
     finally:
         async with asyncio.timeout(WAIT * 2):
             await instance.close(WAIT)
+        if request.param == "redis":
+            await drop_namespace(url)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Redis for tests: the machine's shared server under a fresh namespace per test, or a private server to break.
+
+Tests that only use Redis share the one on 6379 (database 15), each under its own ``namespace`` so nothing leaks
+between tests or runs; tests that stop or kill Redis start their own ``redis-server`` on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import redis.asyncio
+
+STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
+SHARED_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _unavailable(reason: str) -> None:
+    if STRICT:
+        pytest.fail(reason + "; GATEWAY_TEST_STRICT=1 makes this a failure")
+    pytest.skip(reason)
+
+
+def redis_or_skip(url: str = SHARED_URL) -> str:
+    """``url`` when a Redis answers there; skip (or fail in strict mode) otherwise."""
+    parts = urlsplit(url)
+    try:
+        with redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, socket_timeout=2) as client:
+            client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        _unavailable(f"no Redis at {url} ({exc}); start one or set GATEWAY_TEST_REDIS_URL")
+    return url
+
+
+def redis_namespace(url: str = SHARED_URL) -> str:
+    """The shared Redis URL with a namespace of its own (skips without a Redis)."""
+    redis_or_skip(url)
+    return f"{url}?namespace=test-{uuid.uuid4().hex[:12]}"
+
+
+def namespace_of(url: str) -> str:
+    return url.partition("namespace=")[2] or "gateway"
+
+
+async def drop_namespace(url: str) -> None:
+    """Delete every key of the URL's namespace."""
+    base = url.partition("?")[0]
+    client = redis.asyncio.Redis.from_url(base)
+    try:
+        keys = [key async for key in client.scan_iter(match="{" + namespace_of(url) + "}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, to stop and start at will (no persistence)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unavailable("redis-server is not installed (apt-get install redis-server)")
+        assert binary is not None
+        self.binary = binary
+        self.port = port or free_tcp_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="gateway-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:  # another process's readiness can only be seen by asking it; bounded
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    client.ping()
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
