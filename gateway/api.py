@@ -17,13 +17,16 @@ A ``Gateway`` is itself an ASGI application. Its settings can be given up front 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from gateway.commands import CommandSpec, Handler
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
+from gateway.core.errors import Unavailable
 from gateway.web.asgi import Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
 from gateway.web.routes import build_quart
@@ -141,8 +144,24 @@ class Gateway:
         return self._app
 
     async def publish(self, topic: str, payload: bytes = b"") -> str:
-        """Announce that ``topic`` changed; every view on it re-renders. Returns the new version."""
-        return await self.runtime.bus.publish(topic, payload)
+        """Announce that ``topic`` changed; every view on it re-renders. Returns the new version.
+
+        A change must not go unannounced because the bus was briefly away (the state already changed; views would
+        sit on the old one until the next change): while the bus is unavailable this retries with a growing
+        delay for up to ``bus.lease`` seconds, then raises ``Unavailable``. A command that runs it is not
+        acknowledged meanwhile, so it is not lost either way.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.bus.lease
+        delay = 0.05
+        while True:
+            try:
+                return await self.runtime.bus.publish(topic, payload)
+            except Unavailable:
+                if loop.time() + delay > give_up:
+                    raise
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 1.0)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking streams and commands, end streams with a reconnect hint, finish accepted commands."""

@@ -29,6 +29,7 @@ _FLAGS = {
     "log_level": "server.log_level",
     "bus": "bus.url",
     "loop": "server.loop",
+    "workers": "server.workers",
 }
 
 
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--certfile", metavar="PEM", help="certificate for TLS and QUIC")
         sub.add_argument("--keyfile", metavar="PEM", help="private key for TLS and QUIC")
         sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-        sub.add_argument("--bus", metavar="URL", help="bus backend URL (memory://)")
+        sub.add_argument("--bus", metavar="URL", help="bus backend URL: memory:// or redis://HOST:PORT/DB")
+        sub.add_argument("--workers", metavar="N", help="processes sharing the listeners (needs a redis:// bus)")
         sub.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop implementation")
     doc = commands.add_parser("config", help="print every setting with its default (TOML or a markdown table)")
     doc.add_argument("--markdown", action="store_true", help="a markdown table instead of TOML")
@@ -133,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=settings.server.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         gateway = load_app(settings.server.app)
+        from gateway.supervisor import supervise, worker_index
+
+        if settings.server.workers > 1 and worker_index() is None:
+            return supervise(sys.argv[1:] if argv is None else argv, settings.server.workers,
+                             settings.server.drain_timeout)
         from gateway.web.server import serve
 
         with asyncio.Runner(loop_factory=_loop_factory(settings.server.loop)) as runner:

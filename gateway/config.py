@@ -61,7 +61,15 @@ def _encodings(value: Any) -> str | None:
 
 
 def _bus_url(value: Any) -> str | None:
-    return None if value in ("memory://", "memory") else "must be memory:// (the embedded bus)"
+    if value in ("memory://", "memory"):
+        return None
+    from gateway.bus.redis_layout import parse_url  # no I/O: only the URL's shape is checked here
+
+    try:
+        parse_url(str(value))
+    except ValueError as exc:
+        return f"{exc} (memory:// is the embedded single-process bus)"
+    return None
 
 
 def _module_attr(value: Any) -> str | None:
@@ -95,6 +103,8 @@ class ServerSettings:
     backlog: int = _field(4096, "listen backlog of each TCP listener: connections the kernel queues before "
                           "accepting; reconnect storms after a restart need more than the usual 100",
                           _between(16, 65_535))
+    workers: int = _field(1, "processes serving the same listeners (needs a Redis bus: the embedded one cannot "
+                          "reach across processes); a worker that dies is restarted", _between(1, 256))
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,13 @@ class CommandSettings:
 
 @dataclass(frozen=True)
 class BusSettings:
-    url: str = _field("memory://", "bus backend", _bus_url)
+    url: str = _field("memory://", "bus backend: memory:// (one process) or redis://HOST:PORT/DB[?namespace=NAME], "
+                      "rediss://, unix://, redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER", _bus_url)
     history: int = _field(1000, "notifications kept per topic for resume", _between(1, 1_000_000))
+    timeout: float = _field(2 * SECONDS, "seconds any one Redis call may take before Redis counts as unreachable",
+                            _between(0.05, 60, " s"))
+    lease: float = _field(30 * SECONDS, "seconds a running command's lease lasts (renewed every third of it); a "
+                          "command whose process died is run by another process after this", _between(0.3, 3600, " s"))
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,12 @@ class Settings:
         }
         settings = cls(**built)
         settings.compression.codec()  # cross-check codec ranges once
+        if settings.server.workers > 1 and settings.bus.url in ("memory://", "memory"):
+            source = values.get("server.workers", (None, ""))[1]
+            raise SettingsError("server.workers", settings.server.workers,
+                                "more than one process needs a shared bus: set bus.url to a redis:// URL (the "
+                                "memory:// bus lives inside one process, so commands and events would not reach "
+                                "the others)", source)
         return settings
 
     def flat(self) -> dict[str, Any]:

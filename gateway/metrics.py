@@ -7,11 +7,15 @@ of reasons. Topics are never labels: their number is up to the clients.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Tally"]
 
@@ -55,7 +59,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.streams_active = Gauge(
-            "gateway_streams_active", "Open SSE streams.", ["kind"], registry=r)
+            "gateway_streams_active", "Open SSE streams.", ["kind"], registry=r, multiprocess_mode="livesum")
         self.streams_opened = Counter(
             "gateway_streams_opened", "SSE streams opened, by kind and negotiated encoding.",
             ["kind", "encoding"], registry=r)
@@ -82,9 +86,11 @@ class Metrics:
             "gateway_encode_seconds", "CPU time spent compressing stream frames.", ["route", "encoding"],
             registry=r)
         self.compression_memory = Gauge(
-            "gateway_compression_memory_bytes", "Estimated memory of all live compressors.", registry=r)
+            "gateway_compression_memory_bytes", "Estimated memory of all live compressors.", registry=r,
+            multiprocess_mode="livesum")
         self.compression_budget = Gauge(
-            "gateway_compression_memory_budget_bytes", "The compressor memory budget.", registry=r)
+            "gateway_compression_memory_budget_bytes", "The compressor memory budget.", registry=r,
+            multiprocess_mode="livesum")
         self.downgrades = Counter(
             "gateway_compression_downgrades", "Connections given a cheaper encoder to stay within the budget, "
             "by route and reason (window, quality, gzip, identity).", ["route", "reason"], registry=r)
@@ -121,6 +127,18 @@ class Metrics:
             "gateway_bus_notifications", "Notifications received from the bus by the fan-out.", registry=r)
         self.bus_gaps = Counter(
             "gateway_bus_gaps", "Times the fan-out fell behind the bus history.", registry=r)
+        self.bus_outages = Counter(
+            "gateway_bus_outages", "Times the bus backend (Redis) became unreachable.", registry=r)
+        self.bus_up = Gauge(
+            "gateway_bus_up", "1 while the bus backend is reachable, 0 while it is not.", registry=r,
+            multiprocess_mode="livemin")
+        self.bus_up.set(1)
+
+    def bus_health(self, up: bool) -> None:
+        """The bus reports reachability changes here (an outage is counted when it begins)."""
+        self.bus_up.set(1 if up else 0)
+        if not up:
+            self.bus_outages.inc()
 
     def tally(self, kind: str, route: str, encoding: str) -> Tally:
         """The shared write counters of every stream of this kind, route and encoding."""
@@ -139,5 +157,11 @@ class Metrics:
             tally.report()
 
     def exposition(self) -> bytes:
+        """This process's metrics; under ``--workers`` (``PROMETHEUS_MULTIPROC_DIR`` set before any import of
+        prometheus-client, by the supervisor) the sum over every live and past worker, whichever one is asked."""
         self.report_tallies()
+        if MULTIPROCESS_DIR:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -86,6 +86,16 @@ def parse_url(url: str) -> RedisTarget:
     raise ValueError("must be memory://, redis://, rediss://, unix:// or redis+sentinel://")
 
 
+def redacted(url: str) -> str:
+    """The URL for logs: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, sep, _password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user}{sep}{'***' if sep else ''}@{hosts}"))
+
+
 class Keys:
     """Key names of one namespace."""
 

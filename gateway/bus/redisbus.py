@@ -204,6 +204,7 @@ class RedisBus:
 
     async def start(self, handler: CommandHandler) -> None:
         self._handler = handler
+        self._up = True  # until the first call says otherwise: unreachable at start counts as an outage
         try:
             await self._ensure_group()
             self._seen = await self.head()

@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from gateway.bus import Bus, Command, create_bus
+from gateway.bus.redis_layout import redacted
 from gateway.commands import CommandSpec
 from gateway.config import Settings
 from gateway.core.clientaddr import client_address, parse_networks
@@ -102,7 +103,8 @@ class Runtime:
         if self._bus is None:
             s = self.settings
             self._bus = create_bus(s.bus.url, history=s.bus.history, workers=s.commands.workers,
-                                   queue_size=s.commands.queue_size, idempotency_ttl=s.commands.idempotency_ttl)
+                                   queue_size=s.commands.queue_size, idempotency_ttl=s.commands.idempotency_ttl,
+                                   lease=s.bus.lease, timeout=s.bus.timeout, on_health=self.metrics.bus_health)
         return self._bus
 
     @property
@@ -130,7 +132,7 @@ class Runtime:
         await fanout.start()
         self.started = True
         log.info("gateway started: %d commands, %d views, bus %s", len(self.commands), len(self.views),
-                 self.settings.bus.url)
+                 redacted(self.settings.bus.url))
 
     async def _handle(self, command_id: str, command: Command) -> None:
         """Run one accepted command; a failing handler is logged and counted, never fatal."""

@@ -11,12 +11,15 @@ import asyncio
 import logging
 import resource
 import signal
+import socket
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from gateway.config import Settings
+from gateway.supervisor import worker_index
 from gateway.web import hypercorn_fixes
 
 if TYPE_CHECKING:
@@ -25,10 +28,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """The Hypercorn ``Config`` for these settings: plain + TLS listeners over TCP, HTTP/3 over UDP."""
+class _Config(Config):
+    """Hypercorn's ``Config``, able to advertise HTTP/3 served by a sibling worker (``--workers``)."""
+
+    advertised_quic: list[tuple[str, int]]
+
+    def _set_quic_addresses(self, sockets: list[socket.socket]) -> None:
+        super()._set_quic_addresses(sockets)
+        if not sockets and getattr(self, "advertised_quic", None):
+            self._quic_addresses = list(self.advertised_quic)
+
+
+def hypercorn_config(settings: Settings, worker: int | None = None) -> Config:
+    """The Hypercorn ``Config`` for these settings: plain + TLS listeners over TCP, HTTP/3 over UDP.
+
+    ``worker``: this process's index under ``--workers``. Its TCP listeners then take ``SO_REUSEPORT`` (Hypercorn
+    sets it when ``workers > 1``; its own multi-process runner is not used), and only worker 0 binds the UDP
+    socket while the others advertise it.
+    """
     server = settings.server
-    config = Config()
+    config = _Config()
     tls = bool(server.certfile and server.keyfile)
     if tls:
         config.certfile = server.certfile
@@ -43,6 +62,12 @@ def hypercorn_config(settings: Settings) -> Config:
         config.bind = [server.bind] if server.bind else []
     if not config.bind:
         raise ValueError("nothing to listen on: set server.bind or server.tls_bind")
+    if worker is not None:
+        config.workers = max(2, server.workers)
+        if worker != 0 and config.quic_bind:
+            host, _, port = config.quic_bind[0].rpartition(":")
+            config.advertised_quic = [(host.strip("[]"), int(port))]
+            config.quic_bind = []
     config.alpn_protocols = ["h2", "http/1.1"]
     # A stream lives as long as its client: no read timeout, no worker recycling.
     config.read_timeout = None
@@ -88,7 +113,8 @@ async def serve(gateway: Gateway, settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain and stop."""
     log.info("open-files limit: %d", raise_fd_limit())
     gateway.configure(settings)
-    config = hypercorn_config(settings)
+    worker = worker_index()
+    config = hypercorn_config(settings, worker)
     applied = hypercorn_fixes.apply()
     if applied:
         log.debug("hypercorn fixes applied: %s", ", ".join(applied))
@@ -109,5 +135,7 @@ async def serve(gateway: Gateway, settings: Settings) -> None:
     for url in listening(settings):
         log.info("listening on %s", url)
     app: Any = gateway
+    # ``workers`` is set only for its SO_REUSEPORT (see hypercorn_config); serve() warns that it spawns nothing.
+    warnings.filterwarnings("ignore", message="The config `workers` has no affect", category=Warning)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
     log.info("stopped")
