@@ -1,8 +1,8 @@
 """``deploy/nginx/gateway.conf``, run as shipped by the real nginx in front of two gateway processes.
 
 Only the addresses and certificate paths are rewritten for the test; every proxy directive is the shipped one.
-Each gateway here has its own in-memory bus, so an event is published to both: whichever process holds a stream
-delivers it (with the Redis bus one publish anywhere reaches every process).
+The two gateways share one Redis bus, so an event is published once, to one of them, and reaches the streams held
+by both.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import HUB_TOKEN, ROOT, Server, free_port, require_binary, start_server
+from tests.support.redis import drop_namespace, redis_namespace
 from tests.support.sse_client import SSEReader
 from tests.test_lifecycle import metric
 
@@ -94,19 +95,19 @@ def test_shipped_config_passes_nginx_t(tmp_path: Path, certs: tuple[Path, Path])
     assert check.returncode == 0, check.stderr
 
 
-async def _publish_everywhere(backends: list[Server], data: str) -> None:
+async def _publish_once(backend: Server, data: str) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
-        for srv in backends:
-            answer = await client.post(f"{srv.http}/hub/publish", json={"topic": "proxied", "data": data},
-                                       headers={"Authorization": f"Bearer {HUB_TOKEN}"})
-            assert answer.status_code == 204
+        answer = await client.post(f"{backend.http}/hub/publish", json={"topic": "proxied", "data": data},
+                                   headers={"Authorization": f"Bearer {HUB_TOKEN}"})
+        assert answer.status_code == 204
 
 
 @pytest.mark.asyncio
 async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path: Path,
                                                                        certs: tuple[Path, Path]) -> None:
     require_binary("nginx")
-    env = {"GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1/32"}
+    bus = redis_namespace()
+    env = {"GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1/32", "GATEWAY_BUS_URL": bus}
     backends: list[Server] = []
     for i in range(2):
         (tmp_path / f"g{i}").mkdir()
@@ -135,7 +136,7 @@ async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path:
                 assert min(held) >= 2, f"least_conn did not spread the streams: {held}"
                 for i in range(5):
                     sent = time.perf_counter()
-                    await _publish_everywhere(backends, f"event {i}")
+                    await _publish_once(backends[i % 2], f"event {i}")
 
                     async def latency(reader: SSEReader, expected: str = f"event {i}", since: float = sent) -> float:
                         event = await reader.next_event(timeout=5)
@@ -147,3 +148,4 @@ async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path:
     finally:
         for srv in backends:
             assert srv.stop() == 0
+        await drop_namespace(bus)

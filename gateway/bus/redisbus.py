@@ -180,6 +180,10 @@ class RedisBus:
                     await self._blocking.connection_pool.disconnect()
             else:
                 if not self._up:
+                    # Pooled connections idle since before the outage point at a server that may have restarted.
+                    for client in (self._client, self._blocking):
+                        with contextlib.suppress(*ERRORS):
+                            await client.connection_pool.disconnect(inuse_connections=False)
                     with contextlib.suppress(Unavailable, ResponseError):
                         await self._ensure_group()
                 self._recovered()

@@ -70,9 +70,14 @@ def free_tcp_port() -> int:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free loopback port, to stop and start at will (no persistence)."""
+    """A private ``redis-server`` on a free loopback port, to stop and start at will.
 
-    def __init__(self, port: int | None = None) -> None:
+    ``persistent``: an append-only file fsynced on every write, as production runs it for command durability, so
+    a restart (same port, same directory) comes back with everything acknowledged before the stop.
+    """
+
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable("redis-server is not installed (apt-get install redis-server)")
@@ -88,7 +93,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no")),
              "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
