@@ -41,6 +41,7 @@ test: lint typecheck
 ## bench: install what the comparison needs (nginx + nchan as root), run it (~15 min), write docs/benchmarks.md
 bench: $(VENV)/.installed-dev bench-deps
 	$(BIN)/python -m benchmarks comparison $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks scaleout $(BENCH_ARGS)
 
 bench-deps:
 	@if ! dpkg-query -W -f='$${Status}' libnginx-mod-nchan 2>/dev/null | grep -q "install ok installed"; then \

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [comparison|report|compression|encoder_memory|stalled] [--quick]``.
+"""``python -m benchmarks [comparison|report|scaleout|compression|encoder_memory|stalled] [--quick]``.
 
 ``comparison`` (the default, what ``make bench`` runs) starts every peer in turn on CPU 0, drives it from this
 process pinned to CPU 1, writes ``benchmarks/results/comparison.json`` and then the table and plots of
@@ -222,6 +222,10 @@ def _frame(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and not argv[0].startswith("-") else "comparison"
+    if command == "scaleout":
+        from benchmarks import scaleout
+
+        return scaleout.main(argv)
     if command in ("compression", "encoder_memory", "stalled"):
         module = importlib.import_module(f"benchmarks.{command}")
         sys.argv = [f"benchmarks.{command}", *argv]

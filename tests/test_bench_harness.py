@@ -32,3 +32,22 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
     page = (docs / "benchmarks.md").read_text()
     assert "| nchan | identity | 300 |" in page
     assert (docs / "benchmarks.png").stat().st_size > 10_000
+
+
+def test_quick_scaleout_runs_every_setup_and_writes_the_page(tmp_path: Path) -> None:
+    """The scale-out scenario: one process, one on Redis, two workers on Redis; nothing lost, nothing reordered."""
+    require_binary("redis-server")
+    out, docs = tmp_path / "scaleout.json", tmp_path
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "scaleout", "--quick", "--out", str(out), "--docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["setups"]) == {"memory-1", "redis-1", "redis-2"}
+    for name, entry in results["setups"].items():
+        for scenario in ("burst", "broadcast"):
+            row = entry[scenario]
+            assert row["complete"], f"{name} {scenario}: {row['delivered']} of {row['expected']} delivered"
+            assert row["out_of_order"] == 0, f"{name} {scenario}"
+    page = (docs / "scaleout.md").read_text()
+    assert "| redis-2 (--workers 2 on the Redis bus) |" in page

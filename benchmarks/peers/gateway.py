@@ -40,6 +40,7 @@ class GatewayPeer:
 
     args: tuple[str, ...] = ()
     name: str = "gateway"
+    workers: int = 0  # with --workers N: the child processes to wait for (their CPU and RSS count too)
     description: str = (
         "this gateway: Quart + Hypercorn (asyncio), hub fan-out with a per-connection encoder, 15 s heartbeats"
     )
@@ -64,6 +65,7 @@ class GatewayPeer:
             log=workdir / f"{self.name}-{port}.log",
             port=port,
             ready_path="/readyz",
+            workers=self.workers,
             stop_timeout=2 * drain + 7.0,  # the drain, then Hypercorn's graceful phase (drain + 5 s) at worst
         )
         with serve(spec, cpu=cpu) as pids:

@@ -239,17 +239,21 @@ class RedisBus:
             if running:
                 await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
         self._closed = True
+        self._up_event.set()  # wakes waiters, who see ``_closed``
         leftovers = [*self._tasks, *self._running.values()]
         if self._reader is not None:
             leftovers.append(self._reader)
         for task in leftovers:
             task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
-        self._up_event.set()  # wakes waiters, who see ``_closed``
+        # Closing the connections also ends any read a cancelled task is still unwinding from.
         for client in (self._blocking, self._client):
             with contextlib.suppress(*ERRORS):
                 await client.aclose()
                 await client.connection_pool.disconnect()
+        if leftovers:
+            _done, stuck = await asyncio.wait(leftovers, timeout=2.0)
+            for task in stuck:
+                log.warning("Redis bus task %s did not stop within 2 s of the close", task.get_name())
 
     # -- commands -------------------------------------------------------------------------------------------------
 
@@ -280,7 +284,7 @@ class RedisBus:
         group, consumer, stream = self._keys.group, self._consumer, self._keys.commands
         while True:
             await self._slot_free.wait()
-            if self._draining and self._drain_until is None:
+            if self._draining and (self._drain_until is None or not self._up):
                 return
             if not await self._wait_up():
                 return
