@@ -45,8 +45,9 @@ def test_quick_scaleout_runs_every_setup_and_writes_the_page(tmp_path: Path) -> 
     results = json.loads(out.read_text())
     assert set(results["setups"]) == {"memory-1", "redis-1", "redis-2"}
     for name, entry in results["setups"].items():
+        assert entry["median"]["all_complete_in_order"], name
         for scenario in ("burst", "broadcast"):
-            row = entry[scenario]
+            row = entry["runs"][0][scenario]
             assert row["complete"], f"{name} {scenario}: {row['delivered']} of {row['expected']} delivered"
             assert row["out_of_order"] == 0, f"{name} {scenario}"
     page = (docs / "scaleout.md").read_text()
