@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -293,3 +294,32 @@ def test_workers_refuse_the_in_memory_bus() -> None:
     assert done.returncode == 2
     assert "server.workers" in done.stderr
     assert "redis://" in done.stderr
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_gateway_started_before_redis_waits_not_ready_then_serves(tmp_path: Path,
+                                                                         certs: tuple[Path, Path]) -> None:
+    """Start order must not matter: Redis coming up after the gateway turns it ready, with working streams."""
+    records = tmp_path / "records"
+    broker = RedisServer()
+    url = broker.url + "?namespace=late"
+    where = tmp_path / "gw"
+    where.mkdir()
+    timer = threading.Timer(3.0, broker.start)  # the gateway's start-up must not wait for it
+    timer.start()
+    try:
+        gateway = start_server(where, certs, env=_env(url, records), args=APP)
+    finally:
+        timer.join()
+    try:
+        assert "unreachable at start" in gateway.output()
+        async with httpx.AsyncClient(timeout=10) as client, sse(client, f"{gateway.http}/count/updates") as view:
+            assert (await view.next_event()).data == "count=0"
+            answer = await client.post(f"{gateway.http}/count/add", json={"n": 1, "by": 2})
+            assert answer.status_code == 204
+            assert (await view.until(lambda e: e.data == "count=2")).data == "count=2"
+            assert await metric(gateway.http, "gateway_bus_up") == 1
+    finally:
+        assert gateway.stop() == 0, gateway.output()
+        broker.__exit__(None, None, None)

@@ -119,6 +119,7 @@ class RedisBus:
         self._slot_free = asyncio.Event()
         self._slot_free.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._burying: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._drain_until: VersionKey | None = None
         self._draining = False
@@ -128,6 +129,7 @@ class RedisBus:
         self._up_event = asyncio.Event()
         self._check_now = asyncio.Event()
         self._seen = ZERO  # the newest version this process knows of: "from now" for a subscription
+        self._seen_known = False  # whether ``_seen`` came from Redis (a head read or a publish) at all
         self.outages = 0
 
     # -- health ---------------------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ class RedisBus:
                 await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
         self._closed = True
         self._up_event.set()  # wakes waiters, who see ``_closed``
-        leftovers = [*self._tasks, *self._running.values()]
+        leftovers = [*self._tasks, *self._burying, *self._running.values()]
         if self._reader is not None:
             leftovers.append(self._reader)
         for task in leftovers:
@@ -320,7 +322,9 @@ class RedisBus:
             command = Command(text(fields[b"n"]), orjson.loads(fields[b"a"]), text(fields.get(b"k", b"")) or None)
         except (KeyError, ValueError, orjson.JSONDecodeError):
             log.error("command %s is malformed; moving it to %s", command_id, self._keys.dead)
-            self._tasks.append(asyncio.create_task(self._bury_later(command_id, 0)))
+            task = asyncio.create_task(self._bury_later(command_id, 0))
+            self._burying.add(task)
+            task.add_done_callback(self._burying.discard)
             return
         self._running[command_id] = asyncio.create_task(self._handle(command_id, command),
                                                         name=f"gateway-command-{command_id}")
@@ -401,6 +405,7 @@ class RedisBus:
     # -- notifications ------------------------------------------------------------------------------------------
 
     def _note(self, version: str) -> None:
+        self._seen_known = True
         if version_key(version) > version_key(self._seen):
             self._seen = version
 
@@ -445,8 +450,11 @@ class RedisBus:
 
     def subscribe(self, topics: Sequence[str], after: str | None = None) -> AsyncIterator[Notification | Gap]:
         """History after ``after``, then live. Without ``after``: from the newest version this process has seen
-        (its own publishes included), which is this call's moment for everything this process did before it."""
-        return self._follow(list(topics), after if after is not None else self._seen)
+        (its own publishes included), which is this call's moment for everything this process did before it;
+        before this process ever reached Redis, from the head it reads once Redis answers (nothing can have been
+        published by this process before that)."""
+        start = after if after is not None else self._seen if self._seen_known else None
+        return self._follow(list(topics), start)
 
     async def _gaps(self, cursors: dict[str, str]) -> list[Gap]:
         """Gaps of these topics after their cursors; a trimmed topic's cursor moves to its trim watermark."""
@@ -468,9 +476,15 @@ class RedisBus:
                 cursors[topic] = resume
         return gaps
 
-    async def _follow(self, topics: list[str], after: str) -> AsyncIterator[Notification | Gap]:
+    async def _follow(self, topics: list[str], after: str | None) -> AsyncIterator[Notification | Gap]:
         if not topics:
             return
+        while after is None:
+            try:
+                after = await self.head()
+            except Unavailable:
+                if not await self._wait_up():
+                    return
         names = {self._keys.topic(t): t for t in topics}
         cursors = dict.fromkeys(topics, stream_id(after))
         check: list[str] = list(topics)  # topics whose trim marks must be checked before the next delivery

@@ -35,6 +35,7 @@ from typing import Protocol
 import orjson
 
 from gateway.bus.base import Bus, Gap, Notification
+from gateway.core.errors import Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, PutResult
 from gateway.core.sse import encode_message
 from gateway.core.versions import ZERO, VersionKey, latest, version_key
@@ -167,10 +168,17 @@ class Fanout:
         return channel
 
     async def start(self) -> None:
-        for channel in self.views.values():
-            versions = [v for t in channel.topics if (v := await self._bus.current_version(t)) is not None]
-            channel.version = latest(versions)
-        self._cursor = await self._bus.head()
+        """Views start at their topics' current versions and the subscription at the bus head. A networked bus
+        that is unreachable now leaves both unknown: views start at ``0`` (the first notification re-renders
+        them) and the subscription starts from the head the bus finds once it is back."""
+        try:
+            for channel in self.views.values():
+                versions = [v for t in channel.topics if (v := await self._bus.current_version(t)) is not None]
+                channel.version = latest(versions)
+            self._cursor = await self._bus.head()
+        except Unavailable as exc:
+            log.warning("bus unavailable at start (%s); views start unversioned", exc.detail)
+            self._cursor = None
         self._restart()
 
     async def close(self) -> None:
