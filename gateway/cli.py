@@ -96,6 +96,7 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _print_settings(settings: Settings) -> None:
+    from gateway.bus.redis_layout import redacted
     values = settings.flat()
     section = ""
     for key, _kind, _default, help in describe():
@@ -104,7 +105,7 @@ def _print_settings(settings: Settings) -> None:
             print(f"{'' if not section else chr(10)}[{head}]")
             section = head
         value = values[key]
-        shown = "***" if key == "hub.publish_token" and value else value
+        shown = "***" if key == "hub.publish_token" and value else redacted(value) if key == "bus.url" else value
         rendered = str(shown).lower() if isinstance(shown, bool) else repr(shown).replace("'", '"')
         print(f"{name} = {rendered}  # {help} (env {env_name(key)})")
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -323,3 +324,53 @@ async def test_a_gateway_started_before_redis_waits_not_ready_then_serves(tmp_pa
     finally:
         assert gateway.stop() == 0, gateway.output()
         broker.__exit__(None, None, None)
+
+
+def _udp_sockets(port: int) -> int:
+    wanted = f":{port:04X}"
+    return sum(1 for line in Path("/proc/net/udp").read_text().splitlines()[1:] if line.split()[1].endswith(wanted))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_workers_bind_one_quic_socket_and_all_advertise_it(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """QUIC keeps a connection's state in one process: one UDP socket for the group, Alt-Svc from every worker."""
+    url = redis_namespace()
+    (group,) = _servers(tmp_path, certs, 1, _env(url, tmp_path / "records"), args=["--workers", "2"])
+    try:
+        async with asyncio.timeout(20):
+            while _listeners(group.tls_port) < 2:  # noqa: ASYNC110 - the kernel's socket table, asked for
+                await asyncio.sleep(0.05)
+        assert _udp_sockets(group.tls_port) == 1
+        advertised = set()
+        tls = ssl.create_default_context(cafile=str(certs[0]))
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(16):  # separate connections, hashed over both workers' TLS listeners
+                client = await stack.enter_async_context(httpx.AsyncClient(verify=tls, timeout=10))
+                answer = await client.get(f"{group.https}/healthz")
+                advertised.add(answer.headers.get("alt-svc"))
+        assert advertised == {f'h3=":{group.tls_port}"; ma=3600'}
+    finally:
+        assert group.stop() == 0, group.output()
+        await drop_namespace(url)
+
+
+def test_worker_config_quic_only_on_worker_zero(certs: tuple[Path, Path]) -> None:
+    from gateway.config import Settings
+    from gateway.web.server import hypercorn_config
+
+    settings = Settings.load(environ={}, overrides={
+        "server.certfile": (str(certs[0]), "test"), "server.keyfile": (str(certs[1]), "test"),
+        "server.tls_bind": ("127.0.0.1:0", "test"), "server.quic_bind": ("127.0.0.1:4433", "test"),
+        "server.workers": ("2", "test"), "bus.url": ("redis://127.0.0.1:6379/0", "test")})
+    first, other = hypercorn_config(settings, 0), hypercorn_config(settings, 1)
+    assert first.quic_bind == ["127.0.0.1:4433"]
+    assert other.quic_bind == []
+    assert other.workers > 1  # Hypercorn then sets SO_REUSEPORT on the TCP listeners it creates
+    sockets = other.create_sockets()
+    try:
+        assert sockets.quic_sockets == []
+        assert (b"alt-svc", b'h3=":4433"; ma=3600') in other.response_headers("h2")
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
