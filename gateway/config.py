@@ -139,7 +139,8 @@ class CommandSettings:
 @dataclass(frozen=True)
 class BusSettings:
     url: str = _field("memory://", "bus backend: memory:// (one process) or redis://HOST:PORT/DB[?namespace=NAME], "
-                      "rediss://, unix://, redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER", _bus_url)
+                      "rediss://, unix://, redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER, redis+cluster://HOST:PORT[,HOST:PORT]",
+                      _bus_url)
     history: int = _field(1000, "notifications kept per topic for resume", _between(1, 1_000_000))
     timeout: float = _field(2 * SECONDS, "seconds any one Redis call may take before Redis counts as unreachable",
                             _between(0.05, 60, " s"))

@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -27,9 +28,9 @@ import pytest_asyncio
 from gateway.bus import Bus, Command, Gap, Notification, create_bus
 from gateway.core.errors import Unavailable
 from gateway.core.versions import version_key
-from tests.support.redis import drop_namespace, redis_namespace
+from tests.support.redis import RedisClusterNodes, drop_namespace, redis_namespace
 
-BACKENDS = ["memory", "redis"]
+BACKENDS = ["memory", "redis", "redis-cluster"]
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 WAIT = 5.0  # seconds: generous for a loaded CI machine, still a quick failure when something is stuck
@@ -43,6 +44,13 @@ class BusOptions:
     idempotency_ttl: float = 300.0
 
 
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[str]:
+    """One three-primary Redis Cluster for the module (each test still gets its own namespace)."""
+    with RedisClusterNodes() as cluster:
+        yield cluster.url
+
+
 @pytest.fixture
 def bus_options() -> BusOptions:
     return BusOptions()
@@ -51,7 +59,12 @@ def bus_options() -> BusOptions:
 @pytest_asyncio.fixture(params=BACKENDS)
 async def bus(request: pytest.FixtureRequest, bus_options: BusOptions) -> AsyncIterator[Bus]:
     """A fresh, not yet started bus of one backend; closed after the test (closing twice must be safe)."""
-    url = redis_namespace(REDIS_URL) if request.param == "redis" else "memory://"
+    if request.param == "redis":
+        url = redis_namespace(REDIS_URL)
+    elif request.param == "redis-cluster":
+        url = f"{request.getfixturevalue('redis_cluster')}?namespace=test-{uuid.uuid4().hex[:12]}"
+    else:
+        url = "memory://"
     instance = create_bus(
         url,
         history=bus_options.history,

@@ -41,13 +41,25 @@ class RedisTarget:
     namespace: str
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""  # the Sentinel master name
+    cluster: tuple[tuple[str, int], ...] = ()  # Cluster start-up nodes
     db: int = 0
     password: str | None = None
     username: str | None = None
 
 
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", str(default_port))
+        if not host or not port.isdigit():
+            raise ValueError(f"address {item!r} is not HOST:PORT")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
 def parse_url(url: str) -> RedisTarget:
-    """``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://h1:26379,h2:26379/<master>[/<db>]``.
+    """``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://h1:26379,h2:26379/<master>[/<db>]`` or
+    ``redis+cluster://h1:7000,h2:7001`` (start-up nodes of a Redis Cluster).
 
     ``?namespace=NAME`` (default ``gateway``) separates several gateways sharing one Redis. ValueError says what
     is wrong.
@@ -68,22 +80,22 @@ def parse_url(url: str) -> RedisTarget:
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("a redis:// URL needs a host")
         return RedisTarget(clean, namespace)
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    if parts.scheme == "redis+cluster":
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has only database 0")
+        return RedisTarget(clean, namespace, cluster=tuple(_hosts(parts.netloc, 6379)),
+                           password=unquote(password) or None, username=unquote(user) or None)
     if parts.scheme == "redis+sentinel":
-        hosts = []
-        netloc = parts.netloc.rpartition("@")[2]
-        for item in netloc.split(","):
-            host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
-            if not host or not port.isdigit():
-                raise ValueError(f"sentinel address {item!r} is not HOST:PORT")
-            hosts.append((host.strip("[]"), int(port)))
+        hosts = _hosts(parts.netloc, 26379)
         path = [p for p in parts.path.split("/") if p]
         if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
             raise ValueError("a sentinel URL names the master: redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER[/DB]")
-        userinfo = parts.netloc.rpartition("@")[0]
-        user, _, password = userinfo.partition(":")
-        return RedisTarget(clean, namespace, tuple(hosts), path[0], int(path[1]) if len(path) == 2 else 0,
-                           unquote(password) or None, unquote(user) or None)
-    raise ValueError("must be memory://, redis://, rediss://, unix:// or redis+sentinel://")
+        return RedisTarget(clean, namespace, sentinels=tuple(hosts), service=path[0],
+                           db=int(path[1]) if len(path) == 2 else 0,
+                           password=unquote(password) or None, username=unquote(user) or None)
+    raise ValueError("must be memory://, redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://")
 
 
 def redacted(url: str) -> str:

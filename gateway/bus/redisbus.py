@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -80,6 +81,11 @@ def _clients(target: RedisTarget, timeout: float) -> tuple[Any, Any]:
     this module asks for RESP2 and reads the replies it documents.
     """
     common: dict[str, Any] = {"protocol": 2, "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": timeout}
+    if target.cluster:
+        nodes = [ClusterNode(host, port) for host, port in target.cluster]
+        auth: dict[str, Any] = {"username": target.username, "password": target.password}
+        return (RedisCluster(startup_nodes=nodes, socket_timeout=timeout, **auth, **common),
+                RedisCluster(startup_nodes=list(nodes), socket_timeout=None, **auth, **common))
     if target.sentinels:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels),
@@ -89,6 +95,16 @@ def _clients(target: RedisTarget, timeout: float) -> tuple[Any, Any]:
                 sentinel.master_for(target.service, db=target.db, socket_timeout=None, **common))
     return (Redis.from_url(target.url, socket_timeout=timeout, **common),
             Redis.from_url(target.url, socket_timeout=None, **common))
+
+
+async def _drop_connections(client: Any, *, busy_too: bool) -> None:
+    """Close a client's pooled connections (``busy_too``: also those in use, which ends their pending reads)."""
+    with contextlib.suppress(*ERRORS):
+        if isinstance(client, RedisCluster):
+            for node in client.get_nodes():
+                await (node.disconnect() if busy_too else node.disconnect_free_connections())
+        else:
+            await client.connection_pool.disconnect(inuse_connections=busy_too)
 
 
 class RedisBus:
@@ -178,14 +194,12 @@ class RedisBus:
                 wait = delay * random.uniform(0.5, 1.0)
                 delay = min(delay * 2, BACKOFF[1])
                 # Blocked reads may sit on dead connections: drop them so their loops see the failure now.
-                with contextlib.suppress(*ERRORS):
-                    await self._blocking.connection_pool.disconnect()
+                await _drop_connections(self._blocking, busy_too=True)
             else:
                 if not self._up:
                     # Pooled connections idle since before the outage point at a server that may have restarted.
                     for client in (self._client, self._blocking):
-                        with contextlib.suppress(*ERRORS):
-                            await client.connection_pool.disconnect(inuse_connections=False)
+                        await _drop_connections(client, busy_too=False)
                     with contextlib.suppress(Unavailable, ResponseError):
                         await self._ensure_group()
                 self._recovered()
@@ -251,7 +265,7 @@ class RedisBus:
         for client in (self._blocking, self._client):
             with contextlib.suppress(*ERRORS):
                 await client.aclose()
-                await client.connection_pool.disconnect()
+            await _drop_connections(client, busy_too=True)
         if leftovers:
             _done, stuck = await asyncio.wait(leftovers, timeout=2.0)
             for task in stuck:

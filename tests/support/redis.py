@@ -78,6 +78,7 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.persistent = persistent
+        self.extra: tuple[str, ...] = ()
         binary = shutil.which("redis-server")
         if binary is None:
             _unavailable("redis-server is not installed (apt-get install redis-server)")
@@ -95,7 +96,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no")),
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:  # another process's readiness can only be seen by asking it; bounded
@@ -121,3 +122,57 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterNodes:
+    """A private three-primary Redis Cluster on free loopback ports (``redis-server`` + ``redis-cli --cluster``)."""
+
+    def __init__(self) -> None:
+        self.servers = [RedisServer(self._port()) for _ in range(3)]
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            _unavailable("redis-cli is not installed (apt-get install redis-tools)")
+        assert cli is not None
+        self.cli = cli
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def __enter__(self) -> RedisClusterNodes:
+        for server in self.servers:
+            server.extra = ("--cluster-enabled", "yes", "--cluster-config-file", str(server.dir / "nodes.conf"))
+            server.start()
+        subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while True:  # the cluster agrees on its slots a moment after creation: asked for, bounded
+            if all(self._state(server.port) == "ok" for server in self.servers):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _port() -> int:
+        """A free port whose cluster bus port (port + 10000) is valid and free too."""
+        for _ in range(100):
+            port = free_tcp_port()
+            if port + 10_000 > 65_535:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError("no free port pair for a cluster node")
+
+    @staticmethod
+    def _state(port: int) -> str:
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return str(client.cluster("info")["cluster_state"])
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers:
+            server.__exit__()
