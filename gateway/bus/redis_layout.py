@@ -158,6 +158,19 @@ redis.call('SET', KEYS[2], id, 'NX')
 return id
 """
 
+# KEYS: born, last. Marks where this data's lifetime began, on every connect (a no-op once set): "now" for data
+# that is empty (a new namespace, or a Redis that lost everything: older client ids may have missed events), and
+# the lowest id for data that already has versions but no mark (nothing known to be lost).
+MARK_BORN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], '0-1', 'NX')
+else
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%d-0', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), 'NX')
+end
+return redis.call('GET', KEYS[1])
+"""
+
 # KEYS: commands stream, idempotency key. ARGV: name, args JSON, idempotency key or '', key TTL ms, queue size,
 # group. Returns {1, id} accepted, {0, id} a retry of an accepted command, {2, waiting} the queue is full.
 # "Waiting" is what no worker has taken yet: the Stream's length minus the entries being handled (pending).

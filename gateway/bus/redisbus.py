@@ -43,6 +43,7 @@ from gateway.bus.base import Command, CommandHandler, Gap, Notification
 from gateway.bus.redis_layout import (
     BURY,
     FINISH,
+    MARK_BORN,
     PUBLISH,
     SUBMIT,
     Keys,
@@ -122,6 +123,7 @@ class RedisBus:
         self._submit = self._client.register_script(SUBMIT)
         self._finish_script = self._client.register_script(FINISH)
         self._bury = self._client.register_script(BURY)
+        self._mark_born = self._client.register_script(MARK_BORN)
         self._history = history
         self._workers = workers
         self._queue_size = queue_size
@@ -202,6 +204,7 @@ class RedisBus:
                         await _drop_connections(client, busy_too=False)
                     with contextlib.suppress(Unavailable, ResponseError):
                         await self._ensure_group()
+                        await self._io(lambda: self._mark_born(keys=[self._keys.born, self._keys.last]))
                 self._recovered()
                 delay = BACKOFF[0]
                 wait = HEALTH_INTERVAL
@@ -227,6 +230,7 @@ class RedisBus:
         self._up = True  # until the first call says otherwise: unreachable at start counts as an outage
         try:
             await self._ensure_group()
+            await self._io(lambda: self._mark_born(keys=[self._keys.born, self._keys.last]))
             self._seen = await self.head()
             self._recovered()
         except Unavailable:
