@@ -34,6 +34,13 @@ async def _events(stream: RawStream, count: int, timeout: float = 20) -> list[st
     return [e.data for e in events]
 
 
+def _kernel_send_buffer_max() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 1024 * 1024
+
+
 async def _writes(base: str, path: str) -> float:
     return await metric(base, "gateway_stream_writes_total", kind="hub", path=path)
 
@@ -107,12 +114,17 @@ async def test_a_client_that_falls_behind_moves_to_the_task_path_in_order(
     try:
         slow = await RawStream.open(srv.http_port, "/hub/subscribe?topic=big", "identity", rcvbuf=4096,
                                      mss=1460)
-        datas = [f"{i:04d}" + "y" * 16_000 for i in range(40)]
-        await _publish(srv.http, "big", datas, concurrency=1)  # ~640 KB while the client reads nothing
-        events = await _events(slow, len(datas), timeout=30)
+        # More than the kernel can ever buffer for the socket (its send buffer autotunes up to tcp_wmem's maximum,
+        # 4 MiB by default), so the gateway's own buffer must pass 64 KiB, however the kernel sized it this time.
+        count = _kernel_send_buffer_max() // 16_000 + 40
+        datas = [f"{i:04d}" + "y" * 16_000 for i in range(count)]
+        await _publish(srv.http, "big", datas, concurrency=1)  # while the client reads nothing
+        events = await _events(slow, len(datas), timeout=60)
         assert [e[:4] for e in events] == [d[:4] for d in datas]
         assert events == datas
-        assert await _writes(srv.http, "task") >= 2, "the stalled socket never sent events to the task path"
+        task_w, direct_w = await _writes(srv.http, "task"), await _writes(srv.http, "direct")
+        assert task_w >= 2, f"the stalled socket never sent events to the task path: task {task_w}, direct {direct_w}"
+        assert direct_w < count
         after = await _writes(srv.http, "direct")
         await _publish(srv.http, "big", ["tail"], concurrency=1)
         assert await _events(slow, 1, timeout=10) == ["tail"]
