@@ -24,6 +24,7 @@ import httpx
 import pytest
 import redis
 
+from gateway.core.versions import version_key
 from tests.conftest import HUB_TOKEN, ROOT, Server, start_server
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
 from tests.support.sse_client import SSEReader
@@ -89,6 +90,14 @@ async def test_two_processes_share_commands_views_and_hub_history(tmp_path: Path
                     newest = r.xrevrange("{" + namespace_of(url) + "}:topic:count", count=1)
                 assert changed.id == newest[0][0].decode()
 
+            # A view reconnecting to the other process with the version it holds gets nothing until the next change.
+            async with sse(client, f"{a.http}/count/updates", {"Last-Event-ID": changed.id}) as view:
+                answer = await client.post(f"{b.http}/count/add", json={"n": 2, "by": 1})
+                assert answer.status_code == 204
+                following = await view.next_event()
+                assert following.data == "count=6", "the state the client already had was sent again"
+                assert version_key(following.id) > version_key(changed.id)
+
             # A hub event published on B reaches a subscriber on A, in order.
             async with sse(client, f"{a.http}/hub/subscribe?topic=news") as sub:
                 for i in range(3):
@@ -105,7 +114,7 @@ async def test_two_processes_share_commands_views_and_hub_history(tmp_path: Path
                 live = await sub.next_event()
             assert [e.data for e in replayed] == ["e3", "e4"]
             assert live.data == "e5"
-        assert _records(tmp_path / "records") == Counter({"add 1": 1})
+        assert _records(tmp_path / "records") == Counter({"add 1": 1, "add 2": 1})
     finally:
         for srv in (a, b):
             assert srv.stop() == 0, srv.output()
