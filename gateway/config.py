@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.bus import is_shared
 from gateway.core.encoders import ENCODERS, CodecSettings
 from gateway.core.errors import SettingsError
 
@@ -61,7 +62,7 @@ def _encodings(value: Any) -> str | None:
 
 
 def _bus_url(value: Any) -> str | None:
-    if value in ("memory://", "memory"):
+    if not is_shared(str(value)):
         return None
     from gateway.bus.redis_layout import parse_url  # no I/O: only the URL's shape is checked here
 
@@ -261,7 +262,7 @@ class Settings:
         }
         settings = cls(**built)
         settings.compression.codec()  # cross-check codec ranges once
-        if settings.server.workers > 1 and settings.bus.url in ("memory://", "memory"):
+        if settings.server.workers > 1 and not is_shared(settings.bus.url):
             source = values.get("server.workers", (None, ""))[1]
             raise SettingsError("server.workers", settings.server.workers,
                                 "more than one process needs a shared bus: set bus.url to a redis:// URL (the "
