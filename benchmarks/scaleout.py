@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,46 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchmarks import RESULTS_DIR, ROOT, machine_info, write_json
 from benchmarks import scenarios as sc
 from benchmarks.loadgen import pin_to_cpu, raise_fd_limit
 from benchmarks.loadgen.fleet import run
 from benchmarks.peers import GatewayPeer, Target
-from benchmarks.peers.process import free_port
+from benchmarks.redis_server import RedisServer
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
-
-
-@contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[tuple[str, int]]:
-    """A redis-server on a free port pinned to the server CPU; yields (url, pid)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    taskset = shutil.which("taskset")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir), "--logfile", str(workdir / "redis.log")]
-    if taskset:
-        argv = [taskset, "-c", str(SERVER_CPU), *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # another process's readiness: asked for, bounded
-            try:
-                with redis.Redis(port=port, socket_timeout=1) as client:
-                    client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0", proc.pid
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 SETUPS: dict[str, tuple[GatewayPeer, bool]] = {
@@ -84,9 +51,10 @@ def _started(name: str, work: Path) -> Iterator[Target]:
         with peer.start(work, cpu=SERVER_CPU) as target:
             yield target
         return
-    with private_redis(work) as (url, redis_pid), \
-            peer.start(work, cpu=SERVER_CPU, env={"GATEWAY_BUS_URL": url}) as target:
-        yield dataclasses.replace(target, pids=(*target.pids, redis_pid))
+    with RedisServer(cpu=SERVER_CPU) as broker, \
+            peer.start(work, cpu=SERVER_CPU, env={"GATEWAY_BUS_URL": broker.url}) as target:
+        assert broker.proc is not None
+        yield dataclasses.replace(target, pids=(*target.pids, broker.proc.pid))
 
 
 def _log(message: str) -> None:

@@ -241,15 +241,16 @@ async def test_redis_down_for_10s_under_load_loses_no_accepted_command(tmp_path:
     assert outages >= 1
 
 
-def _listeners(port: int) -> int:
-    """TCP sockets listening on ``port`` on this machine (one per SO_REUSEPORT worker)."""
+def _sockets(table: str, port: int, state: str | None = None) -> int:
+    """Sockets of ``/proc/net/<table>`` bound to ``port`` on this machine (in ``state``: ``0A`` is LISTEN)."""
     wanted = f":{port:04X}"
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(wanted) and fields[3] == "0A":
-            count += 1
-    return count
+    return sum(1 for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+               if line.split()[1].endswith(wanted) and (state is None or line.split()[3] == state))
+
+
+def _listeners(port: int) -> int:
+    """TCP listeners on ``port`` (one per SO_REUSEPORT worker)."""
+    return _sockets("tcp", port, "0A")
 
 
 def _children(pid: int) -> set[int]:
@@ -335,11 +336,6 @@ async def test_a_gateway_started_before_redis_waits_not_ready_then_serves(tmp_pa
         broker.__exit__(None, None, None)
 
 
-def _udp_sockets(port: int) -> int:
-    wanted = f":{port:04X}"
-    return sum(1 for line in Path("/proc/net/udp").read_text().splitlines()[1:] if line.split()[1].endswith(wanted))
-
-
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
 async def test_workers_bind_one_quic_socket_and_all_advertise_it(tmp_path: Path, certs: tuple[Path, Path]) -> None:
@@ -350,7 +346,7 @@ async def test_workers_bind_one_quic_socket_and_all_advertise_it(tmp_path: Path,
         async with asyncio.timeout(20):
             while _listeners(group.tls_port) < 2:  # noqa: ASYNC110 - the kernel's socket table, asked for
                 await asyncio.sleep(0.05)
-        assert _udp_sockets(group.tls_port) == 1
+        assert _sockets("udp", group.tls_port) == 1
         advertised = set()
         tls = ssl.create_default_context(cafile=str(certs[0]))
         async with contextlib.AsyncExitStack() as stack:

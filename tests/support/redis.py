@@ -10,15 +10,16 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 import redis.asyncio
+
+from benchmarks.redis_server import RedisServer as BenchRedisServer
+from benchmarks.redis_server import free_tcp_port
 
 STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
 SHARED_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -63,65 +64,18 @@ async def drop_namespace(url: str) -> None:
         await client.aclose()
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A private ``redis-server`` on a free loopback port, to stop and start at will.
-
-    ``persistent``: an append-only file fsynced on every write, as production runs it for command durability, so
-    a restart (same port, same directory) comes back with everything acknowledged before the stop.
-    """
+class RedisServer(BenchRedisServer):
+    """``benchmarks.redis_server.RedisServer`` that skips the test (or fails it in strict mode) without Redis."""
 
     def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
-        self.persistent = persistent
-        self.extra: tuple[str, ...] = ()
-        binary = shutil.which("redis-server")
-        if binary is None:
-            _unavailable("redis-server is not installed (apt-get install redis-server)")
-        assert binary is not None
-        self.binary = binary
-        self.port = port or free_tcp_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="gateway-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no")),
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:  # another process's readiness can only be seen by asking it; bounded
-            try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
-                    client.ping()
-                return
-            except (redis.ConnectionError, redis.TimeoutError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        try:
+            super().__init__(port, persistent=persistent)
+        except FileNotFoundError as exc:
+            _unavailable(str(exc))
 
     def __enter__(self) -> RedisServer:
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class RedisClusterNodes:
