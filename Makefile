@@ -4,19 +4,35 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CERTS := .dev-certs
 
-.PHONY: run test bench lint typecheck install install-dev bench-deps clean
+.PHONY: run test test-fast bench lint typecheck install install-dev bench-deps clean lock
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+# Installs come from uv.lock (every package pinned with its hashes, for every platform), applied by uv: `uv sync
+# --locked` refuses to run when the lock no longer matches pyproject.toml, so what CI tests is what a user gets.
+# uv itself lives in its own small venv ($(TOOLS)), pinned here, so `uv sync` (which removes what the lock does not
+# name) never removes the tool that runs it.
+UV_VERSION := 0.13.9
+TOOLS ?= .tools
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON := $(shell command -v $(PYTHON))
+export UV_PYTHON_DOWNLOADS := never
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# `make run` adds the runtime packages to what is there (--inexact keeps dev tools a `make test` installed).
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact --quiet
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+$(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra dev --extra bench --quiet
 	touch $(VENV)/.installed $@
+
+## lock: re-resolve every dependency to the newest versions pyproject.toml allows (then run `make test`)
+lock: | $(UV)
+	$(UV) lock --upgrade
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -51,4 +67,4 @@ bench-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) $(CERTS) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TOOLS) $(CERTS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

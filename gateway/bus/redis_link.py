@@ -53,7 +53,7 @@ def clients(target: RedisTarget, timeout: float) -> tuple[Any, Any]:
         return (RedisCluster(startup_nodes=nodes, socket_timeout=timeout, **auth, **common),
                 RedisCluster(startup_nodes=list(nodes), socket_timeout=None, **auth, **common))
     if target.sentinels:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.sentinels),
             sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
             password=target.password, username=target.username)
