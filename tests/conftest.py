@@ -1,110 +1,30 @@
-"""Shared fixtures: real gateway processes on loopback, started exactly as ``gateway serve`` starts them."""
+"""Shared fixtures (the helpers behind them live in ``tests/support/``) and the rule that every test has a tier.
+
+Tiers: ``unit`` tests run in-process and fast (``make test-fast`` runs only them); ``live`` tests start gateway
+processes, nginx, Redis, Chromium, locust or benchmark harnesses. A test without either fails collection, so no
+new test escapes the split.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from benchmarks import terminate
+from tests.support.server import Server, start_server
 
-STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
-HUB_TOKEN = "test-token-" + "x" * 16
-ROOT = Path(__file__).resolve().parent.parent
+TIERS = ("unit", "live")
 
 
-def require_binary(name: str) -> str:
-    """Path of a system binary; skip without it, or fail when GATEWAY_TEST_STRICT=1 (as in CI)."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt-get install {name})"
-        if STRICT:
-            pytest.fail(message + "; GATEWAY_TEST_STRICT=1 makes this a failure")
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    """A port free on loopback for both TCP and UDP (the TLS and QUIC listeners share a number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair found")
-
-
-@dataclass
-class Server:
-    """A running ``gateway serve`` process."""
-
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    tls_port: int
-    certfile: Path
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def https(self) -> str:
-        return f"https://127.0.0.1:{self.tls_port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        return terminate(self.proc, timeout)
-
-
-def start_server(tmp: Path, certs: tuple[Path, Path], *, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, ready_timeout: float = 30.0) -> Server:
-    """Start ``python -m gateway serve`` on fresh loopback ports and wait until /readyz answers 200."""
-    http_port, tls_port = free_port(), free_port()
-    cert, key = certs
-    log = tmp / f"gateway-{http_port}.log"
-    full_env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN, "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [
-        sys.executable, "-m", "gateway", "serve",
-        "--bind", f"127.0.0.1:{http_port}",
-        "--tls-bind", f"127.0.0.1:{tls_port}",
-        "--quic-bind", f"127.0.0.1:{tls_port}",
-        "--certfile", str(cert), "--keyfile", str(key),
-        *(args or []),
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env)
-    server = Server(proc, http_port, tls_port, cert, log, env or {})
-    deadline = time.monotonic() + ready_timeout
-    # Readiness of another process can only be observed by asking it; every attempt is bounded.
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.http}/readyz", timeout=1.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"gateway not ready within {ready_timeout} s:\n{server.output()}")
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: an untiered test fails every run, ``make test-fast`` too
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse tests that carry no tier marker, or both, naming them and the fix."""
+    wrong = [item.nodeid for item in items if sum(item.get_closest_marker(tier) is not None for tier in TIERS) != 1]
+    if wrong:
+        raise pytest.UsageError(
+            "every test needs exactly one tier marker, `unit` or `live` (e.g. `pytestmark = pytest.mark.unit` at"
+            " the top of the module; see pyproject.toml); these have none or both:\n  " + "\n  ".join(wrong))
 
 
 @pytest.fixture(scope="session")

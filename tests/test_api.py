@@ -11,9 +11,11 @@ import pytest
 
 from gateway import Gateway
 from gateway.web.asgi_util import StreamRequest
-from tests.conftest import Server, start_server
+from tests.support.metrics import metric
+from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_lifecycle import metric
+
+pytestmark = pytest.mark.live
 
 
 @pytest.fixture(scope="module")

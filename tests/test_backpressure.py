@@ -15,12 +15,12 @@ import h2.events
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.support.metrics import metric, wait_metric
+from tests.support.proc import rss
+from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_compression import _rss
-from tests.test_lifecycle import metric, wait_metric
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 
 class StalledH2Client:
@@ -80,14 +80,14 @@ async def publish_and_watch(client: httpx.AsyncClient, reader: SSEReader, pid: i
                             ) -> tuple[int, list[float]]:
     """Publish ``renders`` new versions of /sized one by one; returns the server's RSS growth and, per render,
     the healthy client's delay from publish to receipt."""
-    rss_before = _rss(pid)
+    rss_before = rss(pid)
     lags = []
     for _ in range(renders):
         published = time.monotonic()
         assert (await client.post("/tick", json={})).status_code == 204
         await reader.until(lambda e: e.data.startswith("<p>tick "), timeout=10)
         lags.append(time.monotonic() - published)
-    return _rss(pid) - rss_before, lags
+    return rss(pid) - rss_before, lags
 
 
 async def test_h2_client_granting_no_window_costs_bounded_memory(stall_server: Server) -> None:
@@ -144,8 +144,8 @@ async def test_1000_hub_subscribers_10_stalled(tmp_path: Path, certs: tuple[Path
     import resource
     import statistics
 
-    from tests.conftest import HUB_TOKEN
     from tests.support.raw_stream import RawStream
+    from tests.support.server import HUB_TOKEN
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))

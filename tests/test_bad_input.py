@@ -10,9 +10,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.conftest import Server
+from tests.support.server import Server
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 JSON = {"content-type": "application/json"}
 DEEP = b'{"text": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}"

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, require_binary
+import pytest
+
+from tests.support.server import ROOT, require_binary
+
+pytestmark = pytest.mark.live
 
 
 def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:

@@ -7,14 +7,17 @@ The browser's own network log (CDP ``Network.responseReceived``) proves how the 
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.async_api import Page
 
-from tests.conftest import Server
 from tests.support.chromium import NetworkLog, chromium_or_skip, launch, spki_hash
+from tests.support.server import Server
 
-pytestmark = pytest.mark.asyncio
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 
 async def _wait_live(page: Page) -> None:

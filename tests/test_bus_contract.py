@@ -30,6 +30,8 @@ from gateway.core.errors import Unavailable
 from gateway.core.versions import version_key
 from tests.support.redis import RedisClusterNodes, drop_namespace, redis_namespace
 
+pytestmark = pytest.mark.live
+
 BACKENDS = ["memory", "redis", "redis-cluster"]
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 

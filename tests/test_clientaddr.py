@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.core.clientaddr import client_address, parse_networks
+
+pytestmark = pytest.mark.unit
 
 PROXIES = parse_networks(["127.0.0.1", "10.0.0.0/8"])
 

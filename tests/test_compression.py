@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from gateway.core.sse import ParsedEvent, SSEParser
-from tests.conftest import Server, start_server
+from tests.support.metrics import metric
+from tests.support.proc import rss
 from tests.support.raw_stream import RawStream
+from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_lifecycle import metric
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +126,6 @@ async def test_window_grows_when_renders_outgrow_it(app_server: Server) -> None:
     assert "renders of /sized reach" in app_server.output()
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, certs: tuple[Path, Path]) -> None:
     budget = 64 * 1024 * 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -141,12 +135,12 @@ async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, cer
     srv = start_server(tmp_path, certs, env=env)
     streams: list[RawStream] = []
     try:
-        rss_before = _rss(srv.proc.pid)
+        rss_before = rss(srv.proc.pid)
         for _ in range(1000):
             stream = await RawStream.open(srv.http_port, "/todos/updates", "br, gzip")
             await stream.next_event()  # every one decodable, whatever it was given
             streams.append(stream)
-        rss_after = _rss(srv.proc.pid)
+        rss_after = rss(srv.proc.pid)
         accounted = await metric(srv.http, "gateway_compression_memory_bytes")
         encodings = [s.headers.get("content-encoding", "identity") for s in streams]
         counts = {e: encodings.count(e) for e in sorted(set(encodings))}

@@ -18,6 +18,8 @@ import pytest
 from benchmarks.compression import ROWS
 from gateway.core.encoders import ENCODERS
 
+pytestmark = pytest.mark.live
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

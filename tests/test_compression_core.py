@@ -8,6 +8,8 @@ from gateway.core.compression import MemoryBudget, RouteCompression, WindowCaps,
 from gateway.core.encoder_memory import estimate_bytes, window_bytes
 from gateway.core.encoders import CodecSettings, acceptable
 
+pytestmark = pytest.mark.unit
+
 BASE = CodecSettings()  # br q4 lgwin 16
 ALL = frozenset({"br", "zstd", "gzip", "identity"})
 

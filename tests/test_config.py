@@ -11,9 +11,10 @@ import pytest
 
 from gateway.config import Settings, defaults_markdown, defaults_toml, describe, env_name
 from gateway.core.errors import SettingsError
-from tests.conftest import ROOT
+from tests.support.server import ROOT
 
 
+@pytest.mark.unit
 def test_defaults_are_the_embedded_demo() -> None:
     s = Settings.load(environ={})
     assert s.server.bind == "127.0.0.1:8000"
@@ -25,6 +26,7 @@ def test_defaults_are_the_embedded_demo() -> None:
     assert s.compression.encodings[0] == "br"
 
 
+@pytest.mark.unit
 def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     config = tmp_path / "g.toml"
     config.write_text('[sse]\nheartbeat = 10\nretry = 500\n[hub]\npublish_token = "from-file"\n'
@@ -38,6 +40,7 @@ def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     assert s.commands.workers == 4  # default
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("environ", "key", "allowed"),
     [
@@ -64,6 +67,7 @@ def test_bad_values_name_key_value_source_and_what_is_allowed(environ: dict[str,
     assert allowed in message
 
 
+@pytest.mark.unit
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "g.toml"
     config.write_text("[sse]\nheartbeet = 3\n")
@@ -71,6 +75,7 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
         Settings.load(config, environ={})
 
 
+@pytest.mark.unit
 def test_shipped_config_lists_every_setting_with_its_default() -> None:
     shipped = tomllib.loads((ROOT / "config" / "gateway.toml").read_text())
     flat = {f"{section}.{key}": value for section, table in shipped.items() for key, value in table.items()}
@@ -79,11 +84,13 @@ def test_shipped_config_lists_every_setting_with_its_default() -> None:
     assert Settings.load(ROOT / "config" / "gateway.toml", environ={}) == Settings()
 
 
+@pytest.mark.unit
 def test_shipped_config_is_the_generated_one() -> None:
     expected = defaults_toml()
     assert (ROOT / "config" / "gateway.toml").read_text() == expected, "run: gateway config > config/gateway.toml"
 
 
+@pytest.mark.unit
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [key for key, *_ in describe() if f"`{key}`" not in readme or env_name(key) not in readme]
@@ -98,6 +105,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           cwd=ROOT, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.live
 def test_check_prints_effective_settings() -> None:
     result = _cli("check", "--config", "config/gateway.toml", "--bind", "127.0.0.1:9999",
                   env={"GATEWAY_HUB_PUBLISH_TOKEN": "secret-value"})
@@ -107,6 +115,7 @@ def test_check_prints_effective_settings() -> None:
     assert "[compression]" in result.stdout
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
@@ -125,6 +134,7 @@ def test_invalid_start_is_one_line_and_exit_code_2(args: list[str], env: dict[st
     assert expected in lines[0]
 
 
+@pytest.mark.live
 def test_devcert_creates_a_usable_certificate(tmp_path: Path) -> None:
     result = _cli("devcert", "--dir", str(tmp_path / "certs"))
     assert result.returncode == 0, result.stderr

@@ -33,6 +33,8 @@ from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits, PutR
 from gateway.core.stream_state import TRANSITIONS, IllegalTransition, State, StreamStateMachine, Transition
 from gateway.core.versions import ZERO, latest, try_version_key, version_key
 
+pytestmark = pytest.mark.unit
+
 # --- ConflatingMailbox ---------------------------------------------------------------------------------------
 
 

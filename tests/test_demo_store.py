@@ -14,6 +14,8 @@ import pytest
 from gateway.demo.render import render_todos
 from gateway.demo.store import MAX_ITEMS, MAX_TEXT, Todo, TodoStore
 
+pytestmark = pytest.mark.unit
+
 
 def _store(*texts: str) -> TodoStore:
     """Build a store holding ``texts`` in order."""

@@ -28,9 +28,8 @@ import httpx
 import pytest
 
 from gateway.config import ServerSettings, SSESettings
-from tests.conftest import ROOT, STRICT, Server, free_port, require_binary
-from tests.test_nginx import WRAPPER
-from tests.test_nginx import nginx as running_nginx
+from tests.support.nginx import WRAPPER, running_nginx
+from tests.support.server import ROOT, STRICT, Server, free_port, require_binary
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,6 +199,7 @@ def gateway_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 # --- every file ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", YAML_FILES, ids=[str(p.relative_to(DEPLOY)) for p in YAML_FILES])
 def test_yaml_file_parses(path: Path) -> None:
     documents = load_yaml(path)
@@ -207,6 +207,7 @@ def test_yaml_file_parses(path: Path) -> None:
     assert all(isinstance(doc, dict) for doc in documents), f"{path}: every document must be a mapping"
 
 
+@pytest.mark.unit
 def test_readme_describes_every_deploy_file() -> None:
     readme = (DEPLOY / "README.md").read_text()
     files = [p.relative_to(DEPLOY) for p in DEPLOY.rglob("*") if p.is_file() and p.name != "README.md"]
@@ -218,6 +219,7 @@ def test_readme_describes_every_deploy_file() -> None:
 # --- systemd ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_systemd_unit_supervises_and_outlasts_the_drain() -> None:
     unit, env = unit_settings(UNIT), env_file(ENV_EXAMPLE)
     assert unit["Service.Type"] == ["simple"]  # the gateway does not speak sd_notify
@@ -246,6 +248,7 @@ def _unit_for_verify(tmp_path: Path) -> Path:
     return tmp_path / "gateway@8001.service"
 
 
+@pytest.mark.live
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = optional_tool("systemd-analyze")
     result = run([tool, "verify", "--man=no", str(_unit_for_verify(tmp_path))])
@@ -254,6 +257,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not (result.stdout + result.stderr).strip(), "systemd-analyze verify warned"
 
 
+@pytest.mark.live
 def test_systemd_unit_security_rating(tmp_path: Path) -> None:
     tool = optional_tool("systemd-analyze")
     result = run([tool, "security", "--offline=true", "--no-pager", str(_unit_for_verify(tmp_path))])
@@ -267,6 +271,7 @@ def test_systemd_unit_security_rating(tmp_path: Path) -> None:
 # --- Dockerfile ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_dockerfile_is_multi_stage_non_root_and_checks_healthz() -> None:
     instructions = dockerfile_instructions()
     stages = [args for ins, args in instructions if ins == "FROM"]
@@ -301,6 +306,7 @@ def test_dockerfile_is_multi_stage_non_root_and_checks_healthz() -> None:
 # --- compose ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_compose_runs_two_gateways_on_one_redis_behind_nginx() -> None:
     services, gateways = compose_services(), compose_gateways()
     assert len(gateways) == 2, f"expected two gateway services built from the Dockerfile, got {sorted(gateways)}"
@@ -337,6 +343,7 @@ def test_compose_runs_two_gateways_on_one_redis_behind_nginx() -> None:
     assert sorted(upstreams) == sorted(f"{name}:{dockerfile_port}" for name in gateways)
 
 
+@pytest.mark.unit
 def test_compose_tls_overlay_adds_the_tls_server() -> None:
     (overlay,) = load_yaml(COMPOSE_TLS)
     nginx = overlay["services"]["nginx"]
@@ -345,6 +352,7 @@ def test_compose_tls_overlay_adds_the_tls_server() -> None:
     assert "/etc/gateway/cert.pem" in COMPOSE_NGINX_TLS.read_text()
 
 
+@pytest.mark.live
 def test_docker_compose_config() -> None:
     docker = optional_tool("docker")
     if run([docker, "compose", "version"]).returncode != 0:
@@ -369,6 +377,7 @@ def _directives(conf: str, block: str) -> set[str]:
     return {" ".join(d.split()) for d in text[start:end - 1].split(";") if d.strip()}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", [COMPOSE_NGINX, COMPOSE_NGINX_TLS], ids=lambda p: p.name)
 def test_compose_nginx_keeps_the_shipped_proxy_directives(path: Path) -> None:
     shipped, conf = SHIPPED_NGINX.read_text(), path.read_text()
@@ -399,6 +408,7 @@ def render_compose_nginx(prefix: Path, certs: tuple[Path, Path], upstreams: list
     return main, http_port, tls_port
 
 
+@pytest.mark.live
 def test_compose_nginx_passes_nginx_t(tmp_path: Path, certs: tuple[Path, Path]) -> None:
     binary = require_binary("nginx")
     main, _, _ = render_compose_nginx(tmp_path, certs, [free_port(), free_port()])
@@ -406,6 +416,7 @@ def test_compose_nginx_passes_nginx_t(tmp_path: Path, certs: tuple[Path, Path]) 
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.live
 def test_compose_nginx_proxies_to_a_gateway(tmp_path: Path, certs: tuple[Path, Path], server: Server) -> None:
     """Both server blocks, run: the gateway answers through them (over h2 on the TLS one)."""
     require_binary("nginx")
@@ -424,6 +435,7 @@ def test_compose_nginx_proxies_to_a_gateway(tmp_path: Path, certs: tuple[Path, P
 # --- the health checks, run against a gateway ------------------------------------------------------------------------
 
 
+@pytest.mark.live
 def test_container_health_checks_run_against_a_gateway(server: Server) -> None:
     """The Dockerfile's /healthz and compose's /readyz one-liners: 0 against a live gateway, not 0 without one."""
     dockerfile_hc = exec_form(dict(dockerfile_instructions())["HEALTHCHECK"].partition("CMD ")[2])
@@ -458,6 +470,7 @@ def _prestop_sleep(hook: dict[str, Any]) -> float:
     return float(found[1])
 
 
+@pytest.mark.unit
 def test_k8s_deployment_probes_and_termination() -> None:
     objects = k8s_objects()
     deployment = only(objects, "Deployment")
@@ -488,6 +501,7 @@ def test_k8s_deployment_probes_and_termination() -> None:
     assert {"requests", "limits"} <= set(container["resources"])
 
 
+@pytest.mark.unit
 def test_k8s_service_pdb_and_ingress_select_the_gateway_pods() -> None:
     objects = k8s_objects()
     deployment = only(objects, "Deployment")
@@ -519,6 +533,7 @@ def test_k8s_service_pdb_and_ingress_select_the_gateway_pods() -> None:
     assert int(notes["proxy-send-timeout"]) >= 3 * HEARTBEAT
 
 
+@pytest.mark.unit
 def test_k8s_redis_persists_and_is_the_bus() -> None:
     objects = k8s_objects()
     (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
@@ -537,6 +552,7 @@ def test_k8s_redis_persists_and_is_the_bus() -> None:
     assert any(m["name"] in claims and m["mountPath"] == data_dir[1] for m in rc["volumeMounts"])
 
 
+@pytest.mark.unit
 def test_kustomization_lists_every_manifest() -> None:
     (kustomization,) = load_yaml(K8S / "kustomization.yaml")
     listed = set(kustomization["resources"])
@@ -544,6 +560,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == present
 
 
+@pytest.mark.live
 def test_kubectl_kustomize_builds() -> None:
     kubectl = optional_tool("kubectl")
     result = run([kubectl, "kustomize", str(K8S)])
@@ -562,6 +579,7 @@ def _settings_sources() -> dict[str, Callable[[], dict[str, str]]]:
     }
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("source", list(_settings_sources()))
 def test_settings_pass_gateway_check(source: str) -> None:
     env = _settings_sources()[source]()

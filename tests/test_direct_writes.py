@@ -8,10 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HUB_TOKEN, start_server
+from tests.support.metrics import metric
 from tests.support.raw_stream import RawStream
+from tests.support.server import HUB_TOKEN, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_lifecycle import metric
+
+pytestmark = pytest.mark.live
 
 AUTH = {"Authorization": f"Bearer {HUB_TOKEN}"}
 

@@ -18,6 +18,8 @@ import pytest
 from gateway.core.encoder_memory import HEADROOM, WINDOW_PARAM, estimate_bytes, window_bytes
 from gateway.core.encoders import ENCODERS, CodecSettings
 
+pytestmark = pytest.mark.unit
+
 MEASURED = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "encoder_memory.json"
 
 # every value CodecSettings accepts: (codec, quality field, quality range, window field, window range)

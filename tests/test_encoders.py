@@ -30,6 +30,8 @@ from gateway.core.encoders import (
 )
 from gateway.core.sse import encode_message
 
+pytestmark = pytest.mark.unit
+
 # --- negotiation ------------------------------------------------------------------------------------------
 
 

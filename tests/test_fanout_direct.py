@@ -10,6 +10,8 @@ from gateway.bus import create_bus
 from gateway.metrics import Metrics
 from gateway.web.fanout import Fanout, Frame, Subscriber
 
+pytestmark = pytest.mark.unit
+
 
 class Target:
     """A stream that takes direct writes (or fails them), recording what it was given."""

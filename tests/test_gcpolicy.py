@@ -11,6 +11,8 @@ import pytest
 from gateway.web import gcpolicy
 from gateway.web.gcpolicy import GCPolicy
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _unfrozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from gateway.core.sse import ParsedEvent
-from tests.conftest import HUB_TOKEN, Server, start_server
+from tests.support.server import HUB_TOKEN, Server, start_server
 from tests.support.sse_client import SSEReader
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 AUTH = {"authorization": f"Bearer {HUB_TOKEN}"}
 
 

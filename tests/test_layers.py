@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.support.server import ROOT
+
+pytestmark = pytest.mark.unit
 
 FORBIDDEN = {"asyncio", "quart", "hypercorn", "aioquic", "h2", "h11", "redis", "anyio", "trio", "socket",
              "werkzeug", "httpx", "selectors"}

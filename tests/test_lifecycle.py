@@ -10,32 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, start_server
 from tests.support.h3client import H3Client
+from tests.support.metrics import metric, wait_metric
+from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
 
-pytestmark = pytest.mark.asyncio
-
-
-async def metric(base: str, name: str, **labels: str) -> float:
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(base + "/metrics")).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-async def wait_metric(base: str, name: str, expected: float, timeout: float = 5.0, **labels: str) -> None:
-    """Another process's state can only be observed by asking; each attempt is bounded and so is the whole."""
-    async with asyncio.timeout(timeout):
-        while (value := await metric(base, name, **labels)) != expected:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.05)
-    assert value == expected
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 
 async def test_http3_client_going_away_ends_its_streams(tmp_path: Path, certs: tuple[Path, Path]) -> None:

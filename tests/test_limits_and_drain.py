@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import HUB_TOKEN, start_server
+from tests.support.metrics import metric, wait_metric
 from tests.support.raw_stream import RawStream
-from tests.test_lifecycle import metric, wait_metric
+from tests.support.server import HUB_TOKEN, start_server
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 AUTH = {"authorization": f"Bearer {HUB_TOKEN}"}
 
 

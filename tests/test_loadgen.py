@@ -35,7 +35,7 @@ from benchmarks.loadgen.sse import SSEEvent, SSEParser
 from benchmarks.loadgen.stream import StreamState
 from gateway.core import sse as gateway_sse
 from gateway.core.encoders import ENCODERS, CodecSettings
-from tests.conftest import HUB_TOKEN, Server
+from tests.support.server import HUB_TOKEN, Server
 
 # --- the SSE parser ------------------------------------------------------------------------------------------
 
@@ -92,6 +92,7 @@ def _feed(chunks: list[bytes]) -> tuple[list[SSEEvent], SSEParser]:
     return events, parser
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("stream", "expected", "last_id", "retry", "comments"),
                          [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_parser_known_streams(stream: bytes, expected: list[SSEEvent], last_id: str | None, retry: int | None,
@@ -106,12 +107,14 @@ def test_parser_known_streams(stream: bytes, expected: list[SSEEvent], last_id: 
         assert all(type(event) is SSEEvent for event in events)
 
 
+@pytest.mark.unit
 def test_parser_event_is_a_named_tuple() -> None:
     event = SSEParser().feed(b"id: 9\nevent: e\ndata: d\n\n")[0]
     assert (event.data, event.event, event.id) == ("d", "e", "9")
     assert event == ("d", "e", "9")
 
 
+@pytest.mark.unit
 def test_parser_long_line_in_many_chunks() -> None:
     """A 1 MB data line arriving in 1 KB reads: kept as a list of pieces, joined once (linear, not quadratic)."""
     parser = SSEParser()
@@ -145,6 +148,7 @@ def _streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return stream, cuts
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None)
 @given(_streams())
 def test_parser_agrees_with_the_gateway_parser(case: tuple[bytes, list[int]]) -> None:
@@ -215,6 +219,7 @@ ENCODINGS: list[tuple[str, str | None, Callable[[list[bytes]], list[bytes]]]] = 
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("encoding", "encode"), [c[1:] for c in ENCODINGS], ids=[c[0] for c in ENCODINGS])
 def test_decoder_every_split(encoding: str | None, encode: Callable[[list[bytes]], list[bytes]]) -> None:
     parts = encode(EVENTS)
@@ -234,6 +239,7 @@ def test_decoder_every_split(encoding: str | None, encode: Callable[[list[bytes]
     assert b"".join(decoder.decode(wire[i:i + 1]) for i in range(len(wire))) + decoder.flush() == plain
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lgwin", [16, 22])
 def test_brotli_event_over_64k_decoded_whole(lgwin: int) -> None:
     """brotli 1.2.1 can hand out as little as 32,752 bytes per call (with a 4 MiB window, brotli's default, it
@@ -251,6 +257,7 @@ def test_brotli_event_over_64k_decoded_whole(lgwin: int) -> None:
     assert len(events[0].data) == len(big) - 8
 
 
+@pytest.mark.unit
 def test_decoder_names() -> None:
     assert {"br", "gzip", "deflate", "zstd", "identity"} <= set(DECODERS)
     assert make_decoder(" BR ").decode(_brotli([b"x"])[0]) == b"x"
@@ -272,6 +279,7 @@ def _unchunk(pieces: list[bytes]) -> tuple[bytes, bool]:
     return out, parser.done
 
 
+@pytest.mark.unit
 def test_chunked_every_split() -> None:
     expected = b"".join(CHUNKED_PAYLOAD)
     assert _unchunk([CHUNKED]) == (expected, True)
@@ -283,6 +291,7 @@ def test_chunked_every_split() -> None:
     assert _unchunk([CHUNKED[i:i + 1] for i in range(len(CHUNKED))]) == (expected, True)
 
 
+@pytest.mark.unit
 def test_chunked_lf_only_and_errors() -> None:
     assert _unchunk([b"3\nabc\n0\n\n"]) == (b"abc", True)
     assert _unchunk([b"3\r\nabc\r\n0\r\n\r\nleftover"]) == (b"abc", True)
@@ -318,6 +327,7 @@ def _response(encoding: str, frames: list[bytes]) -> bytes:
             "Transfer-Encoding: chunked\r\nVary: a\r\nVary: b\r\n\r\n").encode() + body
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h1_stream_every_split() -> None:
     """Head, chunk framing and Brotli split anywhere: the same events, counters and a clean end."""
@@ -350,6 +360,7 @@ async def test_h1_stream_every_split() -> None:
     assert transport.written.startswith(b"GET /s HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n")
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h1_stream_non_200_and_content_length() -> None:
     state = StreamState()
@@ -406,6 +417,7 @@ def _h2_server(request_bytes: bytes) -> tuple[H2Connection, bytes]:
     return server, server.data_to_send()
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h2_client_fast_path_matches_h2(monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain DATA frames read outside h2 give exactly what h2 gives, split anywhere, and keep the windows open."""
@@ -447,6 +459,7 @@ async def test_h2_client_fast_path_matches_h2(monkeypatch: pytest.MonkeyPatch) -
         assert states[1].events == 4
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fast", [True, False])
 async def test_h2_client_goaway_and_protocol_errors(fast: bool) -> None:
@@ -480,6 +493,7 @@ async def test_h2_client_goaway_and_protocol_errors(fast: bool) -> None:
 # --- the latency recorder ------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_latency_recorder_counts_and_order() -> None:
     recorder = LatencyRecorder()
@@ -501,6 +515,7 @@ async def test_latency_recorder_counts_and_order() -> None:
     assert recorder.percentiles()["delivered"] == 0
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_latency_recorder_checks_order_per_publisher_lane() -> None:
     """Concurrent publishers number their events in lanes: lanes interleave freely, one lane must not go back."""
@@ -515,6 +530,7 @@ async def test_latency_recorder_checks_order_per_publisher_lane() -> None:
     assert recorder.out_of_order == 1
 
 
+@pytest.mark.unit
 def test_process_knobs() -> None:
     import os
     import resource
@@ -549,6 +565,7 @@ async def _publish(publisher: Publisher, topic: str, count: int) -> None:
         assert status == 204, publisher.last_body
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_fleet_h1_and_h2c_against_the_gateway(server: Server) -> None:
     topic = f"loadgen-{uuid.uuid4().hex}"
@@ -593,6 +610,7 @@ async def test_fleet_h1_and_h2c_against_the_gateway(server: Server) -> None:
         assert all(connection.lost.done() for connection in fleet.connections)
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_fleet_h2_over_tls(server: Server) -> None:
     topic = f"loadgen-tls-{uuid.uuid4().hex}"
@@ -618,6 +636,7 @@ async def test_fleet_h2_over_tls(server: Server) -> None:
         await fleet.close()
 
 
+@pytest.mark.live
 def test_fleet_on_uvloop(server: Server) -> None:
     """``run`` picks uvloop when installed: its transports (TLS included) must drive the same protocols."""
     topic = f"loadgen-uvloop-{uuid.uuid4().hex}"
@@ -649,6 +668,7 @@ def test_fleet_on_uvloop(server: Server) -> None:
     assert run(main()) == [3, 3, 3]
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_fleet_records_refusals(server: Server) -> None:
     """A 400 (no topic) is counted by status for both protocols, never raised."""
@@ -664,6 +684,7 @@ async def test_fleet_records_refusals(server: Server) -> None:
             await fleet.close()
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_fleet_connect_errors_are_counted() -> None:
     import socket
@@ -681,6 +702,7 @@ async def test_fleet_connect_errors_are_counted() -> None:
         assert all("ConnectionRefusedError" in key for key in report.errors), report.errors
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_publisher_keeps_the_connection(server: Server) -> None:
     publisher = Publisher("127.0.0.1", server.http_port, timeout=5)

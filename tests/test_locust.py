@@ -15,7 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import HUB_TOKEN, ROOT, start_server
+import pytest
+
+from tests.support.server import HUB_TOKEN, ROOT, start_server
+
+pytestmark = pytest.mark.live
 
 LOCUSTFILE = ROOT / "benchmarks" / "locustfile.py"
 HUB_STREAM = "/hub/subscribe?topic=locust"

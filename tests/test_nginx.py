@@ -11,41 +11,23 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import HUB_TOKEN, ROOT, Server, free_port, require_binary, start_server
+from tests.support.metrics import metric
+from tests.support.nginx import WRAPPER, running_nginx
 from tests.support.redis import drop_namespace, redis_namespace
+from tests.support.server import HUB_TOKEN, ROOT, Server, free_port, require_binary, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_lifecycle import metric
+
+pytestmark = pytest.mark.live
 
 SHIPPED = ROOT / "deploy" / "nginx" / "gateway.conf"
-
-WRAPPER = """\
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {prefix}/gateway.conf;
-}}
-"""
 
 
 def render(prefix: Path, port: int, upstreams: list[int], cert: Path, key: Path) -> Path:
@@ -61,30 +43,6 @@ def render(prefix: Path, port: int, upstreams: list[int], cert: Path, key: Path)
     main = prefix / "nginx.conf"
     main.write_text(WRAPPER.format(prefix=prefix, user=user))
     return main
-
-
-@contextlib.contextmanager
-def nginx(prefix: Path, main: Path, port: int) -> Iterator[None]:
-    binary = require_binary("nginx")
-    check = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(main)], capture_output=True, text=True,
-                           check=False, timeout=30)
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(main)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # another process's readiness can only be seen by trying it; bounded
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((prefix / "error.log").read_text(errors="replace")) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_shipped_config_passes_nginx_t(tmp_path: Path, certs: tuple[Path, Path]) -> None:
@@ -117,7 +75,7 @@ async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path:
     main = render(prefix, port, [b.http_port for b in backends], *certs)
     tls = ssl.create_default_context(cafile=str(certs[0]))
     try:
-        with nginx(prefix, main, port):
+        with running_nginx(prefix, main, port):
             async with httpx.AsyncClient(http2=True, verify=tls, timeout=10) as client, \
                     httpx.AsyncClient(timeout=5) as publisher, contextlib.AsyncExitStack() as stack:
                 readers = []

@@ -24,7 +24,7 @@ from benchmarks.peers import nchan as nchan_module
 from benchmarks.peers import process as process_module
 from benchmarks.peers.nchan import render_config
 from gateway.core.sse import ParsedEvent
-from tests.conftest import STRICT, require_binary
+from tests.support.server import STRICT, require_binary
 from tests.support.sse_client import SSEReader
 
 SUBSCRIBERS = 3
@@ -97,6 +97,7 @@ async def publish(client: httpx.AsyncClient, target: Target, topic: str, data: s
     assert response.status_code in request.ok_status, (response.status_code, response.text)
 
 
+@pytest.mark.unit
 def test_registry_names_every_peer_once() -> None:
     assert list(PEERS) == ["gateway", "nchan", "sse-starlette", "naive-quart", "naive-quart-br"]
     for name, peer in PEERS.items():
@@ -106,6 +107,7 @@ def test_registry_names_every_peer_once() -> None:
         assert "\n" not in peer.description
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("name", "accept_encoding", "content_encoding"), CASES)
 async def test_peer_delivers_every_event_to_every_subscriber(
@@ -149,12 +151,14 @@ async def test_peer_delivers_every_event_to_every_subscriber(
     assert logs(tmp_path, name), "every peer logs to a file in the work directory"
 
 
+@pytest.mark.live
 def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
     peer = GatewayPeer(args=("--no-such-option",))
     with pytest.raises(RuntimeError, match="no-such-option"), peer.start(tmp_path):
         pytest.fail("started with a bad option")
 
 
+@pytest.mark.unit
 def test_nchan_config_keeps_everything_in_its_prefix(tmp_path: Path) -> None:
     """The generated nginx.conf: one worker, no compression, no access log, nothing written outside the prefix."""
     conf = render_config(tmp_path, 8080)
@@ -169,6 +173,7 @@ def test_nchan_config_keeps_everything_in_its_prefix(tmp_path: Path) -> None:
     assert int(re.search(r"worker_connections (\d+);", conf).group(1)) >= 10_000  # type: ignore[union-attr]
 
 
+@pytest.mark.unit
 def test_nchan_is_missing_without_its_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nchan_module, "MODULE", tmp_path / "ngx_nchan_module.so")
     reason = NchanPeer().missing()
@@ -176,6 +181,7 @@ def test_nchan_is_missing_without_its_module(tmp_path: Path, monkeypatch: pytest
     assert "nginx" in reason  # names what to install: nginx itself or libnginx-mod-nchan
 
 
+@pytest.mark.live
 def test_pinning_without_taskset_reaches_nginx_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fallback pins the master and, once forked, its worker: the CPU comparison needs every process pinned."""
     peer = require_peer("nchan")

@@ -14,11 +14,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import httpx
 import pytest
 
-from tests.conftest import Server
 from tests.support.h3client import H3Client
+from tests.support.server import Server
 from tests.support.sse_client import SSEReader
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 Post = Callable[[str, bytes], Awaitable[int]]
 Opened = tuple[SSEReader, Post, str, dict[str, str]]

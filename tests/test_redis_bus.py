@@ -18,6 +18,8 @@ from gateway.bus.redisbus import MAX_DELIVERIES, RedisBus
 from gateway.core.errors import Unavailable
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
 
+pytestmark = pytest.mark.live
+
 WAIT = 10.0
 
 

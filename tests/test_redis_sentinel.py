@@ -46,6 +46,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
             proc.wait(10)
 
 
+@pytest.mark.unit
 def test_sentinel_url_parts() -> None:
     target = parse_url("redis+sentinel://user:pw@h1:26379,h2:26380/primary/3?namespace=app")
     assert target.sentinels == (("h1", 26379), ("h2", 26380))
@@ -55,6 +56,7 @@ def test_sentinel_url_parts() -> None:
         parse_url("redis+sentinel://h1:26379")
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_bus_through_sentinel_runs_commands_and_delivers(sentinel: tuple[RedisServer, int]) -> None:

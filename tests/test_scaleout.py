@@ -25,10 +25,12 @@ import pytest
 import redis
 
 from gateway.core.versions import version_key
-from tests.conftest import HUB_TOKEN, ROOT, Server, start_server
+from tests.support.metrics import metric
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
+from tests.support.server import HUB_TOKEN, ROOT, Server, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_lifecycle import metric
+
+pytestmark = pytest.mark.live
 
 APP = ["--app", "tests.scaleout_app:gw"]
 AUTH = {"Authorization": f"Bearer {HUB_TOKEN}"}

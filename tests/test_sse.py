@@ -28,6 +28,8 @@ from gateway.core.sse import (
     split_lines,
 )
 
+pytestmark = pytest.mark.unit
+
 # --- helpers -----------------------------------------------------------------------------------------------
 
 

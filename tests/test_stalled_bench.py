@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.live
+
 ROOT = Path(__file__).resolve().parent.parent
 CUT_OFF_REASONS = {"slow_consumer", "write_timeout"}  # the gateway's two policies for a client that stops reading
 

@@ -28,9 +28,9 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
-from tests.conftest import free_port
 from tests.support.chromium import NetworkLog, chromium_or_skip, launch, launch_args, spki_hash
 from tests.support.h3client import H3Client, H3ConnectionClosed, H3Error
+from tests.support.server import free_port
 
 SECONDS: Final = 1.0
 STEP: Final = 0.05 * SECONDS
@@ -262,6 +262,7 @@ async def probe_server(cert_files: CertFiles) -> AsyncIterator[Server]:
 # HTTP/3 client
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_post_echoes_body_and_authority(probe_server: Server) -> None:
     async with H3Client("127.0.0.1", probe_server.port, verify=False) as client:
@@ -273,6 +274,7 @@ async def test_h3_post_echoes_body_and_authority(probe_server: Server) -> None:
     assert all(name == name.lower() for name, _ in response.headers)
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_stream_delivers_each_chunk_before_the_next_is_sent(probe_server: Server) -> None:
     """The gated endpoint sends chunk n+1 only after the test has received chunk n: no buffering anywhere."""
@@ -290,6 +292,7 @@ async def test_h3_stream_delivers_each_chunk_before_the_next_is_sent(probe_serve
     assert received == [f"chunk-{n}\n".encode() for n in range(4)]
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_timed_stream_arrives_spread_out(probe_server: Server) -> None:
     loop = asyncio.get_running_loop()
@@ -302,6 +305,7 @@ async def test_h3_timed_stream_arrives_spread_out(probe_server: Server) -> None:
     assert arrivals[-1][0] - arrivals[0][0] >= 2 * STEP
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_posts_run_while_a_stream_is_open_on_the_same_connection(probe_server: Server) -> None:
     async with (
@@ -320,6 +324,7 @@ async def test_h3_posts_run_while_a_stream_is_open_on_the_same_connection(probe_
         assert [chunk async for chunk in chunks] == [b"chunk-1\n"]
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_leaving_a_stream_early_cancels_only_that_stream(probe_server: Server) -> None:
     """An endless SSE stream is abandoned by leaving its block; the connection must stay usable after."""
@@ -333,6 +338,7 @@ async def test_h3_leaving_a_stream_early_cancels_only_that_stream(probe_server: 
         assert response.body == b"still alive"
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_abrupt_close_fails_open_streams_and_later_requests(probe_server: Server) -> None:
     """Disconnect tests rely on close() failing loudly on the client side and leaving the server usable."""
@@ -348,6 +354,7 @@ async def test_h3_abrupt_close_fails_open_streams_and_later_requests(probe_serve
         assert (await client.request("GET", "/")).status == 200
 
 
+@pytest.mark.unit
 @pytest.mark.asyncio
 async def test_h3_verification_rejects_unknown_certificate_and_accepts_its_ca(probe_server: Server) -> None:
     with pytest.raises(H3Error):
@@ -360,6 +367,7 @@ async def test_h3_verification_rejects_unknown_certificate_and_accepts_its_ca(pr
 # Chromium
 
 
+@pytest.mark.unit
 def test_launch_args_refuse_quic_without_spki() -> None:
     with pytest.raises(ValueError, match="spki"):
         launch_args(quic_origin="127.0.0.1:8443")
@@ -367,6 +375,7 @@ def test_launch_args_refuse_quic_without_spki() -> None:
     assert "--host-resolver-rules=MAP localhost 127.0.0.1" in launch_args(quic_origin="localhost:1", spki="x")
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["h2", "h3"])
 async def test_chromium_negotiates_and_sees_a_live_sse_stream(probe_server: Server, protocol: str) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server
 from tests.support.h3client import H3Client, H3StreamReset
+from tests.support.metrics import metric, wait_metric
+from tests.support.proc import rss
+from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
-from tests.test_compression import _rss
-from tests.test_lifecycle import metric, wait_metric
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 MIB = 1024 * 1024
 RSS_BUDGET = 64 * MIB
@@ -107,7 +107,7 @@ async def test_http1_reset_while_blocked_in_drain_ends_the_view_stream(tmp_path:
                 assert ticks < 100, "the writer never blocked"
                 assert (await client.post("/tick", json={})).status_code == 204
                 ticks += 1
-            rss_before = _rss(srv.proc.pid)
+            rss_before = rss(srv.proc.pid)
             stalled.reset()
             reset_at = time.monotonic()
             await wait_metric(base, "gateway_streams_active", active, timeout=1.0, kind="view")
@@ -118,7 +118,7 @@ async def test_http1_reset_while_blocked_in_drain_ends_the_view_stream(tmp_path:
             for _ in range(20):
                 assert (await client.post("/tick", json={}, timeout=2)).status_code == 204
                 slowest = max(slowest, await _healthz_answers(base, within=2.0))
-            growth = _rss(srv.proc.pid) - rss_before
+            growth = rss(srv.proc.pid) - rss_before
         stopping = time.monotonic()
         code = srv.stop(timeout=15)
         stop_took = time.monotonic() - stopping
@@ -146,7 +146,7 @@ async def test_http1_reset_under_a_send_only_loop_fails_its_send(tmp_path: Path,
         async with asyncio.timeout(5):
             while not (_server_send_queue(srv.http_port, stalled.local_port) or 0):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        rss_before = _rss(srv.proc.pid)
+        rss_before = rss(srv.proc.pid)
         stalled.reset()
         try:
             slowest = 0.0
@@ -155,7 +155,7 @@ async def test_http1_reset_under_a_send_only_loop_fails_its_send(tmp_path: Path,
             answered = f"/healthz max {slowest * 1000:.0f} ms"
         except httpx.TimeoutException:
             answered = "/healthz did not answer within 2 s"
-        growth = _rss(srv.proc.pid) - rss_before
+        growth = rss(srv.proc.pid) - rss_before
         stopping = time.monotonic()
         # A starved process would grow by hundreds of MiB a second: give it a short grace only.
         code = srv.stop(timeout=10 if answered.startswith("/healthz max") else 1)
@@ -209,7 +209,7 @@ async def test_http3_client_granting_no_credit_costs_bounded_memory(tmp_path: Pa
                 match = _TICK.match(first.data)
                 assert match is not None
                 tick = int(match.group(1))
-                rss_before = _rss(srv.proc.pid)
+                rss_before = rss(srv.proc.pid)
                 lags = []
                 first_tick_at = time.monotonic()
                 closed_after: float | None = None  # seconds from the first tick (the first write beyond the window)
@@ -222,7 +222,7 @@ async def test_http3_client_granting_no_credit_costs_bounded_memory(tmp_path: Pa
                     if closed_after is None and await metric(base, "gateway_streams_closed_total", kind="view",
                                                              reason="write_timeout") >= 1:
                         closed_after = time.monotonic() - first_tick_at
-                growth = _rss(srv.proc.pid) - rss_before
+                growth = rss(srv.proc.pid) - rss_before
                 if closed_after is None:
                     remaining = WRITE_TIMEOUT + 1.5 - (time.monotonic() - first_tick_at)
                     with contextlib.suppress(TimeoutError):
