@@ -54,6 +54,10 @@ typecheck: $(VENV)/.installed-dev
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## test-fast: install and run the unit tier only (in-process, no servers or browsers; under 15 s)
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
+
 ## bench: install what the comparison needs (nginx + nchan as root), run it (~15 min), write docs/benchmarks.md
 bench: $(VENV)/.installed-dev bench-deps
 	$(BIN)/python -m benchmarks comparison $(BENCH_ARGS)
