@@ -40,8 +40,11 @@ install-dev: $(VENV)/.installed-dev
 $(CERTS)/cert.pem: | $(VENV)/.installed
 	$(BIN)/gateway devcert --dir $(CERTS)
 
-## run: install into .venv and start the demo on http://127.0.0.1:8000 and https://127.0.0.1:8443 (h2 + HTTP/3)
+## run: install into .venv and start the demo on https://127.0.0.1:8443 (h2 + HTTP/3) and http://127.0.0.1:8000
+# The hint names the default binds; with ARGS (which may change them) it points at the gateway's own log lines.
+RUN_HINT := open https://127.0.0.1:8443/ (accept the self-signed certificate once); plain HTTP on http://127.0.0.1:8000
 run: $(VENV)/.installed $(CERTS)/cert.pem
+	@echo "$(if $(ARGS),open the https URL of the \"listening on\" lines below (accept the self-signed certificate once),$(RUN_HINT))"
 	$(BIN)/gateway serve --certfile $(CERTS)/cert.pem --keyfile $(CERTS)/key.pem $(ARGS)
 
 lint: $(VENV)/.installed-dev
