@@ -26,12 +26,14 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from playwright.async_api import Browser, CDPSession, Page, async_playwright
+
+if TYPE_CHECKING:  # Playwright itself is imported by launch(): collecting the unit tier never pays for it
+    from playwright.async_api import Browser, CDPSession, Page
 
 __all__ = [
     "BASE_ARGS",
@@ -142,6 +144,8 @@ async def launch(*, quic_origin: str | None = None, spki: str | None = None) -> 
     """
     executable = chromium_or_skip()
     args = launch_args(quic_origin=quic_origin, spki=spki)
+    from playwright.async_api import async_playwright
+
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=executable, headless=True, args=args, timeout=LAUNCH_TIMEOUT * 1000
