@@ -83,7 +83,7 @@ class Config:
         if unknown or not streams:
             raise ValueError(f"GATEWAY_LOAD_STREAMS: use 'hub', 'view' or 'hub,view', not {streams!r}")
         return cls(
-            hub_token=os.environ.get("GATEWAY_HUB_TOKEN", ""),
+            hub_token=os.environ.get("GATEWAY_HUB_PUBLISH_TOKEN", ""),
             topic=_env("GATEWAY_LOAD_TOPIC", "locust"),
             view=_env("GATEWAY_LOAD_VIEW", "/todos/updates"),
             streams=streams,
@@ -373,7 +373,7 @@ class CommandUser(FastHttpUser):
 
 
 class HubPublisherUser(FastHttpUser):
-    """Publishes ``{"seq": n, "t": <time.time()>}`` on the hub topic with ``GATEWAY_HUB_TOKEN``; 204 or failure.
+    """Publishes ``{"seq": n, "t": <time.time()>}`` on the hub topic with ``GATEWAY_HUB_PUBLISH_TOKEN``; 204 or failure.
 
     The timestamp is what the hub stream users measure their latency from, so publisher and streams must share a
     clock: run them on one machine (or on machines whose clocks are known to agree).
@@ -386,7 +386,7 @@ class HubPublisherUser(FastHttpUser):
 
     def on_start(self) -> None:
         if not CONFIG.hub_token:
-            log.warning("GATEWAY_HUB_TOKEN is not set: every publish will be refused (401/403)")
+            log.warning("GATEWAY_HUB_PUBLISH_TOKEN is not set: every publish will be refused (401/403)")
 
     @task
     def publish(self) -> None:

@@ -27,7 +27,7 @@ VIEW_STREAM = "/todos/updates"
 
 
 def _run_locust(host: str, out: Path) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], str]:
-    env = {**os.environ, "GATEWAY_HUB_TOKEN": HUB_TOKEN}
+    env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN}
     for name in list(env):  # a developer's own tuning must not change what this test checks
         if name.startswith("GATEWAY_LOAD_"):
             del env[name]
