@@ -5,7 +5,7 @@ the browser, and only a browser shows them as users get them. Why Debian's build
 browser (no ``playwright install``), so Playwright is pointed at ``/usr/lib/chromium/chromium`` instead.
 
 The recipe (flags, SPKI pinning for QUIC, CDP for live streams) is the one recorded in
-``/work/shared/notes/chromium.md``. Typical use::
+``../shared/notes/chromium.md`` (relative to the project root). Typical use::
 
     executable = chromium_or_skip()
     async with launch(quic_origin=f"127.0.0.1:{port}", spki=spki_hash(cert_pem)) as browser:
