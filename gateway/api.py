@@ -18,19 +18,31 @@ A ``Gateway`` is itself an ASGI application. Its settings can be given up front 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
+from gateway.bus import Command, create_bus
+from gateway.bus.redis_layout import redacted
 from gateway.commands import CommandSpec, Handler
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
 from gateway.core.errors import Unavailable
+from gateway.core.hub import HubEvent
+from gateway.core.stream import CloseReason
+from gateway.core.topics import hub_key, view_key
+from gateway.metrics import Metrics
 from gateway.web.asgi import Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
+from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
+from gateway.web.fanout import Fanout
 from gateway.web.routes import build_quart
-from gateway.web.runtime import HUB_ROUTE, Runtime, ViewSpec
+
+log = logging.getLogger("gateway")
 
 H = TypeVar("H", bound=Handler)
 R = TypeVar("R", bound=Callable[..., Awaitable[str]])
@@ -50,7 +62,7 @@ class Gateway:
         self._commands: dict[str, CommandSpec] = {}
         self._views: dict[str, ViewSpec] = {}
         self._routes: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = []
-        self._runtime: Runtime | None = None
+        self._runtime: AppContext | None = None
         self._app: Dispatcher | None = None
 
     # -- configuration ----------------------------------------------------------------------------------------
@@ -126,9 +138,15 @@ class Gateway:
     # -- runtime ----------------------------------------------------------------------------------------------
 
     @property
-    def runtime(self) -> Runtime:
+    def runtime(self) -> AppContext:
+        """The parts the web layer is handed, assembled on first use from the effective settings."""
         if self._runtime is None:
-            runtime = Runtime(self.settings, hub_compression=self._hub_compression)
+            s = self.settings
+            metrics = Metrics()
+            bus = create_bus(s.bus.url, history=s.bus.history, workers=s.commands.workers,
+                             queue_size=s.commands.queue_size, idempotency_ttl=s.commands.idempotency_ttl,
+                             lease=s.bus.lease, timeout=s.bus.timeout, on_health=metrics.bus_health)
+            runtime = AppContext(s, bus, metrics, hub_compression=self._hub_compression)
             runtime.commands.update(self._commands)
             runtime.views.update(self._views)
             self._runtime = runtime
@@ -140,35 +158,123 @@ class Gateway:
             quart = build_quart(self.runtime, static_folder=self._static_folder, name=self._name)
             for path, func, methods in self._routes:
                 quart.add_url_rule(path, f"route:{path}", func, methods=list(methods))
-            self._app = Dispatcher(self.runtime, quart)
+            self._app = Dispatcher(self.runtime, quart, startup=self._startup, shutdown=self._shutdown)
         return self._app
 
+    @property
+    def hub(self) -> Hub:
+        """Publish hub events from Python: ``await gw.hub.publish("prices", {"eur": 1.08}, event="tick")``."""
+        return Hub(self)
+
     async def publish(self, topic: str, payload: bytes = b"") -> str:
-        """Announce that ``topic`` changed; every view on it re-renders. Returns the new version.
+        """Announce that view topic ``topic`` changed; every view on it re-renders. Returns the new version.
 
         A change must not go unannounced because the bus was briefly away (the state already changed; views would
         sit on the old one until the next change): while the bus is unavailable this retries with a growing
         delay for up to ``bus.lease`` seconds, then raises ``Unavailable``. A command that runs it is not
         acknowledged meanwhile, so it is not lost either way.
         """
+        return await self._publish(view_key(topic), payload)
+
+    async def _publish(self, key: str, payload: bytes) -> str:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.settings.bus.lease
         delay = 0.05
         while True:
             try:
-                return await self.runtime.bus.publish(topic, payload)
+                return await self.runtime.bus.publish(key, payload)
             except Unavailable:
                 if loop.time() + delay > give_up:
                     raise
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 1.0)
 
+    # -- life cycle -------------------------------------------------------------------------------------------
+
+    async def _startup(self) -> None:
+        runtime = self.runtime
+        compression = runtime.compression
+        hub_route = compression.route(HUB_ROUTE, runtime.hub_compression)
+        fanout = Fanout(runtime.bus, runtime.metrics, lambda size: compression.observe(hub_route, size),
+                        runtime.metrics.report_tallies)
+        for spec in runtime.views.values():
+            fanout.add_view(spec.path, spec.topics, spec.shared_render,
+                            partial(compression.observe, compression.route(spec.path, spec.compression)))
+        runtime.fanout = fanout
+        await runtime.bus.start(self._run_command)
+        await fanout.start()
+        runtime.started = True
+        log.info("gateway started: %d commands, %d views, bus %s", len(runtime.commands), len(runtime.views),
+                 redacted(runtime.settings.bus.url))
+
+    async def _run_command(self, command_id: str, command: Command) -> None:
+        """Run one accepted command; a failing handler is logged and counted, never fatal."""
+        runtime = self.runtime
+        spec = runtime.commands.get(command.name)
+        if spec is None:
+            log.error("command %s: no handler for %s in this process", command_id, command.name)
+            return
+        metrics = runtime.metrics
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await spec.run(dict(command.args))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            metrics.commands_handled.labels(command.name, "error").inc()
+            log.exception("command %s (%s) failed", command_id, command.name)
+        else:
+            metrics.commands_handled.labels(command.name, "ok").inc()
+        finally:
+            metrics.command_seconds.labels(command.name).observe(loop.time() - started)
+
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking streams and commands, end streams with a reconnect hint, finish accepted commands."""
-        await self.runtime.drain(self.settings.server.drain_timeout if timeout is None else timeout)
+        runtime = self.runtime
+        timeout = self.settings.server.drain_timeout if timeout is None else timeout
+        if runtime.draining:
+            return
+        runtime.draining = True
+        loop = asyncio.get_running_loop()
+        # Close streams spread over the first half of the window, so that their reconnects (to other instances)
+        # spread out too, instead of arriving all at once.
+        spread = timeout / 2
+        log.info("draining: %d open streams closed over %.1f s", len(runtime.streams), spread)
+        for stream in list(runtime.streams):
+            loop.call_later(random.uniform(0, spread), stream.end, CloseReason.DRAIN)
+        deadline = loop.time() + timeout
+        if runtime.streams:
+            runtime.streams_gone.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.streams_gone.wait(), timeout)
+        await runtime.bus.close(max(0.0, deadline - loop.time()))
+
+    async def _shutdown(self) -> None:
+        runtime = self.runtime
+        runtime.gc.close()
+        if runtime._fanout is not None:
+            await runtime._fanout.close()
+        if not runtime.draining:
+            runtime.draining = True
+            await runtime.bus.close(self.settings.server.drain_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
 
-__all__ = ["Gateway", "RouteCompression", "StreamRequest"]
+class Hub:
+    """The hub seen from the application: events published here reach ``GET /hub/subscribe`` clients."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def publish(self, topic: str, data: object, *, event: str | None = None, id: str | None = None) -> str:
+        """Publish one event (``data``: text as it is, anything else as JSON); returns its bus version.
+
+        Raises ``ValueError`` for an invalid topic, event type or id, and ``Unavailable`` as ``publish`` does."""
+        hub_event = HubEvent.of(topic, data, event=event, id=id)
+        return await self._gateway._publish(hub_key(hub_event.topic), hub_event.payload)
+
+
+__all__ = ["Gateway", "Hub", "HubEvent", "RouteCompression", "StreamRequest"]

@@ -1,7 +1,9 @@
 """``gateway serve | check | devcert``: start the server, validate settings, make a development certificate.
 
-Invalid settings or an app that cannot be imported end the process with one line on stderr and exit code 2,
-never a traceback: the operator needs to know which key is wrong, not where the parser lives.
+Invalid settings, an app that cannot be imported, a certificate or key that cannot be loaded, a listener address
+already in use or a server package of an unverified version end the process with one line on stderr and exit code
+2, never a traceback, and before anything starts: the operator needs to know which key is wrong, not where the
+parser lives. ``gateway check`` runs the same checks.
 """
 
 from __future__ import annotations
@@ -110,6 +112,16 @@ def _print_settings(settings: Settings) -> None:
         print(f"{name} = {rendered}  # {help} (env {env_name(key)})")
 
 
+# aioquic logs ~10 INFO lines per HTTP/3 connection (handshake, ALPN, each state change): debug material only.
+PROTOCOL_LOGGERS = ("quic", "http3", "aioquic")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in PROTOCOL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config":
@@ -127,17 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         cert, key = devcert.create(directory)
         print(f"wrote {cert} and {key}")
         return 0
+    from gateway.web import preflight
+    from gateway.web.hypercorn import UnverifiedServer
+
     try:
         settings = load_settings(args)
         if args.command == "check":
             load_app(settings.server.app)
+            preflight.check(settings, listeners=True)
             _print_settings(settings)
             return 0
-        logging.basicConfig(level=settings.server.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _configure_logging(settings.server.log_level)
         gateway = load_app(settings.server.app)
         from gateway.supervisor import supervise, worker_index
 
+        # A worker's listeners are shared with its siblings on purpose: its supervisor checked them before.
+        preflight.check(settings, listeners=worker_index() is None)
         if settings.server.workers > 1 and worker_index() is None:
             return supervise(sys.argv[1:] if argv is None else argv, settings.server.workers,
                              settings.server.drain_timeout)
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, UnverifiedServer) as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

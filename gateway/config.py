@@ -3,12 +3,15 @@
 Every setting is declared once, in the dataclasses below, with its unit, its default, a check and a help text;
 the loader, the environment mapping (``[sse] heartbeat`` <-> ``GATEWAY_SSE_HEARTBEAT``), ``gateway check`` and
 the tests that keep ``config/gateway.toml`` and the README complete all read that one declaration. A bad value is
-reported as one ``SettingsError`` line naming the key, the value, where it came from and what is allowed.
+reported as one ``SettingsError`` line naming the key, the value, where it came from and what is allowed; so is a
+``GATEWAY_*`` environment variable that names no setting (with the nearest one), unless it is one of the few the
+gateway's tools use for something else (``ENV_NOT_SETTINGS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -106,6 +109,10 @@ class ServerSettings:
                           _between(16, 65_535))
     workers: int = _field(1, "processes serving the same listeners (needs a Redis bus: the embedded one cannot "
                           "reach across processes); a worker that dies is restarted", _between(1, 256))
+    accept_unverified_server: bool = _field(False, "start even when hypercorn, h11, h2 or aioquic is not the version "
+                                            "the gateway's Hypercorn corrections were verified on: each such package "
+                                            "is logged as a warning, the corrections relying on its internals and "
+                                            "direct writes are switched off")
 
 
 @dataclass(frozen=True)
@@ -296,13 +303,36 @@ def env_name(key: str) -> str:
     return "GATEWAY_" + key.replace(".", "_").upper()
 
 
+# ``GATEWAY_*`` variables that are not settings, so ``Settings.load`` does not refuse them as misspelt ones:
+ENV_NOT_SETTINGS = frozenset({
+    "GATEWAY_CONFIG",  # the default of ``--config`` (cli.py)
+    "GATEWAY_WORKER_INDEX",  # set by ``gateway serve --workers`` in each worker it spawns (supervisor.py)
+    "GATEWAY_HUB_TOKEN",  # the load generator's publish token (benchmarks/locustfile.py)
+    "GATEWAY_INTERFACE",  # CGI's own variable, set by any CGI host
+})
+ENV_PREFIXES_NOT_SETTINGS = (
+    "GATEWAY_TEST_",  # the test suite's switches, inherited by every gateway it spawns (GATEWAY_TEST_STRICT in CI)
+    "GATEWAY_LOAD_",  # the load generator's options (benchmarks/locustfile.py)
+)
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    names = {env_name(key): key for key, *_ in describe()}
     found = {}
-    for key, *_ in describe():
-        name = env_name(key)
-        if name in environ:
-            found[key] = (environ[name], name)
+    for name, value in environ.items():
+        if not name.startswith("GATEWAY_") or name in ENV_NOT_SETTINGS or name.startswith(ENV_PREFIXES_NOT_SETTINGS):
+            continue
+        if name not in names:
+            raise SettingsError(name, value, _unknown_env(name, list(names)), "the environment")
+        found[names[name]] = (value, name)
     return found
+
+
+def _unknown_env(name: str, known: list[str]) -> str:
+    # Compared without the prefix every name shares, which would make any two names look alike.
+    nearest = difflib.get_close_matches(name.removeprefix("GATEWAY_"), [k.removeprefix("GATEWAY_") for k in known], n=1)
+    hint = f"did you mean GATEWAY_{nearest[0]}?" if nearest else "`gateway config` lists every setting"
+    return f"not a gateway setting; {hint}"
 
 
 def _from_toml(path: Path) -> dict[str, tuple[Any, str]]:

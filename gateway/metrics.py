@@ -8,12 +8,14 @@ of reasons. Topics are never labels: their number is up to the clients.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.core.stream import Counts
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
@@ -22,33 +24,36 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Tally"]
 
 @dataclass(eq=False, slots=True)
 class Tally:
-    """Stream write counters for one (kind, route, encoding), kept as plain numbers on the per-event path.
+    """Stream write counters for one (kind, route, encoding): every stream of them adds to one shared
+    ``Counts`` as plain numbers on the per-event path.
 
-    A Prometheus ``inc`` takes a lock (about 0.5 µs); fan-out's direct writes add here instead and ``report()``
-    moves the sums into the counters once per fan-out round, so a scrape lags by one loop iteration at most.
+    A Prometheus ``inc`` takes a lock (about 0.5 µs); ``report()`` moves the sums into the counters once per
+    fan-out round and before every exposition, so a scrape lags by one loop iteration at most.
     """
 
     bytes_in: Any
     bytes_out: Any
     events: Any
     encode_seconds: Any
-    writes: Any
-    n_in: int = 0
-    n_out: int = 0
-    n_events: int = 0
-    n_writes: int = 0
-    seconds: float = 0.0
+    task_writes: Any
+    direct_writes: Any
+    counts: Counts = field(default_factory=Counts)
 
     def report(self) -> None:
-        if self.n_writes:
-            self.bytes_in.inc(self.n_in)
-            self.bytes_out.inc(self.n_out)
-            self.events.inc(self.n_events)
-            self.writes.inc(self.n_writes)
-            if self.seconds:
-                self.encode_seconds.inc(self.seconds)
-            self.n_in = self.n_out = self.n_events = self.n_writes = 0
-            self.seconds = 0.0
+        c = self.counts
+        if c.writes or c.direct_writes:
+            self.bytes_in.inc(c.bytes_in)
+            self.bytes_out.inc(c.bytes_out)
+            if c.events:
+                self.events.inc(c.events)
+            if c.writes:
+                self.task_writes.inc(c.writes)
+            if c.direct_writes:
+                self.direct_writes.inc(c.direct_writes)
+            if c.encode_seconds:
+                self.encode_seconds.inc(c.encode_seconds)
+            c.bytes_in = c.bytes_out = c.events = c.writes = c.direct_writes = 0
+            c.encode_seconds = 0.0
 
 
 class Metrics:
@@ -125,6 +130,10 @@ class Metrics:
             "gateway_hub_published", "Events accepted by POST /hub/publish.", registry=r)
         self.notifications = Counter(
             "gateway_bus_notifications", "Notifications received from the bus by the fan-out.", registry=r)
+        self.notifications_skipped = Counter(
+            "gateway_bus_notifications_skipped",
+            "Notifications the fan-out could not read and skipped: a key of no topic namespace, a malformed version "
+            "or hub payload.", ["reason"], registry=r)
         self.bus_gaps = Counter(
             "gateway_bus_gaps", "Times the fan-out fell behind the bus history.", registry=r)
         self.bus_outages = Counter(
@@ -149,6 +158,7 @@ class Metrics:
                                                self.bytes_out.labels(route, encoding),
                                                self.events_sent.labels(kind),
                                                self.encode_seconds.labels(route, encoding),
+                                               self.stream_writes.labels(kind, "task"),
                                                self.stream_writes.labels(kind, "direct"))
         return found
 

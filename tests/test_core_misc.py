@@ -30,7 +30,6 @@ from gateway.core.errors import (
 )
 from gateway.core.jsonbody import check_headers, check_size, depth, parse_object
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits, PutResult
-from gateway.core.stream_state import TRANSITIONS, IllegalTransition, State, StreamStateMachine, Transition
 from gateway.core.versions import ZERO, latest, try_version_key, version_key
 
 pytestmark = pytest.mark.unit
@@ -151,77 +150,6 @@ def test_limits_defaults() -> None:
     limits = Limits()
     assert (limits.max_items, limits.max_bytes, limits.policy) == (1000, 4 * 1024 * 1024, "disconnect")
     Limits(max_items=1, max_bytes=1, policy="drop-oldest")
-
-
-# --- stream state machine --------------------------------------------------------------------------------
-
-
-def _machine_in(state: State) -> StreamStateMachine:
-    """Drive a fresh machine to ``state`` through legal transitions only."""
-    machine = StreamStateMachine()
-    path = {
-        State.OPEN: [],
-        State.STREAMING: [Transition.START],
-        State.DRAINING: [Transition.START, Transition.DRAIN],
-        State.CLOSED: [Transition.CLOSE],
-    }[state]
-    for event in path:
-        machine.handle(event)
-    assert machine.state is state
-    return machine
-
-
-_LEGAL = [
-    ((State.OPEN, Transition.START), State.STREAMING),
-    ((State.OPEN, Transition.DRAIN), State.CLOSED),
-    ((State.OPEN, Transition.CLOSE), State.CLOSED),
-    ((State.STREAMING, Transition.DRAIN), State.DRAINING),
-    ((State.STREAMING, Transition.CLOSE), State.CLOSED),
-    ((State.DRAINING, Transition.DRAIN), State.DRAINING),
-    ((State.DRAINING, Transition.CLOSE), State.CLOSED),
-    ((State.CLOSED, Transition.CLOSE), State.CLOSED),
-    ((State.CLOSED, Transition.DRAIN), State.CLOSED),
-]
-
-
-def test_transition_table_is_the_documented_one() -> None:
-    """The table is written out here independently so an accidental edit of it shows up as a diff."""
-    assert dict(_LEGAL) == TRANSITIONS
-
-
-@pytest.mark.parametrize(("key", "target"), _LEGAL, ids=[f"{s.value}-{e.value}" for (s, e), _ in _LEGAL])
-def test_legal_transition(key: tuple[State, Transition], target: State) -> None:
-    state, event = key
-    machine = _machine_in(state)
-    assert machine.handle(event) is target
-    assert machine.state is target
-
-
-_ILLEGAL = [(state, event) for state in State for event in Transition if (state, event) not in dict(_LEGAL)]
-
-
-def test_illegal_transitions_are_exactly_start_after_open() -> None:
-    """``start`` is the only event with a single legal source: a stream's headers are sent once."""
-    assert _ILLEGAL == [
-        (State.STREAMING, Transition.START),
-        (State.DRAINING, Transition.START),
-        (State.CLOSED, Transition.START),
-    ]
-
-
-@pytest.mark.parametrize(("state", "event"), _ILLEGAL, ids=[f"{s.value}-{e.value}" for s, e in _ILLEGAL])
-def test_illegal_transition_names_state_and_event(state: State, event: Transition) -> None:
-    machine = _machine_in(state)
-    with pytest.raises(IllegalTransition, match=f"'{state.value}'.*'{event.value}'") as info:
-        machine.handle(event)
-    assert info.value.state is state
-    assert info.value.event is event
-    assert machine.state is state  # a refused transition leaves the state alone
-
-
-def test_live_states() -> None:
-    """``live`` is what fan-out checks before writing: only OPEN and STREAMING streams take frames."""
-    assert {s for s in State if _machine_in(s).live} == {State.OPEN, State.STREAMING}
 
 
 # --- jsonbody --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tests.support.metrics import metric
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
 from tests.support.server import HUB_TOKEN, ROOT, Server, start_server
 from tests.support.sse_client import SSEReader
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -89,7 +90,7 @@ async def test_two_processes_share_commands_views_and_hub_history(tmp_path: Path
                 changed = await view.until(lambda e: e.data == "count=5")
                 # The version is the topic Stream's id: the same on every process.
                 with redis.Redis.from_url(url.partition("?")[0]) as r:
-                    newest = r.xrevrange("{" + namespace_of(url) + "}:topic:count", count=1)
+                    newest = r.xrevrange("{" + namespace_of(url) + "}:topic:view:count", count=1)
                 assert changed.id == newest[0][0].decode()
 
             # A view reconnecting to the other process with the version it holds gets nothing until the next change.
@@ -148,9 +149,7 @@ async def test_sigkill_before_the_handler_finished_runs_the_command_exactly_once
         answer = await client.post(f"{stalling.http}/slow", json={"n": 7})
     assert answer.status_code == 204
     # The accepting process took the command (pending under its consumer) and hangs inside the handler.
-    async with asyncio.timeout(10):
-        while _pending(url) != 1:  # noqa: ASYNC110 - another process's state, asked for, bounded
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: _pending(url) == 1, 10, what="the command pending under the stalling consumer")
     stalling.proc.send_signal(signal.SIGKILL)
     stalling.proc.wait(10)
     assert _records(records) == Counter(), "the stalled handler must not have recorded anything"
@@ -162,9 +161,7 @@ async def test_sigkill_before_the_handler_finished_runs_the_command_exactly_once
             # The handler publishes when it runs: the view wakes once the lease (1 s) ran out and it was claimed.
             await view.next_event(timeout=20)
         assert _records(records) == Counter({"slow 7": 1})
-        async with asyncio.timeout(10):
-            while _pending(url) or _backlog(url):  # noqa: ASYNC110 - acknowledged and deleted, asked for
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: not _pending(url) and not _backlog(url), 10, what="the command acked and deleted")
         assert "running it here" in rescuer.output()
     finally:
         assert rescuer.stop() == 0, rescuer.output()
@@ -208,19 +205,18 @@ async def test_redis_down_for_10s_under_load_loses_no_accepted_command(tmp_path:
                     await accepted_before.wait()
                 broker.stop()
                 down_at = time.monotonic()
-                async with asyncio.timeout(10):
-                    while (await client.get(f"{gateway.http}/readyz")).status_code != 503:  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)  # another process's state: asked for, bounded
-                await asyncio.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # the outage lasts 10 s
+
+                async def ready_is(status: int) -> bool:
+                    return (await client.get(f"{gateway.http}/readyz")).status_code == status
+
+                await wait_until(lambda: ready_is(503), 10, what="/readyz 503 once Redis is down")
+                await asyncio.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # the outage under test lasts 10 s
                 assert (await client.get(f"{gateway.http}/readyz")).status_code == 503
                 broker.start()
-                async with asyncio.timeout(20):
-                    while (await client.get(f"{gateway.http}/readyz")).status_code != 200:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
+                await wait_until(lambda: ready_is(200), 20, what="/readyz 200 once Redis is back")
                 after = len(statuses)
-                async with asyncio.timeout(20):
-                    while sum(1 for n, s in statuses.items() if n > after and s == 204) < 30:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
+                await wait_until(lambda: sum(1 for n, s in statuses.items() if n > after and s == 204) >= 30, 20,
+                                 what="30 commands accepted after the outage")
                 stop.set()
                 await loader
                 # The stream opened before the outage is still there and follows the state again.
@@ -229,9 +225,11 @@ async def test_redis_down_for_10s_under_load_loses_no_accepted_command(tmp_path:
                 assert (await view.until(lambda e: e.data == "count=1", timeout=10)).data == "count=1"
                 outages = await metric(gateway.http, "gateway_bus_outages_total")
             accepted = {n for n, s in statuses.items() if s == 204}
-            async with asyncio.timeout(30):
-                while not accepted <= {int(k.split()[1]) for k in _records(records) if k.startswith("record")}:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)  # the record files of another process
+
+            def recorded() -> set[int]:  # the record files of another process
+                return {int(k.split()[1]) for k in _records(records) if k.startswith("record")}
+
+            await wait_until(lambda: accepted <= recorded(), 30, what="every accepted command in the record files")
         finally:
             assert gateway.stop() == 0, gateway.output()
     ran = _records(records)
@@ -269,9 +267,8 @@ async def test_workers_share_listeners_survive_a_killed_worker_and_aggregate_met
     try:
         workers = _children(group.proc.pid)
         assert len(workers) == 2
-        async with asyncio.timeout(20):  # readiness came from one worker: wait until both listen
-            while _listeners(group.http_port) < 2:  # noqa: ASYNC110 - the kernel's socket table, asked for
-                await asyncio.sleep(0.05)
+        # Readiness came from one worker: wait until both listen.
+        await wait_until(lambda: _listeners(group.http_port) >= 2, 20, what="both workers listening")
         async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client, \
                 contextlib.AsyncExitStack() as stack:
             views = [await stack.enter_async_context(sse(client, f"{group.http}/count/updates")) for _ in range(16)]
@@ -281,9 +278,7 @@ async def test_workers_share_listeners_survive_a_killed_worker_and_aggregate_met
             assert await metric(group.http, "gateway_streams_active", kind="view") == 16
             victim = min(workers)
             os.kill(victim, signal.SIGKILL)
-            async with asyncio.timeout(20):
-                while len(_children(group.proc.pid) - {victim}) < 2:  # noqa: ASYNC110 - another process
-                    await asyncio.sleep(0.05)
+            await wait_until(lambda: len(_children(group.proc.pid) - {victim}) >= 2, 20, what="the worker restarted")
             assert (await client.get(f"{group.http}/readyz")).status_code == 200
             answer = await client.post(f"{group.http}/count/add", json={"n": 1})
             assert answer.status_code == 204
@@ -345,9 +340,7 @@ async def test_workers_bind_one_quic_socket_and_all_advertise_it(tmp_path: Path,
     url = redis_namespace()
     (group,) = _servers(tmp_path, certs, 1, _env(url, tmp_path / "records"), args=["--workers", "2"])
     try:
-        async with asyncio.timeout(20):
-            while _listeners(group.tls_port) < 2:  # noqa: ASYNC110 - the kernel's socket table, asked for
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: _listeners(group.tls_port) >= 2, 20, what="both workers listening on TLS")
         assert _sockets("udp", group.tls_port) == 1
         advertised = set()
         tls = ssl.create_default_context(cafile=str(certs[0]))

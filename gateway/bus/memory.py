@@ -23,12 +23,11 @@ log = logging.getLogger("gateway.bus")
 
 
 class _Topic:
-    __slots__ = ("evicted_up_to", "history", "waiters")
+    __slots__ = ("evicted_up_to", "history")
 
     def __init__(self, size: int) -> None:
         self.history: deque[Notification] = deque(maxlen=size)
         self.evicted_up_to = 0  # the newest version that fell out of the history (0: none)
-        self.waiters: set[asyncio.Event] = set()
 
 
 class MemoryBus:
@@ -42,7 +41,11 @@ class MemoryBus:
         self._history_size = history
         self._workers_count = workers
         self._queue: asyncio.Queue[tuple[str, Command]] = asyncio.Queue(maxsize=queue_size)
+        # A topic has an entry here once it was published to (its history), and in ``_waiters`` while somebody
+        # follows it: reading a name never creates anything that outlives the reader, so the tables are bounded
+        # by the topics with history and the live subscriptions, not by every name a client ever asked for.
         self._topics: dict[str, _Topic] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
         self._version = 0
         self._next_command = 0
         self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -74,8 +77,8 @@ class MemoryBus:
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
         self._closed = True
-        for topic in self._topics.values():
-            for waiter in topic.waiters:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
                 waiter.set()
 
     # -- commands -------------------------------------------------------------------------------------------
@@ -123,20 +126,21 @@ class MemoryBus:
 
     # -- notifications -----------------------------------------------------------------------------------------
 
-    def _topic(self, name: str) -> _Topic:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = _Topic(self._history_size)
-        return topic
+    @property
+    def topic_count(self) -> int:
+        """Entries in the topic tables (history and followers): what a test of their bound looks at."""
+        return len(self._topics.keys() | self._waiters.keys())
 
     async def publish(self, topic: str, payload: bytes = b"") -> str:
         self._version += 1
         version = str(self._version)
-        t = self._topic(topic)
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = _Topic(self._history_size)
         if len(t.history) == t.history.maxlen:
             t.evicted_up_to = int(t.history[0].version)
         t.history.append(Notification(topic, version, payload))
-        for waiter in t.waiters:
+        for waiter in self._waiters.get(topic, ()):
             waiter.set()
         return version
 
@@ -151,7 +155,9 @@ class MemoryBus:
         found: list[Notification] = []
         gaps: list[Gap] = []
         for name in topics:
-            t = self._topic(name)
+            t = self._topics.get(name)
+            if t is None:
+                continue  # never published: no history, nothing evicted
             after = cursors[name]
             if t.evicted_up_to > after:
                 gaps.append(Gap(name, str(after) if after else None))
@@ -183,15 +189,14 @@ class MemoryBus:
     async def _follow(self, topics: Sequence[str], start: int) -> AsyncIterator[Notification | Gap]:
         wake = asyncio.Event()
         cursors = dict.fromkeys(topics, start)
-        watched = [self._topic(name) for name in topics]
-        for t in watched:
-            t.waiters.add(wake)
+        for name in topics:
+            self._waiters.setdefault(name, set()).add(wake)
         try:
             while not self._closed:
                 wake.clear()
                 found, gaps = self._since(topics, cursors)
                 for gap in gaps:
-                    cursors[gap.topic] = self._topic(gap.topic).evicted_up_to
+                    cursors[gap.topic] = self._topics[gap.topic].evicted_up_to
                     yield gap
                 for notification in found:
                     cursors[notification.topic] = int(notification.version)
@@ -199,5 +204,9 @@ class MemoryBus:
                 if not found and not gaps:
                     await wake.wait()
         finally:
-            for t in watched:
-                t.waiters.discard(wake)
+            for name in topics:
+                waiters = self._waiters.get(name)
+                if waiters is not None:
+                    waiters.discard(wake)
+                    if not waiters:
+                        del self._waiters[name]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from quart import Quart
 
 from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.web.asgi_util import Receive, Scope, Send, send_error
+from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext
+from gateway.web.hypercorn import install as install_corrections
 from gateway.web.posts import Handler, command_handler, hub_publish, serve_post
-from gateway.web.runtime import HUB_PUBLISH_ROUTE, HUB_ROUTE, Runtime
 from gateway.web.streams import serve_hub, serve_view
 
 log = logging.getLogger("gateway")
@@ -17,9 +19,12 @@ log = logging.getLogger("gateway")
 class Dispatcher:
     """Routes a request to a stream responder or to the Quart app."""
 
-    def __init__(self, runtime: Runtime, quart: Quart) -> None:
+    def __init__(self, runtime: AppContext, quart: Quart, *, startup: Callable[[], Awaitable[None]],
+                 shutdown: Callable[[], Awaitable[None]]) -> None:
         self.runtime = runtime
         self.quart = quart
+        self._startup = startup  # the API's life cycle, handed down: this layer never imports upward
+        self._shutdown = shutdown
         self._posts: dict[str, Handler] = {HUB_PUBLISH_ROUTE: hub_publish}
 
     def _post_handler(self, path: str) -> Handler | None:
@@ -62,7 +67,8 @@ class Dispatcher:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.runtime.startup()
+                    install_corrections(self.runtime.settings.server.accept_unverified_server)
+                    await self._startup()
                     await self.quart.startup()
                 except Exception as exc:
                     log.exception("gateway failed to start")
@@ -71,7 +77,7 @@ class Dispatcher:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
-                    await self.runtime.shutdown()
+                    await self._shutdown()
                     await self.quart.shutdown()
                 finally:
                     await send({"type": "lifespan.shutdown.complete"})

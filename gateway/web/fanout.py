@@ -9,11 +9,16 @@ Views are rendered here once per version and the same frame bytes go into every 
 (render once, compress per connection); views that depend on the request get a "changed" marker and render in
 their own writer. Hub events are framed once and put into bounded mailboxes. Nothing here ever awaits a client.
 
-The fast path: a subscriber whose stream can take a write without its task (``DirectTarget``: an idle HTTP/1.1
-stream, see ``gateway.web.direct``) gets the frame in a per-round batch instead of its mailbox. The batch is
-written once the current round of callbacks is over (``call_soon``), so every event dispatched in the same loop
-iteration reaches a socket in one write, and a lone event waits for nothing. A subscriber that stops being ready
-before the write gets the batch in its mailbox, in order.
+View and hub topics live in separate bus namespaces (``gateway.core.topics``): fan-out subscribes to the keys of
+both and routes each notification by its namespace, so a hub client naming a view's topic never sees, nor
+disturbs, a view change. Hub payloads are decoded without parsing JSON (``gateway.core.hub``); a notification
+fan-out cannot read is counted in ``gateway_notifications_skipped_total`` and skipped.
+
+The fast path: a stream that can take a write without its task (``Sink.direct_ready``: an idle HTTP/1.1 stream,
+see ``gateway.web.direct``) gets the frame in a per-round batch instead of its mailbox. The batch is written once
+the current round of callbacks is over (``call_soon``), so every event dispatched in the same loop iteration
+reaches a socket in one write, and a lone event waits for nothing. A stream that stops being ready before the
+write gets the batch in its mailbox, in order.
 
 Under a burst, rounds are kept apart: a flush that starts while the previous one ended less than its own duration
 ago waits until that much time has passed (at most ``MAX_DEFER``). Writing to a thousand sockets takes milliseconds;
@@ -27,73 +32,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
-
 from gateway.bus.base import Bus, Gap, Notification
+from gateway.core import hub
 from gateway.core.errors import Unavailable
-from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, PutResult
 from gateway.core.sse import encode_message
-from gateway.core.versions import ZERO, VersionKey, latest, version_key
+from gateway.core.stream import Frame
+from gateway.core.topics import Namespace, hub_key, parse_key, view_key
+from gateway.core.versions import ZERO, latest, version_key
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.fanout")
 
 MAX_DEFER = 0.02  # seconds a busy fan-out may hold a round back to gather more events into its writes
+SHRINK_DELAY = 1.0  # seconds after the last hub client of a topic left before the subscription drops it
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """An SSE frame ready to encode, with the version that orders it and the SSE id it carries."""
+class Sink(Protocol):
+    """A stream's end of the fan-out (``gateway.web.streams.Stream``): fan-out hands it frames and never waits.
 
-    key: VersionKey
-    version: str
-    data: bytes | None  # None: a per-request view must render this version itself
-    id: str = ""
+    ``feed`` queues a frame in the stream's mailbox (the stream decides, sans-IO, whether to wake its task, count a
+    conflation or cut itself off as too slow). ``direct_ready``/``direct_write`` are the fast path: a stream whose
+    task sleeps with nothing queued and whose socket holds little takes the bytes at once, without its task.
+    """
 
-
-class DirectTarget(Protocol):
-    """A stream that fan-out may write to itself, without waking the stream's task."""
+    def feed(self, frame: Frame, now: float) -> None:
+        """Queue ``frame`` (``now``: the loop's time)."""
 
     def direct_ready(self) -> bool:
         """True when a write now would neither block nor overtake anything the stream's task holds."""
 
     def direct_write(self, frames: list[Frame], now: float) -> None:
         """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time."""
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """One stream's end of the fan-out.
-
-    ``pending_since`` is when an undelivered item was first left waiting; the writer clears it each time it takes
-    the mailbox. A subscriber that keeps items waiting for longer than ``grace`` while new ones arrive is cut off
-    (``cut``, set by the stream), whatever the mailbox policy: memory is bounded by the mailbox, and the time a
-    slow client may hold it by the grace.
-    """
-
-    wake: asyncio.Event
-    grace: float = 10.0
-    view_box: ConflatingMailbox[Frame] | None = None
-    hub_box: BoundedMailbox[Frame] | None = None
-    cut: Callable[[str], None] | None = None
-    pending_since: float | None = None
-    direct: DirectTarget | None = None
-    parked: bool = False  # the stream's task waits for news with nothing queued
-
-    def notify(self) -> None:
-        self.wake.set()
-
-    def queued(self, now: float) -> None:
-        """An item was put in the mailbox at ``now``."""
-        if self.pending_since is None:
-            self.pending_since = now
-        elif now - self.pending_since > self.grace and self.cut is not None:
-            self.cut("slow_consumer")
 
 
 Renderer = Callable[[], Awaitable[str]]
@@ -108,7 +81,7 @@ class ViewChannel:
     topics: tuple[str, ...]
     render: Renderer | None  # None for per-request views
     observe: Observer | None = None
-    subscribers: set[Subscriber] = field(default_factory=set)
+    subscribers: set[Sink] = field(default_factory=set)
     current: Frame | None = None
     stale: bool = True
     version: str = ZERO
@@ -143,28 +116,31 @@ class Fanout:
     """Routes bus notifications to this process's streams."""
 
     def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None,
-                 on_flushed: Callable[[], None] | None = None) -> None:
+                 on_flushed: Callable[[], None] | None = None, *, shrink_delay: float = SHRINK_DELAY) -> None:
         self._bus = bus
         self._metrics = metrics
         self._observe_hub = observe_hub
         self._on_flushed = on_flushed
-        self._batch: dict[Subscriber, list[Frame]] = {}  # direct writes of this round, per subscriber
+        self._batch: dict[Sink, list[Frame]] = {}  # direct writes of this round, per stream
         self._flushed_at = 0.0  # loop time when the last flush ended
         self._flush_cost = 0.0  # how long it took
         self.views: dict[str, ViewChannel] = {}
-        self._views_by_topic: dict[str, list[ViewChannel]] = {}
-        self._hub: dict[str, set[Subscriber]] = {}
+        self._views_by_topic: dict[str, list[ViewChannel]] = {}  # by bus key
+        self._hub: dict[str, set[Sink]] = {}  # by bus key
         self._watched: frozenset[str] = frozenset()
         self._cursor: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._shrink_delay = shrink_delay
+        self._restart_handle: asyncio.TimerHandle | None = None  # one pending resubscription
+        self._restart_prompt = False
 
     def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None,
                  observe: Observer | None = None) -> ViewChannel:
         channel = ViewChannel(path, topics, render, observe)
         self.views[path] = channel
         for topic in topics:
-            self._views_by_topic.setdefault(topic, []).append(channel)
+            self._views_by_topic.setdefault(view_key(topic), []).append(channel)
         return channel
 
     async def start(self) -> None:
@@ -173,7 +149,7 @@ class Fanout:
         them) and the subscription starts from the head the bus finds once it is back."""
         try:
             for channel in self.views.values():
-                versions = [v for t in channel.topics if (v := await self._bus.current_version(t)) is not None]
+                versions = [v for t in channel.topics if (v := await self._bus.current_version(view_key(t)))]
                 channel.version = latest(versions)
             self._cursor = await self._bus.head()
         except Unavailable as exc:
@@ -183,6 +159,8 @@ class Fanout:
 
     async def close(self) -> None:
         self._closed = True
+        if self._restart_handle is not None:
+            self._restart_handle.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,9 +171,20 @@ class Fanout:
 
     # -- subscription management ------------------------------------------------------------------------------
 
-    def _restart(self) -> None:
-        wanted = frozenset(self._views_by_topic) | frozenset(t for t, subs in self._hub.items() if subs)
-        if self._task is not None and wanted <= self._watched:
+    def _restart_soon(self, delay: float = 0.0) -> None:
+        """Resubscribe once, after this round (new topics: every client that attached in it shares one
+        resubscription) or after ``delay`` (topics nobody holds any more: mass disconnects share one)."""
+        if self._restart_handle is not None:
+            if delay or self._restart_prompt:
+                return  # one is pending already; a prompt one drops unheld topics too
+            self._restart_handle.cancel()
+        self._restart_prompt = not delay
+        self._restart_handle = asyncio.get_running_loop().call_later(delay, self._restart, True)
+
+    def _restart(self, shrink: bool = False) -> None:
+        self._restart_handle = None
+        wanted = frozenset(self._views_by_topic) | frozenset(self._hub)
+        if self._task is not None and (wanted == self._watched or (not shrink and wanted <= self._watched)):
             return
         if self._task is not None:
             self._task.cancel()
@@ -203,10 +192,10 @@ class Fanout:
         if wanted and not self._closed:
             self._task = asyncio.create_task(self._pump(sorted(wanted), self._cursor), name="gateway-fanout")
 
-    async def _pump(self, topics: list[str], after: str | None) -> None:
+    async def _pump(self, keys: list[str], after: str | None) -> None:
         while True:
             try:
-                async for item in self._bus.subscribe(topics, after=after):
+                async for item in self._bus.subscribe(keys, after=after):
                     if isinstance(item, Gap):
                         self._metrics.bus_gaps.inc()
                         log.warning("fan-out fell behind the history of topic %s", item.topic)
@@ -222,42 +211,49 @@ class Fanout:
                 await asyncio.sleep(0.5)
 
     def _dispatch(self, item: Notification) -> None:
-        for channel in self._views_by_topic.get(item.topic, ()):
-            self._view_changed(channel, item.version)
-        subscribers = self._hub.get(item.topic)
-        if subscribers:
+        """One notification to the views and hub streams of its topic. A notification fan-out cannot read (a
+        key of no namespace, a malformed version or hub payload) is counted and skipped, never fatal."""
+        kind = parse_key(item.topic)
+        if kind is None:
+            self._metrics.notifications_skipped.labels("namespace").inc()
+            return
+        if kind[0] is Namespace.VIEW:
+            try:
+                version_key(item.version)
+            except ValueError:
+                self._metrics.notifications_skipped.labels("version").inc()
+                return
+            for channel in self._views_by_topic.get(item.topic, ()):
+                self._view_changed(channel, item.version)
+            return
+        sinks = self._hub.get(item.topic)
+        if not sinks:
+            return
+        try:
             frame = hub_frame(item)
-            size = len(frame.data or b"")
-            if self._observe_hub is not None:
-                self._observe_hub(size)
-            now = time.monotonic()
-            for sub in subscribers:
-                if not self._offer(sub, frame, conflate=False):
-                    self._put_hub(sub, frame, size, now)
-
-    def _put_hub(self, sub: Subscriber, frame: Frame, size: int, now: float) -> None:
-        assert sub.hub_box is not None
-        result = sub.hub_box.put(frame, size)
-        if result is PutResult.OVERFLOW and sub.cut is not None:
-            sub.cut("slow_consumer")
-        elif result is PutResult.DROPPED_OLDEST:
-            self._metrics.events_dropped.labels("hub").inc()
-        sub.queued(now)
-        sub.notify()
+        except ValueError:
+            self._metrics.notifications_skipped.labels("payload").inc()
+            log.warning("skipped a notification of hub topic %s that is not an encoded hub event", kind[1])
+            return
+        if self._observe_hub is not None:
+            self._observe_hub(len(frame.data or b""))
+        now = asyncio.get_running_loop().time()
+        for sink in sinks:
+            if not self._offer(sink, frame, conflate=False):
+                sink.feed(frame, now)
 
     # -- the direct path --------------------------------------------------------------------------------------
 
-    def _offer(self, sub: Subscriber, frame: Frame, *, conflate: bool) -> bool:
-        """Put ``frame`` in this round's batch if ``sub`` takes direct writes; False: use the mailbox."""
-        pending = self._batch.get(sub)
+    def _offer(self, sink: Sink, frame: Frame, *, conflate: bool) -> bool:
+        """Put ``frame`` in this round's batch if ``sink`` takes direct writes; False: use the mailbox."""
+        pending = self._batch.get(sink)
         if pending is not None:  # already batched this round: later frames follow it, whatever happened since
             if conflate:
                 pending[0] = frame
             else:
                 pending.append(frame)
             return True
-        target = sub.direct
-        if target is None or not target.direct_ready():
+        if not sink.direct_ready():
             return False
         if not self._batch:
             loop = asyncio.get_running_loop()
@@ -266,36 +262,27 @@ class Fanout:
                 loop.call_later(wait, self._flush)
             else:
                 loop.call_soon(self._flush)
-        self._batch[sub] = [frame]
+        self._batch[sink] = [frame]
         return True
 
     def _flush(self) -> None:
-        """Write this round's batches; a subscriber no longer ready gets its batch in the mailbox instead."""
+        """Write this round's batches; a stream no longer ready gets its batch in the mailbox instead."""
         batch, self._batch = self._batch, {}
         loop = asyncio.get_running_loop()
-        now, loop_now = time.monotonic(), loop.time()
-        for sub, frames in batch.items():
-            target = sub.direct
-            if target is not None and target.direct_ready():
-                try:
-                    target.direct_write(frames, loop_now)
-                except Exception:  # one broken stream must not cost the rest of the round their events
-                    log.exception("direct write failed: the stream is ended and its client resumes")
-                    sub.direct = None  # its encoder may hold half a write: nothing more goes to it
-                    if sub.cut is not None:
-                        sub.cut("send_failed")
-                continue
-            if sub.view_box is not None:
-                sub.view_box.put(frames[-1])
-                sub.queued(now)
-                sub.notify()
-            else:
+        now = loop.time()
+        for sink, frames in batch.items():
+            try:
+                if sink.direct_ready():
+                    sink.direct_write(frames, now)  # a stream whose write fails ends itself
+                    continue
                 for frame in frames:
-                    self._put_hub(sub, frame, len(frame.data or b""), now)
+                    sink.feed(frame, now)
+            except Exception:  # one broken stream must not cost the rest of the round their events
+                log.exception("fan-out could not hand a stream its events")
         if self._on_flushed is not None:
             self._on_flushed()
         self._flushed_at = loop.time()
-        self._flush_cost = self._flushed_at - loop_now
+        self._flush_cost = self._flushed_at - now
 
     # -- views ------------------------------------------------------------------------------------------------
 
@@ -304,8 +291,9 @@ class Fanout:
         channel.stale = True
         if channel.render is None:
             frame = Frame(version_key(version), version, None)
-            for sub in channel.subscribers:
-                self._put_view(channel, sub, frame)
+            now = asyncio.get_running_loop().time()
+            for sink in channel.subscribers:
+                sink.feed(frame, now)
         elif channel.subscribers and (channel._task is None or channel._task.done()):
             channel._task = asyncio.create_task(self._rerender(channel), name=f"gateway-render {channel.path}")
 
@@ -316,53 +304,37 @@ class Fanout:
                 frame = await channel.snapshot(self._metrics)
             except Exception:
                 return  # logged and counted in snapshot; the next change retries
-            for sub in list(channel.subscribers):
-                self._put_view(channel, sub, frame)
+            now = asyncio.get_running_loop().time()
+            for sink in list(channel.subscribers):
+                if not self._offer(sink, frame, conflate=True):
+                    sink.feed(frame, now)
 
-    def _put_view(self, channel: ViewChannel, sub: Subscriber, frame: Frame) -> None:
-        assert sub.view_box is not None
-        if frame.data is not None and self._offer(sub, frame, conflate=True):
-            return
-        if sub.view_box.put(frame) is PutResult.REPLACED:
-            self._metrics.conflated.labels(channel.path).inc()
-        sub.queued(time.monotonic())
-        sub.notify()
+    def attach_view(self, channel: ViewChannel, sink: Sink) -> None:
+        channel.subscribers.add(sink)
 
-    def attach_view(self, channel: ViewChannel, sub: Subscriber) -> None:
-        channel.subscribers.add(sub)
-
-    def detach_view(self, channel: ViewChannel, sub: Subscriber) -> None:
-        channel.subscribers.discard(sub)
+    def detach_view(self, channel: ViewChannel, sink: Sink) -> None:
+        channel.subscribers.discard(sink)
 
     # -- hub --------------------------------------------------------------------------------------------------
 
-    def attach_hub(self, topics: tuple[str, ...], sub: Subscriber) -> None:
+    def attach_hub(self, topics: tuple[str, ...], sink: Sink) -> None:
         for topic in topics:
-            self._hub.setdefault(topic, set()).add(sub)
-        self._restart()
+            self._hub.setdefault(hub_key(topic), set()).add(sink)
+        if not self._watched.issuperset(hub_key(t) for t in topics):
+            self._restart_soon()
 
-    def detach_hub(self, topics: tuple[str, ...], sub: Subscriber) -> None:
+    def detach_hub(self, topics: tuple[str, ...], sink: Sink) -> None:
         for topic in topics:
-            subs = self._hub.get(topic)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._hub[topic]
-
-
-def hub_payload(data: str, event: str | None, event_id: str | None) -> bytes:
-    """What a hub publish puts on the bus (JSON, so any backend can carry it)."""
-    return orjson.dumps({"data": data, "event": event, "id": event_id})
+            key = hub_key(topic)
+            sinks = self._hub.get(key)
+            if sinks is not None:
+                sinks.discard(sink)
+                if not sinks:
+                    del self._hub[key]
+                    self._restart_soon(self._shrink_delay)
 
 
 def hub_frame(item: Notification) -> Frame:
-    """The SSE frame of a hub notification: the publisher's id if it gave one, else the bus version."""
-    body = orjson.loads(item.payload)
-    event_id = body.get("id") or item.version
-    frame = encode_message(body["data"], event=body.get("event"), id=event_id)
-    return Frame(version_key(item.version), item.version, frame, event_id)
-
-
-def hub_event_id(item: Notification) -> str:
-    """The SSE id a hub notification was sent with."""
-    return str(orjson.loads(item.payload).get("id") or item.version)
+    """The SSE frame of a hub notification (``ValueError`` for one that is not an encoded hub event)."""
+    decoded = hub.decode(item.payload, item.version)
+    return Frame(version_key(item.version), item.version, decoded.data, decoded.id)

@@ -29,18 +29,18 @@ from gateway.core.errors import (
     Unavailable,
     ValidationFailed,
 )
+from gateway.core.hub import MAX_FIELD, HubEvent
 from gateway.core.sse import Event
+from gateway.core.topics import check_topic, hub_key
 from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
-from gateway.web.fanout import hub_payload
-from gateway.web.runtime import Runtime
-from gateway.web.streams import check_topic
+from gateway.web.context import AppContext
 
 LINGER_BYTES = 1024 * 1024  # read and discarded past the limit, so the client sees the 413 and not a reset
 
-Handler = Callable[[Runtime, Mapping[str, str], bytes], Awaitable[list[tuple[bytes, bytes]]]]
+Handler = Callable[[AppContext, Mapping[str, str], bytes], Awaitable[list[tuple[bytes, bytes]]]]
 
 
-class HubEvent(pydantic.BaseModel):
+class PublishBody(pydantic.BaseModel):
     """The body of ``POST /hub/publish``."""
 
     model_config = pydantic.ConfigDict(extra="forbid", strict=True)
@@ -51,7 +51,7 @@ class HubEvent(pydantic.BaseModel):
     id: str | None = None
 
 
-async def read_json_body(runtime: Runtime, headers: Mapping[str, str], receive: Receive) -> bytes | None:
+async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receive: Receive) -> bytes | None:
     """The request's JSON object body, judged headers first (415), then size (413), then syntax (400).
 
     None when the client went away while sending it. An over-limit body is still read, and discarded, up to
@@ -88,7 +88,7 @@ async def read_json_body(runtime: Runtime, headers: Mapping[str, str], receive: 
 def command_handler(spec: CommandSpec) -> Handler:
     """Validate a command's body against its handler's signature and put it on the bus (204 once it is there)."""
 
-    async def accept(runtime: Runtime, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
+    async def accept(runtime: AppContext, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
         spec.validate_body(body)
         key = headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
@@ -100,34 +100,34 @@ def command_handler(spec: CommandSpec) -> Handler:
     return accept
 
 
-async def hub_publish(runtime: Runtime, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
+async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
     """``POST /hub/publish``: one event on a topic, from a backend holding the publish token."""
     try:
-        event = HubEvent.model_validate_json(body)
+        body_fields = PublishBody.model_validate_json(body)
     except pydantic.ValidationError as exc:
         raise as_validation_failed(exc) from exc
     try:
-        check_topic(event.topic)
-    except BadRequest as exc:
-        raise ValidationFailed(exc.detail, field="topic") from exc
-    data = event.data if isinstance(event.data, str) else orjson.dumps(event.data).decode()
+        check_topic(body_fields.topic)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="topic") from exc
     for field in ("event", "id"):
-        value = getattr(event, field)
+        value = getattr(body_fields, field)
         if value is not None:
             try:
                 Event(**{field: value})
             except ValueError as exc:
                 raise ValidationFailed(f"{field}: {exc}", field=field) from exc
-            if not value or len(value) > 256:
-                raise ValidationFailed(f"{field}: must be 1-256 characters", field=field)
+            if not value or len(value) > MAX_FIELD:
+                raise ValidationFailed(f"{field}: must be 1-{MAX_FIELD} characters", field=field)
+    event = HubEvent.of(body_fields.topic, body_fields.data, event=body_fields.event, id=body_fields.id)
     if runtime.draining:
         raise Unavailable("the gateway is shutting down", 2)
-    version = await runtime.bus.publish(event.topic, hub_payload(data, event.event, event.id))
+    version = await runtime.bus.publish(hub_key(event.topic), event.payload)
     runtime.metrics.hub_published.inc()
     return [(b"event-id", (event.id or version).encode()), (b"event-version", version.encode())]
 
 
-def _authorize(runtime: Runtime, headers: Mapping[str, str]) -> None:
+def _authorize(runtime: AppContext, headers: Mapping[str, str]) -> None:
     token = runtime.settings.hub.publish_token
     if not token:
         raise Forbidden("hub publishing is disabled: set [hub] publish_token or GATEWAY_HUB_PUBLISH_TOKEN")
@@ -136,7 +136,7 @@ def _authorize(runtime: Runtime, headers: Mapping[str, str]) -> None:
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required to publish")
 
 
-async def serve_post(runtime: Runtime, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
     """One command or publish request, answered 204 or with the JSON error that says what is wrong."""
     path = scope["path"]
     if scope["method"] != "POST":

@@ -25,8 +25,8 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.metrics import CONTENT_TYPE_LATEST
+from gateway.web.context import AppContext
 from gateway.web.posts import LINGER_BYTES
-from gateway.web.runtime import Runtime
 
 _HTTP_CODES: dict[int, type[GatewayError]] = {
     400: BadRequest, 404: NotFound, 413: PayloadTooLarge, 403: Forbidden, 401: Unauthorized,
@@ -42,7 +42,7 @@ def json_error(error: GatewayError) -> Response:
 
 
 
-def build_quart(runtime: Runtime, *, static_folder: str | None = None, name: str = "gateway") -> Quart:
+def build_quart(runtime: AppContext, *, static_folder: str | None = None, name: str = "gateway") -> Quart:
     app = Quart(name, static_folder=static_folder, static_url_path="/static" if static_folder else None)
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.commands.max_body + LINGER_BYTES  # the app's own routes
     app.config["JSON_SORT_KEYS"] = False

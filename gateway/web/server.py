@@ -20,7 +20,7 @@ from hypercorn.config import Config
 
 from gateway.config import Settings
 from gateway.supervisor import worker_index
-from gateway.web import hypercorn_fixes
+from gateway.web.hypercorn import install as install_corrections
 
 if TYPE_CHECKING:
     from gateway.api import Gateway
@@ -111,13 +111,13 @@ def raise_fd_limit() -> int:
 
 async def serve(gateway: Gateway, settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain and stop."""
+    # Before Hypercorn creates its servers (the lifespan installs them again, idempotently, for any other server).
+    installed = install_corrections(settings.server.accept_unverified_server)
+    log.debug("hypercorn corrections installed: %s", ", ".join(installed) or "none")
     log.info("open-files limit: %d", raise_fd_limit())
     gateway.configure(settings)
     worker = worker_index()
     config = hypercorn_config(settings, worker)
-    applied = hypercorn_fixes.apply()
-    if applied:
-        log.debug("hypercorn fixes applied: %s", ", ".join(applied))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

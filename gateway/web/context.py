@@ -1,0 +1,110 @@
+"""What the web layer is handed by the app API: the parts a running gateway shares between its routes.
+
+The API (``gateway.api.Gateway``) assembles them (bus, fan-out, admission, compression engine, the registries of
+commands and views) and runs the life cycle (start-up, drain, shutdown, the command runner); the web layer reads
+them and never imports upward. Imports point api -> web -> bus -> core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.bus import Bus
+from gateway.commands import CommandSpec
+from gateway.config import Settings
+from gateway.core.admission import Admission
+from gateway.core.clientaddr import client_address, parse_networks
+from gateway.core.compression import RouteCompression
+from gateway.core.stream import CloseReason
+from gateway.metrics import Metrics
+from gateway.web.asgi_util import StreamRequest
+from gateway.web.compression import CompressionEngine
+from gateway.web.fanout import Fanout
+from gateway.web.gcpolicy import GCPolicy
+
+HUB_ROUTE = "/hub/subscribe"
+HUB_PUBLISH_ROUTE = "/hub/publish"
+
+SharedRender = Callable[[], Awaitable[str]]
+RequestRender = Callable[[StreamRequest], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """A persistent query: re-rendered on changes of ``topics``; shared unless it needs the request."""
+
+    path: str
+    topics: tuple[str, ...]
+    shared_render: SharedRender | None = None
+    per_request_render: RequestRender | None = None
+    compression: RouteCompression = field(default_factory=RouteCompression)
+
+    def __post_init__(self) -> None:
+        if (self.shared_render is None) == (self.per_request_render is None):
+            raise ValueError("a view renders either once for everybody or once per request")
+        if not self.topics:
+            raise ValueError(f"view {self.path} must name at least one topic")
+
+
+class OpenStream(Protocol):
+    """An open stream as the life cycle sees it: something a drain can end."""
+
+    def end(self, reason: CloseReason) -> None: ...
+
+
+@dataclass(eq=False)
+class AppContext:
+    settings: Settings
+    bus: Bus
+    metrics: Metrics = field(default_factory=Metrics)
+    commands: dict[str, CommandSpec] = field(default_factory=dict)
+    views: dict[str, ViewSpec] = field(default_factory=dict)
+    hub_compression: RouteCompression = field(default_factory=RouteCompression)
+    streams: set[OpenStream] = field(default_factory=set)
+    draining: bool = False
+    started: bool = False
+    streams_gone: asyncio.Event = field(default_factory=asyncio.Event)
+    _fanout: Fanout | None = None
+
+    def __post_init__(self) -> None:
+        limits = self.settings.limits
+        self.compression = CompressionEngine(self.settings, self.metrics)
+        self.trusted_proxies = parse_networks(limits.trusted_proxies)
+        self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
+        self.gc = GCPolicy(enabled=self.settings.server.gc_freeze)
+
+    def admit(self, request: StreamRequest) -> str:
+        """Count a new stream against the limits; returns the client address it is charged to."""
+        client = client_address(request.client, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        self.admission.admit(client)
+        return client
+
+    def release_client(self, client: str) -> None:
+        self.admission.release(client)
+
+    @property
+    def fanout(self) -> Fanout:
+        if self._fanout is None:
+            raise RuntimeError("the gateway has not started (the ASGI lifespan startup did not run)")
+        return self._fanout
+
+    @fanout.setter
+    def fanout(self, fanout: Fanout) -> None:
+        self._fanout = fanout
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.bus.ready
+
+    def stream_opened(self, stream: OpenStream) -> None:
+        self.streams.add(stream)
+        self.gc.opened()
+
+    def stream_closed(self, stream: OpenStream) -> None:
+        self.streams.discard(stream)
+        self.gc.closed(len(self.streams))
+        if not self.streams:
+            self.streams_gone.set()
