@@ -13,7 +13,7 @@ import resource
 import signal
 import socket
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
@@ -22,8 +22,15 @@ from gateway.config import Settings
 from gateway.supervisor import worker_index
 from gateway.web.hypercorn import install as install_corrections
 
-if TYPE_CHECKING:
-    from gateway.api import Gateway
+
+class Servable(Protocol):
+    """What ``serve`` needs of the application (``gateway.api.Gateway`` is one): this layer never imports it."""
+
+    def configure(self, settings: Settings) -> None: ...
+
+    async def drain(self, timeout: float | None = None) -> None: ...
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 log = logging.getLogger("gateway")
 
@@ -109,7 +116,7 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(gateway: Gateway, settings: Settings) -> None:
+async def serve(gateway: Servable, settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain and stop."""
     # Before Hypercorn creates its servers (the lifespan installs them again, idempotently, for any other server).
     installed = install_corrections(settings.server.accept_unverified_server)
