@@ -12,6 +12,7 @@ from tests.support.metrics import metric
 from tests.support.raw_stream import RawStream
 from tests.support.server import HUB_TOKEN, start_server
 from tests.support.sse_client import SSEReader
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -161,9 +162,7 @@ async def test_a_burst_to_many_streams_coalesces_events_into_fewer_writes(
             publishers[k].close()
 
         await asyncio.gather(*(run(k) for k in range(concurrency)))
-        async with asyncio.timeout(30):
-            while fleet.totals()["events"] < streams * count:  # noqa: ASYNC110 - local counters, no event to await
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: fleet.totals()["events"] >= streams * count, 30, what="every event at every stream")
         assert len({s.parser.last_event_id for s in fleet.streams}) == 1, "streams ended on different last ids"
         events = await metric(srv.http, "gateway_events_sent_total", kind="hub")
         direct = await _writes(srv.http, "direct")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -10,6 +9,7 @@ import pytest
 
 from gateway.web import gcpolicy
 from gateway.web.gcpolicy import GCPolicy
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -33,9 +33,7 @@ async def test_streams_opening_together_freeze_once_after_the_delay() -> None:
     for _ in range(50):
         policy.opened()
     assert gc.get_freeze_count() == 0, "frozen at once: the objects of the streams still opening would be missed"
-    await asyncio.sleep(0.05)  # past FREEZE_DELAY (a timer of the policy's own; nothing to await instead)
-    frozen = gc.get_freeze_count()
-    assert frozen > 0
+    await wait_until(lambda: gc.get_freeze_count() > 0, 2, what="the freeze FREEZE_DELAY after the first open")
     policy.opened()
     assert policy._freeze is not None  # the next wave schedules one more freeze, not one per stream
     policy.close()

@@ -15,6 +15,7 @@ import pytest
 from tests.support.metrics import metric, wait_metric
 from tests.support.raw_stream import RawStream
 from tests.support.server import HUB_TOKEN, start_server
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 AUTH = {"authorization": f"Bearer {HUB_TOKEN}"}
@@ -166,16 +167,18 @@ async def test_slow_consumer_is_cut_off_after_the_grace_period(tmp_path: Path, c
             assert (await client.post("/size", json={"bytes": 1_000_000})).status_code == 204
             slow = await RawStream.open(srv.http_port, "/sized", rcvbuf=4096)
             started = time.monotonic()
-            async with asyncio.timeout(15):
-                while await metric(srv.http, "gateway_streams_closed_total", reason="slow_consumer") < 1:
-                    assert (await client.post("/tick", json={})).status_code == 204
-                    await asyncio.sleep(0.1)  # keep new versions coming while the client does not read
+
+            async def cut() -> bool:  # polled every 0.1 s: a new version each time while the client reads nothing
+                if await metric(srv.http, "gateway_streams_closed_total", reason="slow_consumer") >= 1:
+                    return True
+                assert (await client.post("/tick", json={})).status_code == 204
+                return False
+
+            await wait_until(cut, 15, what="the slow consumer cut off", interval=0.1)
             cut_after = time.monotonic() - started
             # Its socket is released too, although the client still reads nothing (no flush can ever finish).
             fds = _open_fds(srv.proc.pid)
-            async with asyncio.timeout(10):
-                while _open_fds(srv.proc.pid) >= fds:  # noqa: ASYNC110 - another process, bounded
-                    await asyncio.sleep(0.1)
+            await wait_until(lambda: _open_fds(srv.proc.pid) < fds, 10, what="its socket released", interval=0.1)
             released_after = time.monotonic() - started
             slow.close()
         print(f"\nslow consumer cut off after {cut_after:.1f} s (grace 1 s, write timeout 300 s), "

@@ -17,6 +17,7 @@ from gateway.bus import Command, Gap, Notification, create_bus
 from gateway.bus.redisbus import MAX_DELIVERIES, RedisBus
 from gateway.core.errors import Unavailable
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -41,6 +42,12 @@ def _key(url: str, name: str) -> str:
     return "{" + namespace_of(url) + "}:" + name
 
 
+def _blocked_in_xread(url: str) -> bool:
+    """A client of the Redis at ``url`` is blocked in XREAD (``CLIENT LIST`` flag ``b``)."""
+    with redis.Redis.from_url(url) as client:
+        return any(c["cmd"] == "xread" and "b" in c["flags"] for c in client.client_list())
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_a_command_that_keeps_killing_its_process_is_buried(url: str) -> None:
@@ -60,9 +67,7 @@ async def test_a_command_that_keeps_killing_its_process_is_buried(url: str) -> N
     bus = _bus(url, lease=0.3)
     await bus.start(handler)
     try:
-        async with asyncio.timeout(WAIT):
-            while not plain.xlen(_key(url, "dead")):  # noqa: ASYNC110 - Redis's state, asked for, bounded
-                await asyncio.sleep(0.05)
+        await wait_until(lambda: plain.xlen(_key(url, "dead")) > 0, WAIT, what="the poison entry buried")
         (_entry_id, fields), = plain.xrange(_key(url, "dead"))
         assert fields[b"id"].decode() == poison
         assert int(fields[b"deliveries"]) > MAX_DELIVERIES
@@ -72,9 +77,7 @@ async def test_a_command_that_keeps_killing_its_process_is_buried(url: str) -> N
         assert ran == []
         # The bus still works after burying.
         command_id = await bus.submit(Command("fine"))
-        async with asyncio.timeout(WAIT):
-            while ran != [command_id]:  # noqa: ASYNC110 - the worker task's progress
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: ran == [command_id], WAIT, what="the next command run")
     finally:
         await bus.close(5)
         plain.close()
@@ -94,9 +97,8 @@ async def test_a_malformed_command_entry_is_buried_not_run(url: str) -> None:
     try:
         plain.xadd(_key(url, "commands"), {"n": "broken", "a": "{not json"})
         good = await bus.submit(Command("good"))
-        async with asyncio.timeout(WAIT):
-            while not plain.xlen(_key(url, "dead")) or ran != ["good"]:  # noqa: ASYNC110 - Redis's state
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: plain.xlen(_key(url, "dead")) > 0 and ran == ["good"], WAIT,
+                         what="the broken entry buried and the good one run")
         assert good
         assert plain.xrange(_key(url, "dead"))[0][1][b"n"] == b"broken"
     finally:
@@ -127,9 +129,7 @@ async def test_outage_refuses_with_retry_after_and_recovers() -> None:
             with pytest.raises(Unavailable):
                 await bus.publish("t")
             server.start()
-            async with asyncio.timeout(WAIT):
-                while not bus.ready:  # noqa: ASYNC110 - the monitor's reconnect, bounded
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: bus.ready, WAIT, what="the monitor's reconnect")
             await bus.submit(Command("after"))
             async with asyncio.timeout(WAIT):
                 await ran.wait()
@@ -154,15 +154,13 @@ async def test_redis_that_lost_its_data_yields_gaps_then_goes_on() -> None:
             first = await bus.publish("a", b"before")
             stream = bus.subscribe(["a", "b"], after=first)
             pending = asyncio.ensure_future(stream.__anext__())
-            await asyncio.sleep(0.2)  # let it block in its read: the restart must hit a live subscription
+            # The restart must hit a live subscription: wait until its XREAD blocks in this private Redis.
+            await wait_until(lambda: _blocked_in_xread(server.url), WAIT, what="the subscription blocked in XREAD")
             server.stop()
-            async with asyncio.timeout(WAIT):
-                while bus.ready:  # noqa: ASYNC110 - until the bus noticed (a restart it never saw is no outage)
-                    await asyncio.sleep(0.02)
+            # Until the bus noticed: a restart it never saw is no outage.
+            await wait_until(lambda: not bus.ready, WAIT, what="the bus noticing the outage")
             server.start()  # no persistence: everything is gone
-            async with asyncio.timeout(WAIT):
-                while not bus.ready:  # noqa: ASYNC110 - the monitor's reconnect, bounded
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: bus.ready, WAIT, what="the monitor's reconnect")
             after_reset = await bus.publish("a", b"after")
             items = [await asyncio.wait_for(pending, WAIT)]
             async with asyncio.timeout(WAIT):

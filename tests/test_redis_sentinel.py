@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import redis
 from gateway.bus import Command, Notification, create_bus
 from gateway.bus.redis_layout import parse_url
 from tests.support.redis import RedisServer, free_tcp_port
+from tests.support.wait import poll_until
 
 WAIT = 10.0
 
@@ -28,18 +28,18 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
                         "sentinel down-after-milliseconds primary 5000\n")
         proc = subprocess.Popen([master.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
+
+        def names_the_master() -> bool:  # Sentinel's readiness: asked for, bounded
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server --sentinel exited with {proc.returncode}")
+            try:
+                with redis.Redis(port=port, socket_timeout=1) as client:
+                    return bool(client.execute_command("SENTINEL", "get-master-addr-by-name", "primary"))
+            except (redis.ConnectionError, redis.TimeoutError):
+                return False
+
         try:
-            deadline = time.monotonic() + 10
-            while True:  # Sentinel's readiness: asked for, bounded
-                try:
-                    with redis.Redis(port=port, socket_timeout=1) as client:
-                        if client.execute_command("SENTINEL", "get-master-addr-by-name", "primary"):
-                            break
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server --sentinel did not come up")
-                time.sleep(0.05)
+            poll_until(names_the_master, 10, what="redis-server --sentinel naming the master")
             yield master, port
         finally:
             proc.kill()

@@ -31,6 +31,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, S
 from tests.support.chromium import NetworkLog, chromium_or_skip, launch, launch_args, spki_hash
 from tests.support.h3client import H3Client, H3ConnectionClosed, H3Error
 from tests.support.server import free_port
+from tests.support.wait import wait_until
 
 SECONDS: Final = 1.0
 STEP: Final = 0.05 * SECONDS
@@ -206,19 +207,20 @@ async def wait_until_listening(port: int, task: asyncio.Task[None]) -> None:
     Hypercorn binds every socket (UDP included) in ``create_sockets`` before it starts listening on TCP, and
     datagrams that arrive before its QUIC endpoint runs wait in the kernel buffer.
     """
-    async with asyncio.timeout(BOUND):
-        while True:
-            if task.done():
-                task.result()
-                raise RuntimeError("Hypercorn stopped before it listened")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+
+    async def accepting() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("Hypercorn stopped before it listened")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    await wait_until(accepting, BOUND, what=f"Hypercorn accepting on port {port}")
 
 
 def wake_quic_server(port: int) -> None:

@@ -21,6 +21,7 @@ from tests.support.metrics import metric, wait_metric
 from tests.support.proc import rss
 from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
@@ -143,9 +144,8 @@ async def test_http1_reset_under_a_send_only_loop_fails_its_send(tmp_path: Path,
         stalled = await ResettingClient.open(srv.http_port, "/export")
         # The producer never ends, so once the kernel holds unsent data for this connection the app is ahead of the
         # client for good: blocked in drain(). Another process's socket state is observed by polling, bounded.
-        async with asyncio.timeout(5):
-            while not (_server_send_queue(srv.http_port, stalled.local_port) or 0):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(_server_send_queue(srv.http_port, stalled.local_port)), 5,
+                         what="unsent data queued in the server's socket")
         rss_before = rss(srv.proc.pid)
         stalled.reset()
         try:

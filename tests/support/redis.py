@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -20,8 +19,9 @@ import redis.asyncio
 
 from benchmarks.redis_server import RedisServer as BenchRedisServer
 from benchmarks.redis_server import free_tcp_port
+from tests.support.server import STRICT
+from tests.support.wait import poll_until
 
-STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
 SHARED_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -99,13 +99,10 @@ class RedisClusterNodes:
             server.start()
         subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        deadline = time.monotonic() + 20
-        while True:  # the cluster agrees on its slots a moment after creation: asked for, bounded
-            if all(self._state(server.port) == "ok" for server in self.servers):
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.05)
+        # The cluster agrees on its slots a moment after creation: asked for, bounded.
+        poll_until(lambda: all(self._state(server.port) == "ok" for server in self.servers), 20,
+                   what="the Redis Cluster reaching cluster_state:ok")
+        return self
 
     @staticmethod
     def _port() -> int:
