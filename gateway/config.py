@@ -307,7 +307,6 @@ def env_name(key: str) -> str:
 ENV_NOT_SETTINGS = frozenset({
     "GATEWAY_CONFIG",  # the default of ``--config`` (cli.py)
     "GATEWAY_WORKER_INDEX",  # set by ``gateway serve --workers`` in each worker it spawns (supervisor.py)
-    "GATEWAY_HUB_TOKEN",  # the load generator's publish token (benchmarks/locustfile.py)
     "GATEWAY_INTERFACE",  # CGI's own variable, set by any CGI host
 })
 ENV_PREFIXES_NOT_SETTINGS = (

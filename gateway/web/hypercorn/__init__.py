@@ -1,0 +1,143 @@
+"""Corrections to Hypercorn and aioquic defects that hurt a streaming gateway, one module each.
+
+- ``quic_shutdown``: the QUIC listener and idle QUIC connections hold up shutdown (hypercorn, aioquic);
+- ``h3_disconnects``: HTTP/3 disconnects never reach the app (hypercorn, aioquic);
+- ``h2_late_data``: a DATA frame after an early response kills the h2 connection (hypercorn, h2);
+- ``h2_backpressure``: h2 buffers grow without bound for a client that grants no window (hypercorn);
+- ``send_after_disconnect``: a send after an HTTP/1.1 reset returns without ever yielding (hypercorn);
+- ``tcp_close_abort``: a closed TCP connection lives on while its peer does not read (hypercorn);
+- ``h3_backpressure``: HTTP/3 buffers grow without bound for a client that grants no credit (hypercorn, aioquic);
+  it wraps the ``stream_send`` installed by ``h3_disconnects``, so it is installed after it.
+
+In parentheses: the packages whose internals each one relies on.
+
+``transport`` is not a correction: it is the one seam through which fan-out writes to an idle HTTP/1.1 socket
+(``gateway.web.direct``), and it trusts Hypercorn's and h11's objects only once ``install`` found them verified.
+
+Each module reads or replaces private parts of the package it corrects, so the corrections are only known to be
+right on the versions in ``VERIFIED`` (pinned exactly in ``pyproject.toml``). ``install`` refuses any other version
+with ``UnverifiedServer``, one line naming the package, both versions and the setting that accepts the risk
+(``server.accept_unverified_server``). With that setting, each unverified package is logged once as a warning, the
+corrections relying on its internals stay out (the others are installed), and direct writes stay off.
+
+``install`` runs in the gateway's own ASGI lifespan startup, so the corrections hold under any server that runs
+the gateway (``gateway serve``, ``hypercorn mymod:gw``); ``gateway serve`` also calls it before Hypercorn creates
+its servers. It patches classes, so it acts process-wide, once: calling it again installs nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+
+from gateway.web.hypercorn import (
+    h2_backpressure,
+    h2_late_data,
+    h3_backpressure,
+    h3_disconnects,
+    quic_shutdown,
+    send_after_disconnect,
+    tcp_close_abort,
+)
+from gateway.web.hypercorn.send_after_disconnect import ClientDisconnected
+
+__all__ = ["VERIFIED", "ClientDisconnected", "UnverifiedServer", "install", "installed", "unverified", "verify"]
+
+log = logging.getLogger("gateway.hypercorn")
+
+# The versions every correction and the direct-write seam were verified on (tests/ run against exactly these).
+VERIFIED = {"hypercorn": "0.18.0", "h11": "0.16.0", "h2": "4.4.1", "aioquic": "1.7.2"}
+SETTING = "server.accept_unverified_server"
+SETTING_ENV = "GATEWAY_SERVER_ACCEPT_UNVERIFIED_SERVER"
+
+
+class UnverifiedServer(RuntimeError):
+    """A server package is not the version the corrections were verified on, and the risk was not accepted."""
+
+    def __init__(self, package: str, found: str, verified: str) -> None:
+        super().__init__(
+            f"{package} {found} is installed, but the gateway's Hypercorn corrections are verified on {package} "
+            f"{verified} only: install {package}=={verified}, or set {SETTING}=true ({SETTING_ENV}) to run with the "
+            f"corrections that rely on {package}'s internals switched off")
+        self.package = package
+        self.found = found
+        self.verified = verified
+
+
+@dataclass(frozen=True)
+class Correction:
+    name: str
+    relies_on: tuple[str, ...]  # packages whose private parts it replaces or reads
+    install: Callable[[], None]
+
+
+# In installation order: h3_backpressure wraps the ``stream_send`` that h3_disconnects installs.
+CORRECTIONS: tuple[Correction, ...] = (
+    Correction("quic_shutdown", ("hypercorn", "aioquic"), quic_shutdown.install),
+    Correction("h3_disconnects", ("hypercorn", "aioquic"), h3_disconnects.install),
+    Correction("h2_late_data", ("hypercorn", "h2"), h2_late_data.install),
+    Correction("h2_backpressure", ("hypercorn",), h2_backpressure.install),
+    Correction("send_after_disconnect", ("hypercorn",), send_after_disconnect.install),
+    Correction("tcp_close_abort", ("hypercorn",), tcp_close_abort.install),
+    Correction("h3_backpressure", ("hypercorn", "aioquic"), h3_backpressure.install),
+)
+
+_installed: list[str] = []
+_warned: set[str] = set()
+_direct_writes = False
+
+
+def unverified() -> dict[str, str]:
+    """``{package: installed version}`` for every server package that is not the verified version."""
+    found: dict[str, str] = {}
+    for package, verified in VERIFIED.items():
+        try:
+            current = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            current = "(not installed)"
+        if current != verified:
+            found[package] = current
+    return found
+
+
+def verify(accept_unverified: bool) -> dict[str, str]:
+    """The unverified packages; ``UnverifiedServer`` for the first of them unless ``accept_unverified``."""
+    found = unverified()
+    if found and not accept_unverified:
+        package, current = next(iter(found.items()))
+        raise UnverifiedServer(package, current, VERIFIED[package])
+    return found
+
+
+def install(accept_unverified: bool) -> list[str]:
+    """Install every correction whose packages are verified; the names of those installed, in order.
+
+    Raises ``UnverifiedServer`` (installing nothing) when a package is not the verified version, unless
+    ``accept_unverified``. Idempotent: a correction already installed is not installed again.
+    """
+    global _direct_writes
+    found = verify(accept_unverified)
+    for package, current in found.items():
+        if package not in _warned:
+            _warned.add(package)
+            skipped = [c.name for c in CORRECTIONS if package in c.relies_on]
+            log.warning("%s %s is not the verified %s (%s is set): corrections switched off: %s; direct writes "
+                        "off", package, current, VERIFIED[package], SETTING, ", ".join(skipped) or "none")
+    for correction in CORRECTIONS:
+        if correction.name not in _installed and not found.keys() & set(correction.relies_on):
+            correction.install()
+            _installed.append(correction.name)
+    _direct_writes = not found
+    return list(_installed)
+
+
+def installed() -> list[str]:
+    """The names of the corrections installed in this process so far."""
+    return list(_installed)
+
+
+def direct_writes_trusted() -> bool:
+    """Whether ``transport`` may walk Hypercorn's and h11's objects: ``install`` ran and found every version."""
+    return _direct_writes
