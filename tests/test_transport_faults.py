@@ -1,6 +1,6 @@
 """Transport faults under a streaming response: a TCP reset while the server is blocked writing, and an HTTP/3
 client that stops granting flow-control credit. Each must cost the gateway one closed stream, not memory, CPU or
-its responsiveness (see the fixes 5 and 6 in ``gateway/web/hypercorn_fixes.py``)."""
+its responsiveness (see ``send_after_disconnect`` and ``h3_backpressure`` in ``gateway/web/hypercorn/``)."""
 
 from __future__ import annotations
 
