@@ -15,8 +15,6 @@ from tests.support.metrics import metric
 from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
 
-pytestmark = pytest.mark.live
-
 
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[Server]:
@@ -25,6 +23,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path
     assert srv.stop() == 0
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_view_over_two_topics_and_per_request_views(app_server: Server) -> None:
     base = app_server.http
@@ -46,6 +45,7 @@ async def test_view_over_two_topics_and_per_request_views(app_server: Server) ->
         assert (await readers[2].next_event()).data == "hello &lt;bob&gt;, a=1"
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_model_fields_are_validated_and_named(app_server: Server) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
@@ -54,6 +54,7 @@ async def test_model_fields_are_validated_and_named(app_server: Server) -> None:
     assert response.json()["field"] == "move.by"
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_failing_handler_is_logged_and_counted_never_fatal(app_server: Server) -> None:
     base = app_server.http
@@ -70,6 +71,7 @@ async def test_failing_handler_is_logged_and_counted_never_fatal(app_server: Ser
     assert app_server.proc.poll() is None
 
 
+@pytest.mark.live
 @pytest.mark.asyncio
 async def test_failing_render_keeps_streams_and_recovers(app_server: Server) -> None:
     base = app_server.http
@@ -83,6 +85,7 @@ async def test_failing_render_keeps_streams_and_recovers(app_server: Server) -> 
     assert await metric(base, "gateway_view_renders_total", view="/both", result="error") >= 1
 
 
+@pytest.mark.unit
 def test_registration_rules() -> None:
     gw = Gateway()
 

@@ -30,8 +30,6 @@ from gateway.core.errors import Unavailable
 from gateway.core.versions import version_key
 from tests.support.redis import RedisClusterNodes, drop_namespace, redis_namespace
 
-pytestmark = pytest.mark.live
-
 BACKENDS = ["memory", "redis", "redis-cluster"]
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -58,7 +56,9 @@ def bus_options() -> BusOptions:
     return BusOptions()
 
 
-@pytest_asyncio.fixture(params=BACKENDS)
+# The in-process backend is the fast tier; the Redis ones need servers.
+@pytest_asyncio.fixture(params=[pytest.param(name, marks=pytest.mark.unit if name == "memory" else pytest.mark.live)
+                                for name in BACKENDS])
 async def bus(request: pytest.FixtureRequest, bus_options: BusOptions) -> AsyncIterator[Bus]:
     """A fresh, not yet started bus of one backend; closed after the test (closing twice must be safe)."""
     if request.param == "redis":
