@@ -121,11 +121,13 @@ class Stream:
             self._wake.set()
 
     def end(self, reason: CloseReason) -> None:
-        """End the stream from outside its task (drain, slow consumer): abandon a stuck write, wake the task."""
+        """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
+        sees the reason and says goodbye."""
         self.core.end(reason)
-        self._abandon_write()
+        self._wake.set()
 
     def _abandon_write(self) -> None:
+        """A cut-off: a write stuck on this client is given up now rather than at its deadline."""
         if self._deadline is not None:
             self._deadline.reschedule(self._loop.time())
         self._wake.set()
