@@ -4,8 +4,11 @@ notifications it cannot read skipped rather than fatal."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
+import pytest_asyncio
 
 from gateway.bus import create_bus
 from gateway.bus.base import Bus
@@ -46,10 +49,23 @@ async def _noop(command_id: str, command: object) -> None:
     return None
 
 
-async def _bus() -> Bus:
+@dataclass
+class Rig:
+    bus: Bus
+    metrics: Metrics
+    fanout: Fanout
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    """A memory bus and a fan-out on it, not started yet (views are added before ``start``)."""
     bus = create_bus("memory://", history=100, workers=1, queue_size=10, idempotency_ttl=1)
     await bus.start(_noop)
-    return bus
+    metrics = Metrics()
+    fanout = Fanout(bus, metrics)
+    yield Rig(bus, metrics, fanout)
+    await fanout.close()
+    await bus.close(1)
 
 
 def _event(topic: str, n: int) -> bytes:
@@ -57,99 +73,69 @@ def _event(topic: str, n: int) -> bytes:
 
 
 @pytest.mark.asyncio
-async def test_one_round_one_write_and_a_failing_stream_costs_the_others_nothing() -> None:
-    bus = await _bus()
-    metrics = Metrics()
-    fanout = Fanout(bus, metrics)
+async def test_one_round_one_write_and_a_failing_stream_costs_the_others_nothing(rig: Rig) -> None:
     good, bad, after = Target(), Target(fail=True), Target()
-    try:
-        await fanout.start()
-        for target in (good, bad, after):
-            fanout.attach_hub(("t",), target)
-        for i in range(3):  # three publishes before the loop turns: one round
-            await bus.publish(hub_key("t"), _event("t", i))
-        async with asyncio.timeout(5):
-            await good.got.wait()
-            await after.got.wait()
-        assert good.writes == [["1", "2", "3"]], "the round's events were not written together, in order"
-        assert after.writes == [["1", "2", "3"]], "a stream after the broken one lost its events"
-        assert bad.writes == []
-        assert bad.fed == [], "the broken stream's batch was re-queued behind a half write"
-    finally:
-        await fanout.close()
-        await bus.close(1)
+    await rig.fanout.start()
+    for target in (good, bad, after):
+        rig.fanout.attach_hub(("t",), target)
+    for i in range(3):  # three publishes before the loop turns: one round
+        await rig.bus.publish(hub_key("t"), _event("t", i))
+    async with asyncio.timeout(5):
+        await good.got.wait()
+        await after.got.wait()
+    assert good.writes == [["1", "2", "3"]], "the round's events were not written together, in order"
+    assert after.writes == [["1", "2", "3"]], "a stream after the broken one lost its events"
+    assert bad.writes == []
+    assert bad.fed == [], "the broken stream's batch was re-queued behind a half write"
 
 
 @pytest.mark.asyncio
-async def test_a_stream_not_ready_gets_its_frames_in_its_mailbox_in_order() -> None:
-    bus = await _bus()
-    fanout = Fanout(bus, Metrics())
+async def test_a_stream_not_ready_gets_its_frames_in_its_mailbox_in_order(rig: Rig) -> None:
     busy = Target(ready=False)
-    try:
-        await fanout.start()
-        fanout.attach_hub(("t",), busy)
-        for i in range(3):
-            await bus.publish(hub_key("t"), _event("t", i))
-        async with asyncio.timeout(5):
-            while len(busy.fed) < 3:
-                busy.got.clear()
-                await busy.got.wait()
-        assert busy.fed == ["1", "2", "3"]
-        assert busy.writes == []
-    finally:
-        await fanout.close()
-        await bus.close(1)
+    await rig.fanout.start()
+    rig.fanout.attach_hub(("t",), busy)
+    for i in range(3):
+        await rig.bus.publish(hub_key("t"), _event("t", i))
+    async with asyncio.timeout(5):
+        while len(busy.fed) < 3:
+            busy.got.clear()
+            await busy.got.wait()
+    assert busy.fed == ["1", "2", "3"]
+    assert busy.writes == []
 
 
 @pytest.mark.asyncio
-async def test_view_and_hub_topics_of_one_name_never_meet() -> None:
+async def test_view_and_hub_topics_of_one_name_never_meet(rig: Rig) -> None:
     """A hub client naming a view's topic gets no view change, and the view is not disturbed by it."""
-    bus = await _bus()
-    metrics = Metrics()
-    fanout = Fanout(bus, metrics)
-    renders = 0
 
     async def render() -> str:
-        nonlocal renders
-        renders += 1
-        return f"render {renders}"
+        return "the view"
 
-    channel = fanout.add_view("/v", ("todos",), render)
+    channel = rig.fanout.add_view("/v", ("todos",), render)
     viewer, hub_client = Target(), Target()
-    try:
-        await fanout.start()
-        fanout.attach_view(channel, viewer)
-        fanout.attach_hub(("todos",), hub_client)
-        await bus.publish(view_key("todos"))
-        async with asyncio.timeout(5):
-            await viewer.got.wait()
-        await bus.publish(hub_key("todos"), _event("todos", 1))
-        async with asyncio.timeout(5):
-            await hub_client.got.wait()
-        assert viewer.writes == [["1"]]
-        assert hub_client.writes == [["2"]]
-        assert metrics.notifications_skipped.labels("payload")._value.get() == 0
-    finally:
-        await fanout.close()
-        await bus.close(1)
+    await rig.fanout.start()
+    rig.fanout.attach_view(channel, viewer)
+    rig.fanout.attach_hub(("todos",), hub_client)
+    await rig.bus.publish(view_key("todos"))
+    async with asyncio.timeout(5):
+        await viewer.got.wait()
+    await rig.bus.publish(hub_key("todos"), _event("todos", 1))
+    async with asyncio.timeout(5):
+        await hub_client.got.wait()
+    assert viewer.writes == [["1"]]
+    assert hub_client.writes == [["2"]]
+    assert rig.metrics.notifications_skipped.labels("payload")._value.get() == 0
 
 
 @pytest.mark.asyncio
-async def test_a_payload_fanout_cannot_read_is_counted_and_skipped() -> None:
-    bus = await _bus()
-    metrics = Metrics()
-    fanout = Fanout(bus, metrics)
+async def test_a_payload_fanout_cannot_read_is_counted_and_skipped(rig: Rig) -> None:
     target = Target()
-    try:
-        await fanout.start()
-        fanout.attach_hub(("t",), target)
-        await bus.publish(hub_key("t"), b'{"data": "written by hand"}')
-        await bus.publish(hub_key("t"), b"")
-        await bus.publish(hub_key("t"), _event("t", 3))
-        async with asyncio.timeout(5):
-            await target.got.wait()
-        assert target.writes == [["3"]], "the readable event after the unreadable ones was not delivered"
-        assert metrics.notifications_skipped.labels("payload")._value.get() == 2
-    finally:
-        await fanout.close()
-        await bus.close(1)
+    await rig.fanout.start()
+    rig.fanout.attach_hub(("t",), target)
+    await rig.bus.publish(hub_key("t"), b'{"data": "written by hand"}')
+    await rig.bus.publish(hub_key("t"), b"")
+    await rig.bus.publish(hub_key("t"), _event("t", 3))
+    async with asyncio.timeout(5):
+        await target.got.wait()
+    assert target.writes == [["3"]], "the readable event after the unreadable ones was not delivered"
+    assert rig.metrics.notifications_skipped.labels("payload")._value.get() == 2
