@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CERTS := .dev-certs
 
-.PHONY: run test test-fast bench lint typecheck install install-dev bench-deps clean lock
+.PHONY: run test test-fast settings-docs bench lint typecheck install install-dev bench-deps clean lock
 
 # Installs come from uv.lock (every package pinned with its hashes, for every platform), applied by uv: `uv sync
 # --locked` refuses to run when the lock no longer matches pyproject.toml, so what CI tests is what a user gets.
@@ -33,6 +33,13 @@ $(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
 ## lock: re-resolve every dependency to the newest versions pyproject.toml allows (then run `make test`)
 lock: | $(UV)
 	$(UV) lock --upgrade
+
+## settings-docs: regenerate config/gateway.toml and the README's settings table from gateway/config.py
+settings-docs: $(VENV)/.installed
+	$(BIN)/gateway config > config/gateway.toml
+	$(BIN)/python -c "import re, pathlib, gateway.config as c; p = pathlib.Path('README.md'); t = p.read_text(); \
+	start = t.index('| setting | environment |'); end = t.index('\n\n', start); \
+	p.write_text(t[:start] + c.defaults_markdown().rstrip('\n') + t[end:])"
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
