@@ -218,7 +218,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await spec.run(dict(command.args))
+            await spec.run(command)
         except asyncio.CancelledError:
             raise
         except Exception:

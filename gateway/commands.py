@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+import orjson
 import pydantic
 from pydantic import ConfigDict
 
+from gateway.bus.base import Command
 from gateway.core.errors import ValidationFailed
 
 Handler = Callable[..., Awaitable[None]]
@@ -49,17 +51,27 @@ class CommandSpec:
         )
         return cls(path, handler, model)
 
-    def validate_body(self, body: bytes) -> None:
-        """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``."""
+    def validate_body(self, body: bytes) -> pydantic.BaseModel:
+        """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``.
+
+        The model returned is what the handler receives: one validator (pydantic's, in strict JSON mode) decides
+        both whether a command is accepted and the values it runs with."""
         try:
-            self.model.model_validate_json(body or b"{}", strict=True)
+            return self.model.model_validate_json(body or b"{}", strict=True)
         except pydantic.ValidationError as exc:
             raise as_validation_failed(exc) from exc
 
-    async def run(self, args: dict[str, Any]) -> None:
-        """Rebuild typed arguments from the accepted JSON and call the handler."""
-        model = self.model.model_validate(args, strict=False)
-        await self.handler(**{name: getattr(model, name) for name in type(model).model_fields})
+    def arguments(self, command: Command) -> dict[str, Any]:
+        """The handler's keyword arguments for an accepted command: the model validated when it was accepted
+        (in-process bus), or the same JSON object validated again by the same validator (a command that crossed
+        a networked bus, whose JSON form is all that travels)."""
+        model = command.validated
+        if not isinstance(model, self.model):
+            model = self.validate_body(orjson.dumps(dict(command.args)))
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    async def run(self, command: Command) -> None:
+        await self.handler(**self.arguments(command))
 
 
 def as_validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
+import orjson
 import pytest
 
+from gateway.bus.base import Command
 from gateway.commands import CommandSpec
 from gateway.core.errors import (
     BadRequest,
@@ -443,12 +446,37 @@ def test_all_errors_are_reported(spec: CommandSpec) -> None:
 
 @pytest.mark.asyncio
 async def test_run_calls_handler_with_typed_args(spec: CommandSpec) -> None:
-    """``run`` rebuilds arguments from the accepted JSON object and fills in defaults."""
+    """A command that crossed a networked bus (only its JSON object travels) is validated again by the same
+    strict JSON validator, defaults filled in."""
     async with asyncio.timeout(5):
-        await spec.run({"text": "milk"})
-        await spec.run({"text": "eggs", "n": 12})
+        await spec.run(Command("/add", {"text": "milk"}))
+        await spec.run(Command("/add", {"text": "eggs", "n": 12}))
     assert _calls == [("milk", 3), ("eggs", 12)]
     assert all(type(text) is str and type(n) is int for text, n in _calls)
+
+
+@pytest.mark.asyncio
+async def test_the_handler_receives_exactly_what_was_validated() -> None:
+    """In process, the handler gets the very objects validation produced; across a bus, equal ones from the
+    same validator. Neither path re-parses with other rules (a lax re-validation once accepted values the
+    door had refused, and the reverse)."""
+    received: list[dict[str, object]] = []
+
+    async def handler(when: datetime, items: tuple[int, ...], tag: Literal["a", "b"] = "a") -> None:
+        received.append({"when": when, "items": items, "tag": tag})
+
+    spec = CommandSpec.from_handler("/typed", handler)
+    body = b'{"when": "2026-12-07T08:00:00Z", "items": [1, 2, 3], "tag": "b"}'
+    validated = spec.validate_body(body)
+    async with asyncio.timeout(5):
+        await spec.run(Command("/typed", orjson.loads(body), None, validated))
+        await spec.run(Command("/typed", orjson.loads(body)))
+    assert received[0]["items"] is validated.items  # type: ignore[attr-defined]
+    assert received[0]["when"] is validated.when  # type: ignore[attr-defined]
+    assert received[1] == received[0]
+    assert received[0]["when"] == datetime(2026, 12, 7, 8, tzinfo=UTC)
+    with pytest.raises(ValidationFailed):
+        await spec.run(Command("/typed", {"when": "2026-12-07T08:00:00Z", "items": ["1"]}))  # strict: no coercion
 
 
 def test_sync_handler_refused() -> None:

@@ -20,11 +20,14 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A validated command, ready for the handler. ``args`` is JSON-compatible."""
+    """A validated command, ready for the handler. ``args`` is the JSON object that was validated; ``validated``
+    is the result of that validation, which an in-process bus hands to the handler as it is (a networked bus
+    carries ``args`` only, and the handler's side validates them again with the same validator)."""
 
     name: str
     args: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    validated: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -10,6 +10,7 @@ bus, and the 204 is two ``send`` calls. Every refusal is a ``GatewayError`` turn
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from gateway.core.errors import (
     Forbidden,
     GatewayError,
     MethodNotAllowed,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -56,7 +58,9 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
 
     None when the client went away while sending it. An over-limit body is still read, and discarded, up to
     ``LINGER_BYTES`` more: an HTTP/1.1 server that answers 413 and closes while the client is still uploading
-    makes the kernel reset the connection, and the client then sees a reset instead of the 413.
+    makes the kernel reset the connection, and the client then sees a reset instead of the 413. The whole body
+    must arrive within ``limits.body_timeout`` of its head (408 otherwise): a total, not a between-reads
+    deadline, since a between-reads one lets a client sending a byte a second hold the request for hours.
     """
     limit = runtime.settings.commands.max_body
     declared = headers.get("content-length")
@@ -69,16 +73,22 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
         jsonbody.check_size(length, limit)  # too large to be worth reading: refuse from the header
     parts: list[bytes] = []
     received = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received <= limit:
-            parts.append(chunk)
-        if not message.get("more_body", False) or received > limit + LINGER_BYTES:
-            break
+    deadline = runtime.settings.limits.body_timeout
+    try:
+        async with asyncio.timeout(deadline):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received <= limit:
+                    parts.append(chunk)
+                if not message.get("more_body", False) or received > limit + LINGER_BYTES:
+                    break
+    except TimeoutError:
+        runtime.metrics.deadlines.labels("body").inc()
+        raise RequestTimeout(f"the body did not arrive within {deadline:g} s ({received} bytes came)") from None
     jsonbody.check_size(received, limit)
     body = b"".join(parts)
     jsonbody.parse_object(body, max_depth=runtime.settings.commands.max_depth)
@@ -89,12 +99,12 @@ def command_handler(spec: CommandSpec) -> Handler:
     """Validate a command's body against its handler's signature and put it on the bus (204 once it is there)."""
 
     async def accept(runtime: AppContext, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
-        spec.validate_body(body)
+        validated = spec.validate_body(body)
         key = headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
             raise BadRequest("Idempotency-Key must be 1-255 printable characters")
         args = orjson.loads(body) if body.strip() else {}
-        command_id = await runtime.bus.submit(Command(spec.path, args, key))
+        command_id = await runtime.bus.submit(Command(spec.path, args, key, validated))
         return [(b"command-id", command_id.encode())]
 
     return accept
