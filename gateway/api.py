@@ -64,6 +64,9 @@ class Gateway:
         self._routes: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = []
         self._runtime: AppContext | None = None
         self._app: Dispatcher | None = None
+        # Ids of accepted commands this process stopped without running, and that no other process will run
+        # (in-process bus, drain deadline passed): ``gateway serve`` exits non-zero when there are any.
+        self.unrun_commands: list[str] = []
 
     # -- configuration ----------------------------------------------------------------------------------------
 
@@ -248,7 +251,7 @@ class Gateway:
             runtime.streams_gone.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runtime.streams_gone.wait(), timeout)
-        await runtime.bus.close(max(0.0, deadline - loop.time()))
+        self.unrun_commands += await runtime.bus.close(max(0.0, deadline - loop.time()))
 
     async def _shutdown(self) -> None:
         runtime = self.runtime
@@ -257,7 +260,7 @@ class Gateway:
             await runtime._fanout.close()
         if not runtime.draining:
             runtime.draining = True
-            await runtime.bus.close(self.settings.server.drain_timeout)
+            self.unrun_commands += await runtime.bus.close(self.settings.server.drain_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.web.server import serve
 
         with asyncio.Runner(loop_factory=_loop_factory(settings.server.loop)) as runner:
-            runner.run(serve(gateway, settings))
+            return runner.run(serve(gateway, settings))
     except SettingsError as exc:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2

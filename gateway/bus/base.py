@@ -66,8 +66,11 @@ class Bus(Protocol):
         """Connect and start handing accepted commands to ``handler(command_id, command)``."""
         ...
 
-    async def close(self, timeout: float) -> None:
-        """Refuse new commands, let accepted ones finish (up to ``timeout`` seconds), release resources."""
+    async def close(self, timeout: float) -> list[str]:
+        """Refuse new commands, let accepted ones finish (up to ``timeout`` seconds), release resources.
+
+        Returns the ids of accepted commands that were not run and that no other process will run (each is
+        logged): always empty for a bus that keeps unfinished commands for another process."""
         ...
 
     async def submit(self, command: Command) -> str:

@@ -51,6 +51,7 @@ class MemoryBus:
         self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._idempotency_ttl = idempotency_ttl
         self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[asyncio.Task[None] | None, tuple[str, Command]] = {}  # what each worker runs now
         self._handler: CommandHandler | None = None
         self._accepting = False
         self._closed = False
@@ -67,19 +68,35 @@ class MemoryBus:
             for i in range(self._workers_count)
         ]
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float) -> list[str]:
+        """Refuse new commands and run the accepted ones for up to ``timeout`` seconds. Past it, the commands
+        still running are cancelled and those still queued dropped; each is logged by id, and their ids are
+        returned: nobody else will run them (this bus lives and dies with the process)."""
         self._accepting = False
+        unrun: list[str] = []
         if self._workers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), timeout)
+            interrupted = list(self._running.values())
             for task in self._workers:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             self._workers = []
+            for command_id, command in interrupted:
+                log.error("command %s (%s) interrupted by the drain deadline: it may have partly run",
+                          command_id, command.name)
+                unrun.append(command_id)
+            while not self._queue.empty():
+                command_id, command = self._queue.get_nowait()
+                self._queue.task_done()
+                log.error("command %s (%s) not run: it was accepted, but the drain deadline came first",
+                          command_id, command.name)
+                unrun.append(command_id)
         self._closed = True
         for waiters in self._waiters.values():
             for waiter in waiters:
                 waiter.set()
+        return unrun
 
     # -- commands -------------------------------------------------------------------------------------------
 
@@ -113,8 +130,10 @@ class MemoryBus:
 
     async def _work(self) -> None:
         assert self._handler is not None
+        me = asyncio.current_task()
         while True:
             command_id, command = await self._queue.get()
+            self._running[me] = (command_id, command)
             try:
                 await self._handler(command_id, command)
             except asyncio.CancelledError:
@@ -122,6 +141,7 @@ class MemoryBus:
             except Exception:  # the handler wrapper logs; this guards the worker itself
                 log.exception("command %s (%s) failed", command_id, command.name)
             finally:
+                del self._running[me]
                 self._queue.task_done()
 
     # -- notifications -----------------------------------------------------------------------------------------

@@ -81,6 +81,9 @@ class CommandConsumer:
             running = list(self._running.values())
             if running:
                 await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+            for command_id in self._running:
+                log.warning("command %s unfinished at the drain deadline: it stays in the command Stream, and "
+                            "another process runs it once its lease (%.0f s) runs out", command_id, self._lease)
         return [*self._tasks, *self._burying, *self._running.values()]
 
     # -- reading and running ----------------------------------------------------------------------------------

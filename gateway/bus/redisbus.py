@@ -98,10 +98,12 @@ class RedisBus:
         self._link.start_monitor()
         self._consumer.start()
 
-    async def close(self, timeout: float) -> None:
-        """Refuse new commands, run what was accepted before (up to ``timeout``), end subscriptions."""
+    async def close(self, timeout: float) -> list[str]:
+        """Refuse new commands, run what was accepted before (up to ``timeout``), end subscriptions. A command
+        still running at the deadline is cancelled unacknowledged: it stays in the Stream and another process
+        claims it once its lease runs out, so nothing accepted is lost (the returned list is empty)."""
         if self._link.closed:
-            return
+            return []
         self._accepting = False
         leftovers = await self._consumer.stop(timeout) if self._consumer is not None else []
         for task in leftovers:
@@ -111,6 +113,7 @@ class RedisBus:
             _done, stuck = await asyncio.wait(leftovers, timeout=2.0)
             for task in stuck:
                 log.warning("Redis bus task %s did not stop within 2 s of the close", task.get_name())
+        return []
 
     async def submit(self, command: Command) -> str:
         if not self._accepting:

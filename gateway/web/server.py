@@ -30,6 +30,11 @@ class Servable(Protocol):
 
     async def drain(self, timeout: float | None = None) -> None: ...
 
+    @property
+    def unrun_commands(self) -> list[str]:
+        """Ids of accepted commands stopped without running that no other process will run."""
+        ...
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 log = logging.getLogger("gateway")
@@ -116,8 +121,13 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(gateway: Servable, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and stop."""
+# ``gateway serve``'s exit code when the drain deadline passed with accepted commands not run (each is logged by
+# id): an orchestrator or an operator sees that the promise "a command answered 204 is executed" was broken.
+EXIT_UNRUN_COMMANDS = 3
+
+
+async def serve(gateway: Servable, settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and stop; the process's exit code."""
     # Before Hypercorn creates its servers (the lifespan installs them again, idempotently, for any other server).
     installed = install_corrections(settings.server.accept_unverified_server)
     log.debug("hypercorn corrections installed: %s", ", ".join(installed) or "none")
@@ -145,4 +155,10 @@ async def serve(gateway: Servable, settings: Settings) -> None:
     # ``workers`` is set only for its SO_REUSEPORT (see hypercorn_config); serve() warns that it spawns nothing.
     warnings.filterwarnings("ignore", message="The config `workers` has no affect", category=Warning)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    unrun = gateway.unrun_commands
+    if unrun:
+        log.error("stopped with %d accepted commands not run (ids %s): exit code %d", len(unrun),
+                  ", ".join(unrun[:50]) + (" ..." if len(unrun) > 50 else ""), EXIT_UNRUN_COMMANDS)
+        return EXIT_UNRUN_COMMANDS
     log.info("stopped")
+    return 0
