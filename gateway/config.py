@@ -213,6 +213,44 @@ class LimitSettings:
                                          _between(0, 10_000_000))
     trusted_proxies: list[str] = _field([], "addresses/networks whose X-Forwarded-For is believed for the client "  # noqa: RUF009
                                         "address (e.g. 127.0.0.1, 10.0.0.0/8)", _addresses)
+    body_timeout: float = _field(30 * SECONDS, "seconds a command or hub publish body may take in total, from its "
+                                 "head: past it 408; bodies are at most commands.max_body, so this is a floor "
+                                 "on the upload rate", _between(0.5, 3600, " s"))
+
+
+def _origins(value: Any) -> str | None:
+    from gateway.core.origins import normalize
+
+    bad = [item for item in value if normalize(item) is None]
+    return f"must be origins, scheme://host[:port] with http or https; {bad[0]!r} is not one" if bad else None
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    allowed_origins: list[str] = _field([], "origins besides the gateway's own that may send commands and hub "  # noqa: RUF009
+                                        "publishes from a browser (e.g. https://app.example.com); the own origin "
+                                        "is the request's scheme and Host (X-Forwarded-Proto/-Host from "
+                                        "trusted_proxies); cors_origins are allowed too", _origins)
+    cors_origins: list[str] = _field([], "origins whose pages may read streams and send commands across origins "  # noqa: RUF009
+                                     "(CORS, credentials allowed); never a wildcard", _origins)
+    cors_max_age: int = _field(600, "seconds a browser may cache a CORS preflight answer", _between(0, 86_400, " s"))
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    commands: float = _field(0.0, "commands per second per client address (token bucket refill); beyond it 429 "
+                             "with Retry-After; 0 disables. Per process: under --workers each worker counts alone",
+                             _between(0, 1_000_000, " /s"))
+    commands_burst: int = _field(50, "commands one client may send at once before the rate applies",
+                                 _between(1, 1_000_000))
+    publishes: float = _field(0.0, "hub publishes per second per client address; 0 disables",
+                              _between(0, 1_000_000, " /s"))
+    publishes_burst: int = _field(200, "hub publishes one client may send at once", _between(1, 1_000_000))
+    stream_opens: float = _field(0.0, "stream opens (views and hub) per second per client address, against "
+                                 "reconnect storms; 0 disables", _between(0, 1_000_000, " /s"))
+    stream_opens_burst: int = _field(100, "stream opens one client may make at once", _between(1, 1_000_000))
+    max_clients: int = _field(100_000, "client addresses remembered per kind; past it the least recently seen are "
+                              "forgotten (they start again with a full burst)", _between(1, 10_000_000))
 
 
 @dataclass(frozen=True)
@@ -229,6 +267,8 @@ class Settings:
     hub: HubSettings = field(default_factory=HubSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod

@@ -126,6 +126,17 @@ class Metrics:
         self.mailbox_bytes = Histogram(
             "gateway_mailbox_bytes", "Bytes waiting in a stream's mailbox when its writer takes them.", ["kind"],
             registry=r, buckets=(256, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 4_194_304))
+        self.deadlines = Counter(
+            "gateway_request_deadlines", "Requests cut by a read deadline, by stage: connect (nothing sent within "
+            "limits.header_timeout: closed), header (a head not complete within it: 408), body (408).", ["stage"],
+            registry=r)
+        self.cross_site_refused = Counter(
+            "gateway_cross_site_refused", "Commands and hub publishes refused as cross-site browser requests, by "
+            "kind (command, publish) and reason (origin_not_allowed, same_site, cross_site).", ["kind", "reason"],
+            registry=r)
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused with 429 by a per-client rate limit, by kind (command, "
+            "publish, stream).", ["kind"], registry=r)
         self.hub_published = Counter(
             "gateway_hub_published", "Events accepted by POST /hub/publish.", registry=r)
         self.notifications = Counter(

@@ -107,8 +107,12 @@ async def test_valid_command_is_accepted_with_an_id(server: Server) -> None:
         assert response.status_code == 204
         assert response.content == b""
         assert response.headers["command-id"]
-        # A command without arguments may be posted with no body at all.
-        assert (await client.post("/todos/clear-completed")).status_code == 204
+        # A command without arguments may be posted with no body, as JSON like any other...
+        assert (await client.post("/todos/clear-completed", headers=JSON)).status_code == 204
+        # ...but not without a Content-Type: that is what a cross-site no-cors fetch or sendBeacon sends.
+        bare = await client.post("/todos/clear-completed")
+        assert bare.status_code == 415
+        assert bare.json()["error"] == "unsupported_media_type"
 
 
 async def test_idempotency_key_accepts_once(server: Server) -> None:

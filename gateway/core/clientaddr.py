@@ -26,6 +26,11 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
+def is_trusted_proxy(peer: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Whether the socket's peer is a trusted proxy, whose forwarding headers are believed."""
+    return peer is not None and _trusted(peer, trusted)
+
+
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
     """The address limits apply to. ``peer`` is the socket's remote address (``None`` for a Unix socket)."""
     peer = peer or "unknown"

@@ -6,6 +6,7 @@
     ├── Forbidden                 403  the action is switched off by configuration
     ├── NotFound                  404  no route
     ├── MethodNotAllowed          405  route exists, method does not (carries ``allowed``)
+    ├── RequestTimeout            408  the request body did not arrive within its deadline
     ├── PayloadTooLarge           413  body over the configured limit
     ├── UnsupportedMediaType      415  not JSON, or a compressed request body
     ├── ValidationFailed          422  JSON is fine but a field is missing or wrong (carries ``field``)
@@ -74,6 +75,11 @@ class MethodNotAllowed(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": ", ".join(self.allowed)}
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

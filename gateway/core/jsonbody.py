@@ -14,15 +14,16 @@ import orjson
 from gateway.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
-def check_headers(content_type: str | None, content_encoding: str | None, *, empty: bool) -> None:
-    """Refuse compressed bodies (the gateway never inflates client input) and non-JSON media types."""
+def check_headers(content_type: str | None, content_encoding: str | None) -> None:
+    """Refuse compressed bodies (the gateway never inflates client input) and non-JSON media types.
+
+    A command without arguments needs the JSON media type too: a body-less POST with no Content-Type is what a
+    cross-site ``fetch(..., {mode: "no-cors"})`` or ``navigator.sendBeacon`` sends without a preflight."""
     if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
         raise UnsupportedMediaType(
             f"request bodies must not be compressed (Content-Encoding: {content_encoding.strip()})"
         )
     if content_type is None or not content_type.strip():
-        if empty:
-            return  # a command without arguments may be posted with no body at all
         raise UnsupportedMediaType("Content-Type must be application/json")
     media, _, params = content_type.partition(";")
     media = media.strip().lower()

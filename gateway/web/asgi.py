@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from quart import Quart
 
 from gateway.core.errors import MethodNotAllowed, Unavailable
-from gateway.web.asgi_util import Receive, Scope, Send, send_error
+from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
 from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext
 from gateway.web.hypercorn import install as install_corrections
 from gateway.web.posts import Handler, command_handler, hub_publish, serve_post
@@ -33,10 +33,19 @@ class Dispatcher:
             handler = self._posts[path] = command_handler(spec)
         return handler
 
+    def _cross_origin_route(self, path: str) -> bool:
+        """Streams, commands and hub publishes: the routes a CORS preflight is answered on."""
+        return path in self.runtime.views or path == HUB_ROUTE or self._post_handler(path) is not None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
+            if scope["method"] == "OPTIONS" and self._cross_origin_route(path):
+                headers = scope_headers(scope)
+                if "access-control-request-method" in headers:
+                    await self.runtime.guard.serve_preflight(headers, send)
+                    return
             spec = self.runtime.views.get(path)
             if spec is not None or path == HUB_ROUTE:
                 if scope["method"] not in ("GET", "HEAD"):

@@ -24,6 +24,7 @@ from gateway.web.asgi_util import StreamRequest
 from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
+from gateway.web.guard import Guard
 
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
@@ -74,11 +75,14 @@ class AppContext:
         self.compression = CompressionEngine(self.settings, self.metrics)
         self.trusted_proxies = parse_networks(limits.trusted_proxies)
         self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
+        self.guard = Guard(self.settings, self.metrics, self.trusted_proxies)
         self.gc = GCPolicy(enabled=self.settings.server.gc_freeze)
 
     def admit(self, request: StreamRequest) -> str:
-        """Count a new stream against the limits; returns the client address it is charged to."""
+        """Count a new stream against the limits (the open rate, then the open streams); returns the client
+        address it is charged to."""
         client = client_address(request.client, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        self.guard.take("stream", client)
         self.admission.admit(client)
         return client
 

@@ -68,7 +68,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
         length = int(declared) if declared is not None else None
     except ValueError:
         raise BadRequest(f"invalid Content-Length {declared!r}") from None
-    jsonbody.check_headers(headers.get("content-type"), headers.get("content-encoding"), empty=length == 0)
+    jsonbody.check_headers(headers.get("content-type"), headers.get("content-encoding"))
     if length is not None and length > limit + LINGER_BYTES:
         jsonbody.check_size(length, limit)  # too large to be worth reading: refuse from the header
     parts: list[bytes] = []
@@ -154,8 +154,10 @@ async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receiv
         return
     is_hub = handler is hub_publish
     metrics = runtime.metrics
+    headers = scope_headers(scope)
+    cors = runtime.guard.cors_headers(headers)
     try:
-        headers = scope_headers(scope)
+        runtime.guard.check_post("publish" if is_hub else "command", scope, headers)  # 403 cross-site, 429
         if is_hub:
             _authorize(runtime, headers)
         elif runtime.draining:
@@ -167,9 +169,9 @@ async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receiv
     except GatewayError as exc:
         if not is_hub:
             metrics.commands.labels(path, exc.code).inc()
-        await send_error(send, exc)
+        await send_error(send, exc, {k.decode(): v.decode() for k, v in cors})
         return
     if not is_hub:
         metrics.commands.labels(path, "accepted").inc()
-    await send({"type": "http.response.start", "status": 204, "headers": extra})
+    await send({"type": "http.response.start", "status": 204, "headers": extra + cors})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

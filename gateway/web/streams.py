@@ -136,7 +136,7 @@ class Stream:
 
     async def start(self, receive: Receive, first: bytes) -> None:
         """Send the headers and the first frames together, then watch for the client leaving."""
-        headers = list(_HEAD)
+        headers = list(_HEAD) + self.runtime.guard.cors_headers(self.request.headers)
         if self.lease.encoder.name != "identity":
             headers.append((b"content-encoding", self.lease.encoder.name.encode()))
         encoded = self.core.start(first, self._loop.time())
