@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CERTS := .dev-certs
 
-.PHONY: run test test-fast settings-docs bench lint typecheck install install-dev bench-deps clean lock
+.PHONY: run test test-fast settings-docs bench lint typecheck install install-dev bench-deps clean lock audit
 
 # Installs come from uv.lock (every package pinned with its hashes, for every platform), applied by uv: `uv sync
 # --locked` refuses to run when the lock no longer matches pyproject.toml, so what CI tests is what a user gets.
@@ -67,6 +67,11 @@ test: lint typecheck
 ## test-fast: install and run the unit tier only (in-process, no servers or browsers; under 15 s)
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
+
+## audit: check every locked package against the vulnerability database (pip-audit); a finding fails, an unreachable
+## database skips with one line saying so (tests/support/audit.py)
+audit: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.support.audit
 
 ## bench: install what the comparison needs (nginx + nchan as root), run it (~15 min), write docs/benchmarks.md
 bench: $(VENV)/.installed-dev bench-deps

@@ -86,6 +86,7 @@ class Plan:
         """The gateway settings this run overrides (all of them, so the JSON says exactly what ran)."""
         return {
             "GATEWAY_HUB_PUBLISH_TOKEN": TOKEN,
+            "GATEWAY_HUB_PUBLIC_TOPICS": TOPIC,  # subscribers read it without a token
             "GATEWAY_SSE_HEARTBEAT": "55",
             "GATEWAY_SSE_WRITE_TIMEOUT": f"{self.write_timeout:g}",
             "GATEWAY_HUB_MAX_BUFFERED_EVENTS": str(self.max_buffered_events),

@@ -38,6 +38,7 @@ from gateway.core.topics import hub_key, view_key
 from gateway.metrics import Metrics
 from gateway.web.asgi import Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
+from gateway.web.auth import AuthorizeHook
 from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.fanout import Fanout
 from gateway.web.routes import build_quart
@@ -61,6 +62,7 @@ class Gateway:
         self._name = name
         self._commands: dict[str, CommandSpec] = {}
         self._views: dict[str, ViewSpec] = {}
+        self._authorizers: dict[str, AuthorizeHook] = {}
         self._routes: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = []
         self._runtime: AppContext | None = None
         self._app: Dispatcher | None = None
@@ -92,28 +94,38 @@ class Gateway:
         if self._runtime is not None:
             raise RuntimeError("register commands and views before the gateway starts")
 
-    def command(self, path: str) -> Callable[[H], H]:
-        """Register an async handler as ``POST path``; its annotated parameters define the JSON body."""
+    def command(self, path: str, *, authorize: AuthorizeHook | None = None) -> Callable[[H], H]:
+        """Register an async handler as ``POST path``; its annotated parameters define the JSON body.
+
+        ``authorize(identity, request)`` (sync or async) decides before the body is read: ``identity`` is the
+        request's verified token (``gateway.core.auth.Identity``) or None; False refuses (401 without a token,
+        403 with one), and it may raise ``Forbidden`` itself."""
 
         def register(handler: H) -> H:
             self._check_path(path)
+            if authorize is not None:
+                self._authorizers[path] = authorize
             self._commands[path] = CommandSpec.from_handler(path, handler)
             return handler
 
         return register
 
     def view(self, path: str, topics: Iterable[str], *, per_request: bool | None = None,
-             compression: RouteCompression | None = None) -> Callable[[R], R]:
+             compression: RouteCompression | None = None, authorize: AuthorizeHook | None = None
+             ) -> Callable[[R], R]:
         """Register a persistent SSE query at ``GET path``, re-rendered when any of ``topics`` changes.
 
         A view without parameters is rendered once per version and shared by every subscriber. A view that takes
         one parameter receives the ``StreamRequest`` and is rendered per connection (``per_request`` forces
         either way; a shared view must not depend on who asks). ``compression`` sets the route's codecs, quality
         and window (``RouteCompression(encodings=())`` never compresses it: see the BREACH note in the docs).
+        ``authorize`` decides who may open the stream, as for ``command``.
         """
 
         def register(render: R) -> R:
             self._check_path(path)
+            if authorize is not None:
+                self._authorizers[path] = authorize
             takes_request = len(inspect.signature(render).parameters) > 0
             if per_request is False and takes_request:
                 raise TypeError(f"shared view {path} must not take the request: it is rendered once for everybody")
@@ -152,6 +164,7 @@ class Gateway:
             runtime = AppContext(s, bus, metrics, hub_compression=self._hub_compression)
             runtime.commands.update(self._commands)
             runtime.views.update(self._views)
+            runtime.authorizers.update(self._authorizers)
             self._runtime = runtime
         return self._runtime
 

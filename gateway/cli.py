@@ -97,6 +97,15 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def _secret(key: str, value: object) -> bool:
+    """The publish token and an HS secret in auth.jwt_key are masked; a key file's path is shown."""
+    from gateway.core.auth import key_file
+
+    if key == "auth.jwt_key":
+        return bool(value) and key_file(str(value)) is None
+    return key == "hub.publish_token" and bool(value)
+
+
 def _print_settings(settings: Settings) -> None:
     from gateway.bus.redis_layout import redacted
     values = settings.flat()
@@ -107,7 +116,7 @@ def _print_settings(settings: Settings) -> None:
             print(f"{'' if not section else chr(10)}[{head}]")
             section = head
         value = values[key]
-        shown = "***" if key == "hub.publish_token" and value else redacted(value) if key == "bus.url" else value
+        shown = "***" if _secret(key, value) else redacted(value) if key == "bus.url" else value
         rendered = str(shown).lower() if isinstance(shown, bool) else repr(shown).replace("'", '"')
         print(f"{name} = {rendered}  # {help} (env {env_name(key)})")
 

@@ -156,9 +156,62 @@ class BusSettings:
                           "command whose process died is run by another process after this", _between(0.3, 3600, " s"))
 
 
+def _cookie_name(value: Any) -> str | None:
+    ok = value and all(33 <= ord(ch) <= 126 and ch not in '()<>@,;:\\"/[]?={}' for ch in value)
+    return None if ok else "must be a cookie name (visible ASCII, no separators)"
+
+
+def _selectors(value: Any) -> str | None:
+    bad = [item for item in value if not (1 <= len(item) <= 256 and all(33 <= ord(ch) <= 126 for ch in item))]
+    return f"must be topic selectors (1-256 visible ASCII characters); {bad[0]!r} is not one" if bad else None
+
+
+def _jwt_key(value: Any) -> str | None:
+    from gateway.core.auth import Keys, key_file
+
+    if value == "":
+        return None
+    path = key_file(value)
+    try:
+        if path is None:
+            Keys.from_secret(value)
+        else:
+            Keys.from_file_text(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"the key file cannot be read ({exc.strerror})"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return str(exc)
+    return None
+
+
+def _algorithms(value: Any) -> str | None:
+    from gateway.core.auth import ALGORITHMS
+
+    unknown = [v for v in value if v not in ALGORITHMS]
+    if unknown or not value:
+        return f"must be a non-empty list drawn from {', '.join(sorted(ALGORITHMS))} (never none)"
+    return None
+
+
+def _auth_algorithms_fit(auth: AuthSettings) -> str | None:
+    from gateway.core.auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, key_file
+
+    if not auth.jwt_key:
+        return None
+    family = PUBLIC_KEY_ALGORITHMS if key_file(auth.jwt_key) else HMAC_ALGORITHMS
+    if family.isdisjoint(auth.algorithms):
+        return f"none of them suits auth.jwt_key: allow some of {', '.join(sorted(family))}"
+    return None
+
+
 @dataclass(frozen=True)
 class HubSettings:
-    publish_token: str = _field("", "bearer token for POST /hub/publish; empty refuses publishing (403)")
+    publish_token: str = _field("", "static bearer token for POST /hub/publish (any topic); tokens whose "
+                                "mercure.publish claim covers the topic may publish too (auth.jwt_key); with "
+                                "neither, publishing is refused (403)")
+    public_topics: list[str] = _field([], "topic selectors anyone may read without a token: exact names, "  # noqa: RUF009
+                                      "prefix* or *; every other topic needs a token (auth.jwt_key) whose "
+                                      "mercure.subscribe claim covers it", _selectors)
     max_topics: int = _field(32, "topics one subscription may name", _between(1, 1024))
     max_buffered_events: int = _field(1000, "events queued for one slow hub subscriber before it is cut off",
                                       _between(1, 1_000_000))
@@ -167,6 +220,23 @@ class HubSettings:
     overflow_policy: str = _field("disconnect", "when a hub subscriber's queue is full: disconnect (it resumes "
                                   "with Last-Event-ID) or drop-oldest (it gets a gap event)",
                                   _one_of("disconnect", "drop-oldest"))
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt_key: str = _field("", "verifies JWTs (Mercure claims: mercure.subscribe / mercure.publish): an HS secret "
+                          "of 32 bytes or more, or the path of a PEM public key or of a JWK set file (re-read "
+                          "within a second of a change); empty accepts no token", _jwt_key)
+    algorithms: list[str] = _field(["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256",  # noqa: RUF009
+                                    "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"],
+                                   "JWT algorithms accepted, further limited by the key: a secret takes only HS*, "
+                                   "a public key only the others", _algorithms)
+    audience: str = _field("", "required aud claim; empty refuses tokens that name an audience")
+    issuer: str = _field("", "required iss claim; empty does not check it")
+    leeway: float = _field(5 * SECONDS, "seconds of clock skew allowed when checking exp and nbf",
+                           _between(0, 300, " s"))
+    cookie: str = _field("gateway_token", "cookie a browser's token is read from (EventSource cannot send "
+                         "headers); Authorization: Bearer wins when both come", _cookie_name)
 
 
 @dataclass(frozen=True)
@@ -265,6 +335,7 @@ class Settings:
     commands: CommandSettings = field(default_factory=CommandSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     hub: HubSettings = field(default_factory=HubSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
@@ -309,6 +380,9 @@ class Settings:
         }
         settings = cls(**built)
         settings.compression.codec()  # cross-check codec ranges once
+        if (problem := _auth_algorithms_fit(settings.auth)) is not None:
+            raise SettingsError("auth.algorithms", settings.auth.algorithms, problem,
+                                values.get("auth.algorithms", (None, ""))[1])
         if settings.server.workers > 1 and not is_shared(settings.bus.url):
             source = values.get("server.workers", (None, ""))[1]
             raise SettingsError("server.workers", settings.server.workers,

@@ -336,7 +336,7 @@ def test_error_status_and_body(error: GatewayError, status: int, code: str) -> N
 def test_error_headers() -> None:
     assert GatewayError("x").headers() == {}
     assert BadRequest("x").headers() == {}
-    assert Unauthorized("x").headers() == {"WWW-Authenticate": "Bearer"}
+    assert Unauthorized("x").headers() == {"WWW-Authenticate": 'Bearer realm="gateway"'}
     assert MethodNotAllowed("x", ("GET", "POST")).headers() == {"Allow": "GET, POST"}
     assert Unavailable("x").headers() == {"Retry-After": "1"}
     assert Unavailable("x", 7).headers() == {"Retry-After": "7"}

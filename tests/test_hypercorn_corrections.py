@@ -85,7 +85,8 @@ def plain_hypercorn(tmp_path: Path) -> Iterator[Server]:
     """``tests.support.corrections_app:gw`` served by ``python -m hypercorn``: no ``gateway serve`` involved."""
     port = free_port()
     log = tmp_path / "hypercorn.log"
-    env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN, "GATEWAY_HUB_PUBLIC_TOPICS": "*",
+           "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypercorn", "tests.support.corrections_app:gw",
                                  "--bind", f"127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,

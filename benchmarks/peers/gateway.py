@@ -25,6 +25,7 @@ TOKEN = "bench-peer-" + "g" * 24
 # inherited GATEWAY_* variables are dropped first, then these apply, then the caller's ``env``.
 BASE_ENV: Mapping[str, str] = {
     "GATEWAY_HUB_PUBLISH_TOKEN": TOKEN,
+    "GATEWAY_HUB_PUBLIC_TOPICS": "*",  # the peers serve their streams without tokens: so does the gateway here
     "GATEWAY_LIMITS_MAX_STREAMS": "100000",  # 10,000+ streams in one process
     "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0",  # every load-generator connection comes from 127.0.0.1
     "GATEWAY_SSE_HEARTBEAT": "15",

@@ -2,8 +2,9 @@
 
     GatewayError                  status 500, the root: anything the gateway refuses on purpose
     ├── BadRequest                400  malformed JSON, NaN/Infinity, nesting too deep, bad query value
-    ├── Unauthorized              401  missing or wrong bearer token
-    ├── Forbidden                 403  the action is switched off by configuration
+    ├── Unauthorized              401  missing or invalid bearer token (carries the RFC 6750 ``error``)
+    ├── Forbidden                 403  the action is switched off by configuration, or refused by the app
+    │   └── InsufficientScope     403  a valid token that does not cover the topic or route
     ├── NotFound                  404  no route
     ├── MethodNotAllowed          405  route exists, method does not (carries ``allowed``)
     ├── RequestTimeout            408  the request body did not arrive within its deadline
@@ -47,17 +48,46 @@ class BadRequest(GatewayError):
     code = "bad_request"
 
 
+def _challenge(error: str | None, description: str) -> str:
+    """An RFC 6750 ``WWW-Authenticate`` value; the description keeps only the characters the RFC allows."""
+    if error is None:
+        return 'Bearer realm="gateway"'
+    text = "".join(ch for ch in description if 32 <= ord(ch) <= 126 and ch not in '"\\')[:200]
+    return f'Bearer realm="gateway", error="{error}", error_description="{text}"'
+
+
 class Unauthorized(GatewayError):
+    """No token (``error`` None: the client should authenticate), or one that is not valid (``invalid_token``)."""
+
     status = 401
     code = "unauthorized"
 
+    def __init__(self, detail: str, error: str | None = None) -> None:
+        super().__init__(detail)
+        self.error = error
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
+        return {"WWW-Authenticate": _challenge(self.error, self.detail)}
 
 
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    """A valid token that does not cover the request (RFC 6750 ``insufficient_scope``)."""
+
+    code = "insufficient_scope"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": _challenge(self.code, self.detail)}
 
 
 class NotFound(GatewayError):

@@ -21,6 +21,7 @@ from gateway.core.compression import RouteCompression
 from gateway.core.stream import CloseReason
 from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
+from gateway.web.auth import Authenticator, AuthorizeHook
 from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
@@ -63,6 +64,7 @@ class AppContext:
     metrics: Metrics = field(default_factory=Metrics)
     commands: dict[str, CommandSpec] = field(default_factory=dict)
     views: dict[str, ViewSpec] = field(default_factory=dict)
+    authorizers: dict[str, AuthorizeHook] = field(default_factory=dict)  # by path: the app's authorize hooks
     hub_compression: RouteCompression = field(default_factory=RouteCompression)
     streams: set[OpenStream] = field(default_factory=set)
     draining: bool = False
@@ -77,6 +79,7 @@ class AppContext:
         self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
         self.guard = Guard(self.settings, self.metrics, self.trusted_proxies)
         self.gc = GCPolicy(enabled=self.settings.server.gc_freeze)
+        self.auth = Authenticator(self.settings.auth)
 
     def admit(self, request: StreamRequest) -> str:
         """Count a new stream against the limits (the open rate, then the open streams); returns the client

@@ -21,6 +21,7 @@ import pydantic
 from gateway.bus import Command
 from gateway.commands import CommandSpec, as_validation_failed
 from gateway.core import jsonbody
+from gateway.core.auth import Identity, check_publish
 from gateway.core.errors import (
     BadRequest,
     Forbidden,
@@ -34,8 +35,12 @@ from gateway.core.errors import (
 from gateway.core.hub import MAX_FIELD, HubEvent
 from gateway.core.sse import Event
 from gateway.core.topics import check_topic, hub_key
-from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
+from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, scope_headers, send_error
+from gateway.web.auth import run_hook
 from gateway.web.context import AppContext
+
+NOBODY = Identity(None, {})  # may publish nowhere: the default grant
+PUBLISH_TOKEN = Identity("hub.publish_token", {}, publish=("*",))  # the static token may publish anywhere
 
 LINGER_BYTES = 1024 * 1024  # read and discarded past the limit, so the client sees the 413 and not a reset
 
@@ -110,8 +115,10 @@ def command_handler(spec: CommandSpec) -> Handler:
     return accept
 
 
-async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
-    """``POST /hub/publish``: one event on a topic, from a backend holding the publish token."""
+async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: bytes,
+                      grant: Identity = NOBODY) -> list[tuple[bytes, bytes]]:
+    """``POST /hub/publish``: one event on a topic, from a backend holding the publish token or a token whose
+    ``mercure.publish`` claim covers the topic (``grant``, from ``_authorize``)."""
     try:
         body_fields = PublishBody.model_validate_json(body)
     except pydantic.ValidationError as exc:
@@ -120,6 +127,7 @@ async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: byt
         check_topic(body_fields.topic)
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="topic") from exc
+    check_publish(grant, body_fields.topic)
     for field in ("event", "id"):
         value = getattr(body_fields, field)
         if value is not None:
@@ -137,13 +145,22 @@ async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: byt
     return [(b"event-id", (event.id or version).encode()), (b"event-version", version.encode())]
 
 
-def _authorize(runtime: AppContext, headers: Mapping[str, str]) -> None:
+def _authorize(runtime: AppContext, headers: Mapping[str, str]) -> Identity:
+    """Who publishes: the static ``hub.publish_token`` may publish anywhere; a verified JWT where its
+    ``mercure.publish`` claim allows, checked against the topic once the body is read."""
     token = runtime.settings.hub.publish_token
-    if not token:
-        raise Forbidden("hub publishing is disabled: set [hub] publish_token or GATEWAY_HUB_PUBLISH_TOKEN")
     scheme, _, given = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return PUBLISH_TOKEN
+    if runtime.auth.verifier is None:
+        if not token:
+            raise Forbidden("hub publishing is disabled: set [hub] publish_token or GATEWAY_HUB_PUBLISH_TOKEN, "
+                            "or auth.jwt_key for tokens with a mercure.publish claim")
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required to publish")
+    identity = runtime.auth.identify(headers)
+    if identity is None:
+        raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required to publish")
+    return identity
 
 
 async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
@@ -158,14 +175,17 @@ async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receiv
     cors = runtime.guard.cors_headers(headers)
     try:
         runtime.guard.check_post("publish" if is_hub else "command", scope, headers)  # 403 cross-site, 429
+        grant = NOBODY
         if is_hub:
-            _authorize(runtime, headers)
+            grant = _authorize(runtime, headers)
         elif runtime.draining:
             raise Unavailable("the gateway is shutting down; retry on another instance", 2)
+        if not is_hub and (hook := runtime.authorizers.get(path)) is not None:
+            await run_hook(hook, runtime.auth.identify(headers), StreamRequest.from_scope(scope))
         body = await read_json_body(runtime, headers, receive)
         if body is None:
             return  # the client left mid-body: nobody to answer, nothing accepted
-        extra = await handler(runtime, headers, body)
+        extra = await (hub_publish(runtime, headers, body, grant) if is_hub else handler(runtime, headers, body))
     except GatewayError as exc:
         if not is_hub:
             metrics.commands.labels(path, exc.code).inc()

@@ -26,6 +26,7 @@ from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State,
 from gateway.core.topics import check_topic, hub_key
 from gateway.core.versions import VersionKey, try_version_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
+from gateway.web.auth import run_hook
 from gateway.web.compression import Lease, RouteState
 from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.direct import HIGH_WATER, chunk, h1_transport
@@ -265,6 +266,9 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
         return
     channel: ViewChannel = runtime.fanout.views[spec.path]
     try:
+        if (hook := runtime.authorizers.get(spec.path)) is not None:  # before anything is admitted or rendered
+            request = StreamRequest.from_scope(scope)
+            await run_hook(hook, runtime.auth.identify(request.headers), request)
         stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
                              ConflatingMailbox())
     except GatewayError as exc:
@@ -342,7 +346,10 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
     if await _refuse_if_draining(runtime, "hub", send):
         return
     try:
-        topics = _topics(StreamRequest.from_scope(scope), runtime.settings.hub.max_topics)
+        request = StreamRequest.from_scope(scope)
+        topics = _topics(request, runtime.settings.hub.max_topics)
+        # Before the stream exists, so before any replay: history is authorized exactly like live events.
+        runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)

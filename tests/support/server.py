@@ -92,7 +92,10 @@ def start_server(tmp: Path, certs: tuple[Path, Path], *, env: dict[str, str] | N
     http_port, tls_port = free_port(), free_port()
     cert, key = certs
     log = tmp / f"gateway-{http_port}.log"
-    full_env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Hub topics are private by default; tests about other things read them anonymously. Authorization's own
+    # tests (test_auth_live.py) set GATEWAY_HUB_PUBLIC_TOPICS themselves.
+    full_env = {**os.environ, "GATEWAY_HUB_PUBLISH_TOKEN": HUB_TOKEN, "GATEWAY_HUB_PUBLIC_TOPICS": "*",
+                "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [
         sys.executable, "-m", "gateway", "serve",
         "--bind", f"127.0.0.1:{http_port}",
