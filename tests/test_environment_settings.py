@@ -49,3 +49,14 @@ def test_the_workers_index_and_ci_switch_are_allowed_by_name() -> None:
 def test_other_variables_and_settings_still_load() -> None:
     s = Settings.load(environ={"PATH": "/bin", "GATEWAYX": "1", "GATEWAY_SSE_HEARTBEAT": "12"})
     assert s.sse.heartbeat == 12.0
+
+
+def test_a_refused_secret_is_not_printed() -> None:
+    """The error line is printed and logged: a secret in it would leak; a key file's path is shown."""
+    with pytest.raises(SettingsError) as short:
+        Settings.load(environ={"GATEWAY_AUTH_JWT_KEY": "too-short-but-secret"})
+    assert "too-short-but-secret" not in str(short.value)
+    assert "auth.jwt_key='***'" in str(short.value)
+    with pytest.raises(SettingsError) as missing:
+        Settings.load(environ={"GATEWAY_AUTH_JWT_KEY": "/nonexistent/key.pem"})
+    assert "/nonexistent/key.pem" in str(missing.value)

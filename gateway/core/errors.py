@@ -159,12 +159,20 @@ class Unavailable(_RetryLater):
     code = "unavailable"
 
 
+def _secret(key: str, value: object) -> bool:
+    """Settings whose value is a secret: the publish token, and ``auth.jwt_key`` unless it names a key file."""
+    if key == "hub.publish_token":
+        return True
+    return key == "auth.jwt_key" and "/" not in str(value)
+
+
 class SettingsError(ValueError):
     """An invalid configuration value; ``str()`` is the one line the CLI prints before exiting with 2."""
 
     def __init__(self, key: str, value: object, allowed: str, source: str = "") -> None:
         where = f" (from {source})" if source else ""
-        super().__init__(f"invalid setting {key}={value!r}{where}: {allowed}")
+        shown = "'***'" if _secret(key, value) else repr(value)  # the line is printed and logged
+        super().__init__(f"invalid setting {key}={shown}{where}: {allowed}")
         self.key = key
         self.value = value
         self.allowed = allowed
