@@ -113,6 +113,9 @@ class ServerSettings:
                                             "the gateway's Hypercorn corrections were verified on: each such package "
                                             "is logged as a warning, the corrections relying on its internals and "
                                             "direct writes are switched off")
+    server_names: list[str] = _field([], "Host header values served, with the port when it is not the "  # noqa: RUF009
+                                      "scheme's default (e.g. example.com, example.com:8443); any other Host gets "
+                                      "404 from Hypercorn; empty serves any Host")
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,14 @@ class CompressionSettings:
     gzip_level: int = _field(6, "gzip level", _between(1, 9))
     zstd_level: int = _field(3, "zstd level", _between(1, 22))
     zstd_window_log: int = _field(17, "zstd window, log2 bytes", _between(10, 27))
-    memory_budget: int = _field(8 * 1024 * 1024 * KIB, "bytes all live compressors may use together; past it new "
-                                "connections get cheaper encoders", _between(0, 1024 * 1024 * 1024 * KIB, " bytes"))
+    memory_budget: int = _field(0, "bytes all live compressors may use together; past it new connections get "
+                                "cheaper encoders; 0 takes memory_fraction of the host's memory (the cgroup "
+                                "limit when one is set, else MemTotal)",
+                                _between(0, 1024 * 1024 * 1024 * KIB, " bytes"))
+    memory_fraction: float = _field(0.25, "share of the host's memory the budget takes when memory_budget is 0",
+                                    _between(0.01, 0.9))
+    client_share: float = _field(0.05, "share of the budget one client address may hold; past it that client's new "
+                                 "streams get cheaper encoders (1 disables)", _between(0.001, 1))
     max_brotli_lgwin: int = _field(22, "largest Brotli window the gateway grows to when renders outgrow the "
                                    "configured one", _between(10, 24))
     max_zstd_window_log: int = _field(23, "largest zstd window the gateway grows to", _between(10, 27))
@@ -283,6 +292,17 @@ class LimitSettings:
                                          _between(0, 10_000_000))
     trusted_proxies: list[str] = _field([], "addresses/networks whose X-Forwarded-For is believed for the client "  # noqa: RUF009
                                         "address (e.g. 127.0.0.1, 10.0.0.0/8)", _addresses)
+    header_timeout: float = _field(10 * SECONDS, "seconds a connection may take to send a request head (from "
+                                   "accept, or from the first byte of a later request): past it 408 and close "
+                                   "(HTTP/1.1; a connection that sent nothing is closed silently)",
+                                   _between(0.5, 600, " s"))
+    max_connections: int = _field(60_000, "open TCP connections per process; the excess is refused at once (503 "
+                                  "and close on plain HTTP/1.1, close otherwise); 0 disables",
+                                  _between(0, 10_000_000))
+    max_connections_per_address: int = _field(1100, "open TCP connections per peer address (trusted_proxies are "
+                                              "exempt: they carry many clients); above max_streams_per_client "
+                                              "so streams get their 429 first; 0 disables",
+                                              _between(0, 10_000_000))
     body_timeout: float = _field(30 * SECONDS, "seconds a command or hub publish body may take in total, from its "
                                  "head: past it 408; bodies are at most commands.max_body, so this is a floor "
                                  "on the upload rate", _between(0.5, 3600, " s"))

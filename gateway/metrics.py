@@ -99,6 +99,10 @@ class Metrics:
         self.downgrades = Counter(
             "gateway_compression_downgrades", "Connections given a cheaper encoder to stay within the budget, "
             "by route and reason (window, quality, gzip, identity).", ["route", "reason"], registry=r)
+        self.connections_refused = Counter(
+            "gateway_connections_refused", "Connections refused as soon as they were accepted, by reason: global "
+            "(limits.max_connections), address (limits.max_connections_per_address).", ["reason"],
+            registry=r)
         self.window_grown = Counter(
             "gateway_compression_window_grown", "Times a route's renders outgrew its window and new connections "
             "got a larger one.", ["route", "encoding"], registry=r)

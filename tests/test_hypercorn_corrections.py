@@ -29,7 +29,8 @@ from tests.support.wait import poll_until
 FAKE = "0.18.1"
 SETTING_ENV = "GATEWAY_SERVER_ACCEPT_UNVERIFIED_SERVER"
 NAMES = ["quic_shutdown", "h3_disconnects", "h2_late_data", "h2_backpressure", "send_after_disconnect",
-         "tcp_close_abort", "h3_backpressure"]
+         "tcp_close_abort", "connection_limits", "header_deadline",
+         "h3_backpressure"]
 
 
 @pytest.fixture

@@ -124,28 +124,47 @@ class Decision:
 
 
 class MemoryBudget:
-    """Accounts the estimated memory of live compressors against a budget."""
+    """Accounts the estimated memory of live compressors against a budget, and each client's part of it.
 
-    __slots__ = ("budget", "in_use", "min_brotli_quality")
+    One client address may hold at most ``client_share`` of the budget: past it, its new connections go down the
+    same cheaper-encoder path as when the whole budget is spent, so no one address (one host opening streams in a
+    loop) can push every other client onto identity.
+    """
 
-    def __init__(self, budget: int, *, min_brotli_quality: int = 2) -> None:
+    __slots__ = ("budget", "by_client", "client_limit", "in_use", "min_brotli_quality")
+
+    def __init__(self, budget: int, *, min_brotli_quality: int = 2, client_share: float = 1.0) -> None:
         if budget < 0:
             raise ValueError(f"memory budget must not be negative, got {budget}")
+        if not 0 < client_share <= 1:
+            raise ValueError(f"client share must be in (0, 1], got {client_share}")
         self.budget = budget
         self.in_use = 0
         self.min_brotli_quality = min_brotli_quality
+        self.client_limit = int(budget * client_share)
+        self.by_client: dict[str, int] = {}
 
-    def choose(self, name: str, settings: CodecSettings, accepted: frozenset[str], needed_window: int) -> Decision:
-        """The first affordable candidate for a new connection, and account it."""
-        room = self.budget - self.in_use
+    def choose(self, name: str, settings: CodecSettings, accepted: frozenset[str], needed_window: int,
+               client: str = "") -> Decision:
+        """The first affordable candidate for a new connection of ``client``, and account it."""
+        held = self.by_client.get(client, 0)
+        room = min(self.budget - self.in_use, self.client_limit - held)
         for decision in self._candidates(name, settings, accepted, needed_window):
             if decision.estimate <= room:
                 self.in_use += decision.estimate
+                if decision.estimate:
+                    self.by_client[client] = held + decision.estimate
                 return decision
         raise AssertionError("identity always fits")  # pragma: no cover - identity costs 0
 
-    def release(self, estimate: int) -> None:
+    def release(self, estimate: int, client: str = "") -> None:
         self.in_use = max(0, self.in_use - estimate)
+        if estimate and client in self.by_client:
+            left = self.by_client[client] - estimate
+            if left > 0:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]
 
     def _candidates(
         self, name: str, settings: CodecSettings, accepted: frozenset[str], needed_window: int

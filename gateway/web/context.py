@@ -26,6 +26,7 @@ from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
 from gateway.web.guard import Guard
+from gateway.web.hypercorn import connection_limits, header_deadline
 
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
@@ -80,6 +81,9 @@ class AppContext:
         self.guard = Guard(self.settings, self.metrics, self.trusted_proxies)
         self.gc = GCPolicy(enabled=self.settings.server.gc_freeze)
         self.auth = Authenticator(self.settings.auth)
+        connection_limits.configure(limits.max_connections, limits.max_connections_per_address, self.trusted_proxies,
+                                    lambda reason: self.metrics.connections_refused.labels(reason.value).inc())
+        header_deadline.configure(limits.header_timeout, lambda stage: self.metrics.deadlines.labels(stage).inc())
 
     def admit(self, request: StreamRequest) -> str:
         """Count a new stream against the limits (the open rate, then the open streams); returns the client

@@ -89,6 +89,7 @@ def hypercorn_config(settings: Settings, worker: int | None = None) -> Config:
     config.backlog = server.backlog
     config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
     config.include_server_header = False
+    config.server_names = list(server.server_names)  # any other Host: 404 from Hypercorn (empty: any Host)
     config.loglevel = server.log_level.upper()
     # Hypercorn's loggers go through logging (one format, one handler), not straight to stderr.
     config.errorlog = logging.getLogger("hypercorn.error")

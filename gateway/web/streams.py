@@ -72,7 +72,7 @@ class Stream:
         request = StreamRequest.from_scope(scope)
         client = runtime.admit(request)
         try:
-            lease = runtime.compression.open(route, request.headers.get("accept-encoding"))
+            lease = runtime.compression.open(route, request.headers.get("accept-encoding"), client)
         except BaseException:
             runtime.release_client(client)
             raise

@@ -87,9 +87,10 @@ class Server:
 
 
 def start_server(tmp: Path, certs: tuple[Path, Path], *, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, ready_timeout: float = 30.0) -> Server:
-    """Start ``python -m gateway serve`` on fresh loopback ports and wait until /readyz answers 200."""
-    http_port, tls_port = free_port(), free_port()
+                 args: list[str] | None = None, ready_timeout: float = 30.0, http_port: int = 0) -> Server:
+    """Start ``python -m gateway serve`` on fresh loopback ports (or ``http_port``, when a setting must name it)
+    and wait until /readyz answers 200."""
+    http_port, tls_port = http_port or free_port(), free_port()
     cert, key = certs
     log = tmp / f"gateway-{http_port}.log"
     # Hub topics are private by default; tests about other things read them anonymously. Authorization's own

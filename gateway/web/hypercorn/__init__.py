@@ -6,6 +6,8 @@
 - ``h2_backpressure``: h2 buffers grow without bound for a client that grants no window (hypercorn);
 - ``send_after_disconnect``: a send after an HTTP/1.1 reset returns without ever yielding (hypercorn);
 - ``tcp_close_abort``: a closed TCP connection lives on while its peer does not read (hypercorn);
+- ``connection_limits``: every TCP connection is accepted, without a cap per process or per address (hypercorn);
+- ``header_deadline``: an HTTP/1.1 request head may take 75 s, then is closed without a status (hypercorn, h11);
 - ``h3_backpressure``: HTTP/3 buffers grow without bound for a client that grants no credit (hypercorn, aioquic);
   it wraps the ``stream_send`` installed by ``h3_disconnects``, so it is installed after it.
 
@@ -33,10 +35,12 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from gateway.web.hypercorn import (
+    connection_limits,
     h2_backpressure,
     h2_late_data,
     h3_backpressure,
     h3_disconnects,
+    header_deadline,
     quic_shutdown,
     send_after_disconnect,
     tcp_close_abort,
@@ -81,6 +85,8 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("h2_backpressure", ("hypercorn",), h2_backpressure.install),
     Correction("send_after_disconnect", ("hypercorn",), send_after_disconnect.install),
     Correction("tcp_close_abort", ("hypercorn",), tcp_close_abort.install),
+    Correction("connection_limits", ("hypercorn",), connection_limits.install),
+    Correction("header_deadline", ("hypercorn", "h11"), header_deadline.install),
     Correction("h3_backpressure", ("hypercorn", "aioquic"), h3_backpressure.install),
 )
 
