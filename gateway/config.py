@@ -296,6 +296,9 @@ class LimitSettings:
                                    "accept, or from the first byte of a later request): past it 408 and close "
                                    "(HTTP/1.1; a connection that sent nothing is closed silently)",
                                    _between(0.5, 600, " s"))
+    body_timeout: float = _field(30 * SECONDS, "seconds a command or hub publish body may take in total, from its "
+                                 "head: past it 408; bodies are at most commands.max_body, so this is a floor "
+                                 "on the upload rate", _between(0.5, 3600, " s"))
     max_connections: int = _field(60_000, "open TCP connections per process; the excess is refused at once (503 "
                                   "and close on plain HTTP/1.1, close otherwise); 0 disables",
                                   _between(0, 10_000_000))
@@ -303,9 +306,12 @@ class LimitSettings:
                                               "exempt: they carry many clients); above max_streams_per_client "
                                               "so streams get their 429 first; 0 disables",
                                               _between(0, 10_000_000))
-    body_timeout: float = _field(30 * SECONDS, "seconds a command or hub publish body may take in total, from its "
-                                 "head: past it 408; bodies are at most commands.max_body, so this is a floor "
-                                 "on the upload rate", _between(0.5, 3600, " s"))
+    h2_max_resets: int = _field(200, "stream resets one HTTP/2 client connection may make within h2_reset_window; "
+                                "past it the connection gets GOAWAY ENHANCE_YOUR_CALM and is closed (HTTP/2 Rapid "
+                                "Reset); a browser closing EventSources resets a few per second at most",
+                                _between(1, 1_000_000))
+    h2_reset_window: float = _field(10 * SECONDS, "seconds over which h2_max_resets is counted (sliding window)",
+                                    _between(0.1, 3600, " s"))
 
 
 def _origins(value: Any) -> str | None:

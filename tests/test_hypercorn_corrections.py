@@ -30,7 +30,7 @@ FAKE = "0.18.1"
 SETTING_ENV = "GATEWAY_SERVER_ACCEPT_UNVERIFIED_SERVER"
 NAMES = ["quic_shutdown", "h3_disconnects", "h2_late_data", "h2_backpressure", "send_after_disconnect",
          "tcp_close_abort", "connection_limits", "header_deadline",
-         "h3_backpressure"]
+         "h3_backpressure", "h2_rapid_reset", "tcp_eof_close", "accept_backoff"]
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def test_an_accepted_unverified_package_skips_what_relies_on_it_and_warns_once(
     with caplog.at_level(logging.WARNING, logger="gateway.hypercorn"):
         names = corrections.install(accept_unverified=True)
         assert corrections.install(accept_unverified=True) == names
-    assert names == [n for n in NAMES if n != "h2_late_data"]
+    assert names == [n for n in NAMES if n not in ("h2_late_data", "h2_rapid_reset")]
     assert fresh == names  # each installed once, in order
     (warning,) = [r.getMessage() for r in caplog.records]  # one, though install ran twice
     assert "h2 4.5.0" in warning

@@ -44,6 +44,8 @@ class _Config(Config):
     """Hypercorn's ``Config``, able to advertise HTTP/3 served by a sibling worker (``--workers``)."""
 
     advertised_quic: list[tuple[str, int]]
+    h2_max_resets: int  # read by the h2_rapid_reset correction, from limits.h2_max_resets
+    h2_reset_window: float
 
     def _set_quic_addresses(self, sockets: list[socket.socket]) -> None:
         super()._set_quic_addresses(sockets)
@@ -88,6 +90,8 @@ def hypercorn_config(settings: Settings, worker: int | None = None) -> Config:
     config.graceful_timeout = server.drain_timeout + 5.0
     config.backlog = server.backlog
     config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
+    config.h2_max_resets = settings.limits.h2_max_resets
+    config.h2_reset_window = settings.limits.h2_reset_window
     config.include_server_header = False
     config.server_names = list(server.server_names)  # any other Host: 404 from Hypercorn (empty: any Host)
     config.loglevel = server.log_level.upper()

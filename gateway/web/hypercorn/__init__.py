@@ -9,7 +9,11 @@
 - ``connection_limits``: every TCP connection is accepted, without a cap per process or per address (hypercorn);
 - ``header_deadline``: an HTTP/1.1 request head may take 75 s, then is closed without a status (hypercorn, h11);
 - ``h3_backpressure``: HTTP/3 buffers grow without bound for a client that grants no credit (hypercorn, aioquic);
-  it wraps the ``stream_send`` installed by ``h3_disconnects``, so it is installed after it.
+  it wraps the ``stream_send`` installed by ``h3_disconnects``, so it is installed after it;
+- ``h2_rapid_reset``: HTTP/2 Rapid Reset and the priority tree's quadratic removal (hypercorn, h2); it wraps the
+  ``_handle_events`` of ``h2_late_data``, so it is installed after it;
+- ``tcp_eof_close``: a connection closed by its client keeps its socket until the keep-alive timeout (hypercorn);
+- ``accept_backoff``: out of descriptors, asyncio's accept loop spins and logs without bound (Python 3.11's asyncio).
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -35,15 +39,18 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from gateway.web.hypercorn import (
+    accept_backoff,
     connection_limits,
     h2_backpressure,
     h2_late_data,
+    h2_rapid_reset,
     h3_backpressure,
     h3_disconnects,
     header_deadline,
     quic_shutdown,
     send_after_disconnect,
     tcp_close_abort,
+    tcp_eof_close,
 )
 from gateway.web.hypercorn.send_after_disconnect import ClientDisconnected
 
@@ -88,6 +95,9 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("connection_limits", ("hypercorn",), connection_limits.install),
     Correction("header_deadline", ("hypercorn", "h11"), header_deadline.install),
     Correction("h3_backpressure", ("hypercorn", "aioquic"), h3_backpressure.install),
+    Correction("h2_rapid_reset", ("hypercorn", "h2"), h2_rapid_reset.install),
+    Correction("tcp_eof_close", ("hypercorn",), tcp_eof_close.install),
+    Correction("accept_backoff", (), accept_backoff.install),
 )
 
 _installed: list[str] = []
