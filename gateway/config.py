@@ -312,6 +312,13 @@ class LimitSettings:
                                 _between(1, 1_000_000))
     h2_reset_window: float = _field(10 * SECONDS, "seconds over which h2_max_resets is counted (sliding window)",
                                     _between(0.1, 3600, " s"))
+    quic_retry: str = _field("always", "HTTP/3 address validation: always answers a new client's first Initial with "
+                             "a Retry and a token it must echo from the same address (one round trip more), so a "
+                             "forged source address gets neither the ~3x amplified handshake nor any state; never "
+                             "skips it", _one_of("always", "never"))
+    max_quic_connections: int = _field(10_000, "open HTTP/3 (QUIC) connections per process; past it a new "
+                                       "connection is refused with CONNECTION_REFUSED; 0 disables",
+                                       _between(0, 10_000_000))
 
 
 def _origins(value: Any) -> str | None:

@@ -134,6 +134,13 @@ class Metrics:
             "gateway_request_deadlines", "Requests cut by a read deadline, by stage: connect (nothing sent within "
             "limits.header_timeout: closed), header (a head not complete within it: 408), body (408).", ["stage"],
             registry=r)
+        self.quic_refused = Counter(
+            "gateway_quic_refused", "New HTTP/3 (QUIC) connections refused at their first Initial, by reason: cap "
+            "(limits.max_quic_connections), bad_token (a Retry token not minted for that address, or expired).",
+            ["reason"], registry=r)
+        self.quic_retries = Counter(
+            "gateway_quic_retries", "Retry packets sent to validate a new HTTP/3 client's address "
+            "(limits.quic_retry).", registry=r)
         self.cross_site_refused = Counter(
             "gateway_cross_site_refused", "Commands and hub publishes refused as cross-site browser requests, by "
             "kind (command, publish) and reason (origin_not_allowed, same_site, cross_site).", ["kind", "reason"],

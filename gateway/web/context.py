@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.core.admission import Admission
 from gateway.core.clientaddr import client_address, parse_networks
 from gateway.core.compression import RouteCompression
+from gateway.core.quic_admission import RetryMode
 from gateway.core.stream import CloseReason
 from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
@@ -26,7 +27,7 @@ from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
 from gateway.web.guard import Guard
-from gateway.web.hypercorn import connection_limits, header_deadline
+from gateway.web.hypercorn import connection_limits, header_deadline, quic_retry
 
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
@@ -84,6 +85,9 @@ class AppContext:
         connection_limits.configure(limits.max_connections, limits.max_connections_per_address, self.trusted_proxies,
                                     lambda reason: self.metrics.connections_refused.labels(reason.value).inc())
         header_deadline.configure(limits.header_timeout, lambda stage: self.metrics.deadlines.labels(stage).inc())
+        quic_retry.configure(RetryMode(limits.quic_retry), limits.max_quic_connections,
+                             lambda reason: self.metrics.quic_refused.labels(reason.value).inc(),
+                             self.metrics.quic_retries.inc)
 
     def admit(self, request: StreamRequest) -> str:
         """Count a new stream against the limits (the open rate, then the open streams); returns the client

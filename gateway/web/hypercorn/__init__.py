@@ -13,7 +13,9 @@
 - ``h2_rapid_reset``: HTTP/2 Rapid Reset and the priority tree's quadratic removal (hypercorn, h2); it wraps the
   ``_handle_events`` of ``h2_late_data``, so it is installed after it;
 - ``tcp_eof_close``: a connection closed by its client keeps its socket until the keep-alive timeout (hypercorn);
-- ``accept_backoff``: out of descriptors, asyncio's accept loop spins and logs without bound (Python 3.11's asyncio).
+- ``accept_backoff``: out of descriptors, asyncio's accept loop spins and logs without bound (Python 3.11's asyncio);
+- ``quic_retry``: HTTP/3 answers every Initial without a Retry and with no connection cap (hypercorn, aioquic); it
+  wraps ``QuicProtocol._handle_events`` as ``h3_backpressure`` does, each independently of the other.
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -47,6 +49,7 @@ from gateway.web.hypercorn import (
     h3_backpressure,
     h3_disconnects,
     header_deadline,
+    quic_retry,
     quic_shutdown,
     send_after_disconnect,
     tcp_close_abort,
@@ -98,6 +101,7 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("h2_rapid_reset", ("hypercorn", "h2"), h2_rapid_reset.install),
     Correction("tcp_eof_close", ("hypercorn",), tcp_eof_close.install),
     Correction("accept_backoff", (), accept_backoff.install),
+    Correction("quic_retry", ("hypercorn", "aioquic"), quic_retry.install),
 )
 
 _installed: list[str] = []
