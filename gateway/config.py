@@ -312,6 +312,12 @@ class LimitSettings:
                                 _between(1, 1_000_000))
     h2_reset_window: float = _field(10 * SECONDS, "seconds over which h2_max_resets is counted (sliding window)",
                                     _between(0.1, 3600, " s"))
+    abuse_strikes: int = _field(3, "connections from one address closed for abuse (an HTTP/2 client over "
+                                "h2_max_resets: GOAWAY ENHANCE_YOUR_CALM) within abuse_cooldown that put the "
+                                "address in a penalty box, where its new connections are refused at once; "
+                                "trusted_proxies are exempt; 0 disables", _between(0, 1000))
+    abuse_cooldown: float = _field(30 * SECONDS, "seconds the strikes are counted over, and an address stays in "
+                                   "the penalty box", _between(1, 86_400, " s"))
     quic_retry: str = _field("always", "HTTP/3 address validation: always answers a new client's first Initial with "
                              "a Retry and a token it must echo from the same address (one round trip more), so a "
                              "forged source address gets neither the ~3x amplified handshake nor any state; never "

@@ -101,7 +101,8 @@ class Metrics:
             "by route and reason (window, quality, gzip, identity).", ["route", "reason"], registry=r)
         self.connections_refused = Counter(
             "gateway_connections_refused", "Connections refused as soon as they were accepted, by reason: global "
-            "(limits.max_connections), address (limits.max_connections_per_address).", ["reason"],
+            "(limits.max_connections), address (limits.max_connections_per_address), abuse (the address is in the "
+            "penalty box: limits.abuse_strikes).", ["reason"],
             registry=r)
         self.window_grown = Counter(
             "gateway_compression_window_grown", "Times a route's renders outgrew its window and new connections "

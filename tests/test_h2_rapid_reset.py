@@ -33,11 +33,13 @@ ATTACKERS = 4
 STREAMS_PER_CONNECTION = 900
 HEALTH_BOUND = 1.0  # seconds /healthz may take during and right after the attack
 RSS_BOUND = 64 * 2**20
-# Delivery p99 under attack, as a multiple of the baseline p99 measured just before. The issue asks for 1.2x; on
-# 2 shared cores the attacker process takes one core and the gateway parses ~25,000 attacking frames a second on
-# the core that also delivers the events, so the baseline (~10 ms) grows to ~100-140 ms under attack (measured, see
-# docs/security.md, "HTTP/2 Rapid Reset and connection churn"). The bound asserted is therefore an absolute one,
-# a quarter of /healthz's: it still fails by far without the correction, where nothing is delivered for minutes.
+# Delivery p99 under attack, as a multiple of the baseline p99 measured just before. The issue asks for 1.2x. With
+# GOAWAY per connection alone, on 2 shared cores, the baseline (~10 ms) grew to ~100-140 ms under attack (the
+# gateway parsed ~25,000 attacking frames a second); with the penalty box (the attacker's address refused at accept
+# after limits.abuse_strikes GOAWAYs) it measured 10.7, 15.4 and 63.4 ms against baselines of 6-8 ms, the rest
+# being the attacker process itself competing for the same two cores. The bound asserted is therefore an absolute
+# one, a quarter of /healthz's: it still fails by far without the correction, where nothing is delivered for
+# minutes (docs/security.md, "HTTP/2 Rapid Reset and connection churn").
 P99_FACTOR = 1.2
 P99_FLOOR = 0.250  # seconds
 
@@ -140,6 +142,10 @@ async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Serv
     assert len(under_attack) >= ATTACK_SECONDS / 0.05 / 2, report  # events kept flowing
     assert p99(under_attack) <= max(P99_FACTOR * p99(baseline), P99_FLOOR), report
     assert sum(tally["goaways"].values()) > 0, report
+    # After limits.abuse_strikes GOAWAYs the attacker's address is refused at accept: a handful of GOAWAYs, not one
+    # per connection.
+    assert "127.0.0.2 put in the penalty box" in gateway.output()
+    assert sum(tally["goaways"].values()) < tally["connections"] / 10, report
     assert "Traceback" not in gateway.output()
 
 

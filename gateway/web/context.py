@@ -84,6 +84,7 @@ class AppContext:
         self.auth = Authenticator(self.settings.auth)
         connection_limits.configure(limits.max_connections, limits.max_connections_per_address, self.trusted_proxies,
                                     lambda reason: self.metrics.connections_refused.labels(reason.value).inc())
+        connection_limits.configure_penalties(limits.abuse_strikes, limits.abuse_cooldown)
         header_deadline.configure(limits.header_timeout, lambda stage: self.metrics.deadlines.labels(stage).inc())
         quic_retry.configure(RetryMode(limits.quic_retry), limits.max_quic_connections,
                              lambda reason: self.metrics.quic_refused.labels(reason.value).inc(),

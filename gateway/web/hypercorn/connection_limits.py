@@ -12,6 +12,10 @@ connection that speaks HTTP/1.1 (plain, or TLS with ALPN http/1.1) with ``503`` 
 ``Retry-After: 1`` and ``Connection: close``; on h2 by closing it. Counted in
 ``gateway_connections_refused_total{reason}``.
 
+An address with repeated abuse (``limits.abuse_strikes`` connections closed with GOAWAY ENHANCE_YOUR_CALM by
+``h2_rapid_reset`` within ``limits.abuse_cooldown``) is put in a penalty box (``gateway.core.connections``) and its
+new connections are aborted at once for ``limits.abuse_cooldown`` seconds, counted as ``reason="abuse"``.
+
 Upstream: Hypercorn has no connection limit (nor does uvicorn's ``--limit-concurrency`` count per address); the
 upstream fix would be a ``max_connections`` config checked in ``TCPServer.run``.
 
@@ -24,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from gateway.core.clientaddr import Network
-from gateway.core.connections import ConnectionCaps, Refusal
+from gateway.core.connections import ConnectionCaps, PenaltyBox, Refusal
+
+log = logging.getLogger("gateway.hypercorn")
 
 REFUSAL_LINGER = 0.5  # seconds a refused connection is read (and discarded) so the 503 is not lost to a reset
 
@@ -38,6 +45,7 @@ REFUSED_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/j
                + b"\r\n\r\n" + _REFUSED_BODY)
 
 caps = ConnectionCaps(0, 0)
+penalties = PenaltyBox(0)
 _trusted: tuple[Network, ...] = ()
 _observers: list[Callable[[Refusal], None]] = []  # the last configured gateway's
 
@@ -49,6 +57,19 @@ def configure(max_total: int, max_per_address: int, trusted: tuple[Network, ...]
     caps.max_total, caps.max_per_address = max_total, max_per_address
     _trusted = trusted
     _observers[:] = [on_refused] if on_refused is not None else []
+
+
+def configure_penalties(strikes: int, cooldown: float) -> None:
+    """``limits.abuse_strikes`` within ``limits.abuse_cooldown`` put an address in the penalty box."""
+    global penalties
+    penalties = PenaltyBox(strikes, cooldown)
+
+
+def strike(address: str) -> None:
+    """A connection from ``address`` was closed for abuse (see ``PenaltyBox``); trusted proxies are exempt."""
+    if address and not _exempt(address) and penalties.strike(address, asyncio.get_running_loop().time()):
+        log.warning("%s put in the penalty box: %d connections closed for abuse within %g s; its new connections "
+                    "are refused for %g s", address, penalties.strikes, penalties.cooldown, penalties.cooldown)
 
 
 def refused(reason: Refusal) -> None:
@@ -73,6 +94,10 @@ def install() -> None:
         peer = self.writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""  # a unix socket has no address
         exempt = not address or _exempt(address)
+        if not exempt and penalties.penalized(address, asyncio.get_running_loop().time()):
+            refused(Refusal.ABUSE)
+            self.writer.transport.abort()  # an abuser gets no answer and costs no read
+            return
         refusal = caps.admit(address, exempt)
         if refusal is not None:
             refused(refusal)

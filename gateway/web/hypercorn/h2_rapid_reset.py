@@ -49,6 +49,7 @@ from collections import deque
 from typing import Any
 
 from gateway.core.resets import ResetBudget, Throttle
+from gateway.web.hypercorn import connection_limits
 
 MAX_RESETS = 200  # client resets per connection within WINDOW; overridden by limits.h2_max_resets
 WINDOW = 10.0  # seconds; overridden by limits.h2_reset_window
@@ -161,6 +162,8 @@ async def _go_away(protocol: Any) -> None:
         log.warning("h2 client %s reset more than %d streams within %g s: GOAWAY ENHANCE_YOUR_CALM (%d connection%s "
                     "since the last such line)", protocol.client, protocol.gateway_resets.max_resets,
                     protocol.gateway_resets.window, count, "" if count == 1 else "s")
+    client = protocol.client
+    connection_limits.strike(str(client[0]) if isinstance(client, tuple) and client else "")
     with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is already closed
         protocol.connection.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
     await protocol._flush()
