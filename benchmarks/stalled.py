@@ -92,6 +92,7 @@ class Plan:
             "GATEWAY_HUB_MAX_BUFFERED_EVENTS": str(self.max_buffered_events),
             "GATEWAY_HUB_MAX_BUFFERED_BYTES": str(self.max_buffered_bytes),
             "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0",  # every subscriber comes from 127.0.0.1
+            "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_ADDRESS": "0",
             "GATEWAY_SERVER_DRAIN_TIMEOUT": "5",
         }
 

@@ -28,6 +28,8 @@ BASE_ENV: Mapping[str, str] = {
     "GATEWAY_HUB_PUBLIC_TOPICS": "*",  # the peers serve their streams without tokens: so does the gateway here
     "GATEWAY_LIMITS_MAX_STREAMS": "100000",  # 10,000+ streams in one process
     "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0",  # every load-generator connection comes from 127.0.0.1
+    "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_ADDRESS": "0",  # likewise for the connection cap
+    "GATEWAY_COMPRESSION_CLIENT_SHARE": "1",  # and the per-client share of the compression budget
     "GATEWAY_SSE_HEARTBEAT": "15",
     "GATEWAY_SERVER_ACCESS_LOG": "false",
     "GATEWAY_SERVER_LOG_LEVEL": "warning",
