@@ -33,15 +33,16 @@ ATTACKERS = 4
 STREAMS_PER_CONNECTION = 900
 HEALTH_BOUND = 1.0  # seconds /healthz may take during and right after the attack
 RSS_BOUND = 64 * 2**20
-# Delivery p99 under attack, as a multiple of the baseline p99 measured just before. The issue asks for 1.2x. With
-# GOAWAY per connection alone, on 2 shared cores, the baseline (~10 ms) grew to ~100-140 ms under attack (the
-# gateway parsed ~25,000 attacking frames a second); with the penalty box (the attacker's address refused at accept
-# after limits.abuse_strikes GOAWAYs) it measured 10.7, 15.4 and 63.4 ms against baselines of 6-8 ms, the rest
-# being the attacker process itself competing for the same two cores. The bound asserted is therefore an absolute
-# one, a quarter of /healthz's: it still fails by far without the correction, where nothing is delivered for
-# minutes (docs/security.md, "HTTP/2 Rapid Reset and connection churn").
+# Delivery p99 under attack, against the baseline p99 measured just before. The issue asks for 1.2x. The attacker
+# (a separate process on its own loopback address, 127.0.0.2, replaying a 900-stream request on ~5,000 connections a
+# second) is niced: it shares this machine's 2 cores with the gateway and the measuring client, and a contended core
+# would be charged to the gateway. After limits.abuse_strikes GOAWAYs its address is in the penalty box and every
+# reconnect is closed at accept. Measured (docs/security.md, "HTTP/2 Rapid Reset and connection churn"): p99 3.4-5.5 ms
+# before, 5.7-6.5 ms under attack. A 1 ms difference is within what ~170 baseline samples can tell apart, so the bound
+# asserted is 1.2x the baseline or the baseline plus SLACK, whichever is larger.
 P99_FACTOR = 1.2
-P99_FLOOR = 0.250  # seconds
+SLACK = 0.010  # seconds
+PERIOD = 0.02  # seconds between published events: ~200 samples of baseline, ~500 under attack
 
 
 @pytest.fixture
@@ -68,13 +69,13 @@ async def healthz_latencies(base: str, stop: asyncio.Event, latencies: list[floa
             await asyncio.sleep(0.1)  # the polling period, not synchronisation
 
 
-async def publish_every_50ms(base: str, stop: asyncio.Event) -> None:
+async def publish_periodically(base: str, stop: asyncio.Event) -> None:
     async with httpx.AsyncClient(timeout=5.0) as client:
         while not stop.is_set():
             body = {"topic": "rr", "data": repr(time.monotonic())}
             response = await client.post(base + "/hub/publish", json=body, headers=AUTH)
             assert response.status_code == 204, response.text
-            await asyncio.sleep(0.05)  # the publishing period
+            await asyncio.sleep(PERIOD)  # the publishing period
 
 
 async def collect(reader: SSEReader, received: list[tuple[float, float]]) -> None:
@@ -91,8 +92,8 @@ def between(received: list[tuple[float, float]], start: float, end: float) -> li
 
 
 def run_attack(port: int) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "tests.support.h2attack", str(port), str(ATTACK_SECONDS), str(ATTACKERS),
-           str(STREAMS_PER_CONNECTION)]
+    cmd = ["nice", "-n", "19", sys.executable, "-m", "tests.support.h2attack", str(port), str(ATTACK_SECONDS),
+           str(ATTACKERS), str(STREAMS_PER_CONNECTION)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
@@ -104,7 +105,7 @@ async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Serv
             client.stream("GET", base + "/hub/subscribe", params={"topic": "rr"}, headers=AUTH) as response:
         assert response.status_code == 200
         reader = SSEReader(response.aiter_raw(), response.headers.get("content-encoding"))
-        publisher = asyncio.create_task(publish_every_50ms(base, stop_publish))
+        publisher = asyncio.create_task(publish_periodically(base, stop_publish))
         poller = asyncio.create_task(healthz_latencies(base, stop_health, health))
         received: list[tuple[float, float]] = []
         collector = asyncio.create_task(collect(reader, received))
@@ -139,8 +140,8 @@ async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Serv
     assert tally["streams"] > 10 * STREAMS_PER_CONNECTION, report
     assert max(during) < HEALTH_BOUND, report
     assert rss_after - rss_before < RSS_BOUND, report
-    assert len(under_attack) >= ATTACK_SECONDS / 0.05 / 2, report  # events kept flowing
-    assert p99(under_attack) <= max(P99_FACTOR * p99(baseline), P99_FLOOR), report
+    assert len(under_attack) >= ATTACK_SECONDS / PERIOD / 2, report  # events kept flowing
+    assert p99(under_attack) <= max(P99_FACTOR * p99(baseline), p99(baseline) + SLACK), report
     assert sum(tally["goaways"].values()) > 0, report
     # After limits.abuse_strikes GOAWAYs the attacker's address is refused at accept: a handful of GOAWAYs, not one
     # per connection.

