@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.api import Gateway
+    from gateway.commands import CommandContext
     from gateway.config import Settings
     from gateway.core.compression import RouteCompression
 
-__all__ = ["Gateway", "RouteCompression", "Settings"]
+__all__ = ["CommandContext", "Gateway", "RouteCompression", "Settings"]
 __version__ = "0.1.0"
 
 
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from gateway.config import Settings
 
         return Settings
+    if name == "CommandContext":
+        from gateway.commands import CommandContext
+
+        return CommandContext
     if name == "RouteCompression":
         from gateway.core.compression import RouteCompression
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from gateway.bus import Command, create_bus
 from gateway.bus.redis_layout import redacted
-from gateway.commands import CommandSpec, Handler
+from gateway.commands import CommandContext, CommandSpec, Handler
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
 from gateway.core.errors import Unavailable
@@ -234,7 +234,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            await spec.run(command)
+            await spec.run(command_id, command)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -293,4 +293,4 @@ class Hub:
         return await self._gateway._publish(hub_key(hub_event.topic), hub_event.payload)
 
 
-__all__ = ["Gateway", "Hub", "HubEvent", "RouteCompression", "StreamRequest"]
+__all__ = ["CommandContext", "Gateway", "Hub", "HubEvent", "RouteCompression", "StreamRequest"]

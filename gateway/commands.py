@@ -5,13 +5,17 @@
 so a wrong type, a missing field or an unexpected one is refused with 422 *before* anything reaches the bus, and
 the error names the field. ``Annotated`` constraints (``Field(max_length=500)``) and pydantic models work as
 parameter types.
+
+A parameter annotated ``CommandContext`` (any name) is not part of the body: it is filled when the command runs
+with what the gateway knows about it (``CommandContext``). The context crosses a networked bus next to the
+arguments (``Command.context``, plain JSON), so a handler sees the same context whichever process runs it.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 import orjson
@@ -19,18 +23,66 @@ import pydantic
 from pydantic import ConfigDict
 
 from gateway.bus.base import Command
+from gateway.core.auth import Identity
 from gateway.core.errors import ValidationFailed
 
 Handler = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class CommandContext:
+    """What a handler may know about its command besides the validated arguments.
+
+    - ``command_id``: the bus's id of the command (the ``command-id`` response header; the in-memory bus's counter,
+      the Redis Stream entry id). A command run again after a crash (Redis bus) has the same id: deduplicate on it.
+    - ``idempotency_key``: the request's ``Idempotency-Key``, or None.
+    - ``client``: the client's address, taken from ``X-Forwarded-For`` only when the peer is a trusted proxy
+      (``limits.trusted_proxies``), as the rate limits do.
+    - ``headers`` (lower-case names) and ``cookies``: the request's, *minus its credentials*: ``Authorization``,
+      ``Proxy-Authorization`` and ``Cookie`` are left out of ``headers``, and the token cookie (``auth.cookie``)
+      out of ``cookies``. A handler never holds the raw token; it gets what the token proved: ``identity``.
+    - ``identity``: the request's verified token (``gateway.core.auth.Identity``), or None without one.
+    - ``path_params``: the path template's values as they came in the path (strings); the handler's typed
+      parameters of the same names hold the validated values.
+    - ``delivery``: 1 for the first run; more when the Redis bus runs it again because the process that had it
+      died before acknowledging it (the in-memory bus never redelivers).
+    """
+
+    command_id: str
+    idempotency_key: str | None = None
+    client: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    identity: Identity | None = None
+    path_params: Mapping[str, str] = field(default_factory=dict)
+    delivery: int = 1
+
+    @classmethod
+    def of(cls, command_id: str, command: Command) -> CommandContext:
+        """The context of an accepted command, from what travelled with it (``Command.context``)."""
+        carried = command.context
+        claims = carried.get("identity")
+        return cls(
+            command_id=command_id,
+            idempotency_key=command.idempotency_key,
+            client=carried.get("client"),
+            headers=dict(carried.get("headers", {})),
+            cookies=dict(carried.get("cookies", {})),
+            identity=Identity.from_claims(claims) if isinstance(claims, Mapping) else None,
+            path_params=dict(carried.get("path", {})),
+            delivery=command.delivery,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A registered command: its path (also its name on the bus), handler and argument model."""
+    """A registered command: its path (also its name on the bus), handler and argument model, and the name of
+    the parameter that receives the ``CommandContext`` (None when the handler takes none)."""
 
     path: str
     handler: Handler
     model: type[pydantic.BaseModel]
+    context_param: str | None = None
 
     @classmethod
     def from_handler(cls, path: str, handler: Handler) -> CommandSpec:
@@ -38,10 +90,17 @@ class CommandSpec:
             raise TypeError(f"command handler for {path} must be an async function")
         hints = get_type_hints(handler, include_extras=True)
         fields: dict[str, Any] = {}
+        context_param = None
         for name, param in inspect.signature(handler).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
                 raise TypeError(f"command handler for {path}: parameter {name!r} must be a plain keyword")
             annotation = hints.get(name, Any)
+            if annotation is CommandContext:
+                if context_param is not None:
+                    raise TypeError(f"command handler for {path}: one CommandContext parameter at most, "
+                                    f"not {context_param!r} and {name!r}")
+                context_param = name
+                continue
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[name] = (annotation, default)
         model = pydantic.create_model(
@@ -49,7 +108,7 @@ class CommandSpec:
             __config__=ConfigDict(extra="forbid", strict=True),
             **fields,
         )
-        return cls(path, handler, model)
+        return cls(path, handler, model, context_param)
 
     def validate_body(self, body: bytes) -> pydantic.BaseModel:
         """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``.
@@ -61,17 +120,20 @@ class CommandSpec:
         except pydantic.ValidationError as exc:
             raise as_validation_failed(exc) from exc
 
-    def arguments(self, command: Command) -> dict[str, Any]:
+    def arguments(self, command: Command, command_id: str = "") -> dict[str, Any]:
         """The handler's keyword arguments for an accepted command: the model validated when it was accepted
         (in-process bus), or the same JSON object validated again by the same validator (a command that crossed
-        a networked bus, whose JSON form is all that travels)."""
+        a networked bus, whose JSON form is all that travels); and its context, when the handler asks for it."""
         model = command.validated
         if not isinstance(model, self.model):
             model = self.validate_body(orjson.dumps(dict(command.args)))
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        arguments = {name: getattr(model, name) for name in type(model).model_fields}
+        if self.context_param is not None:
+            arguments[self.context_param] = CommandContext.of(command_id, command)
+        return arguments
 
-    async def run(self, command: Command) -> None:
-        await self.handler(**self.arguments(command))
+    async def run(self, command_id: str, command: Command) -> None:
+        await self.handler(**self.arguments(command, command_id))
 
 
 def as_validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:

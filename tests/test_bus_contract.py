@@ -212,6 +212,23 @@ async def test_each_accepted_command_runs_exactly_once(bus: Bus) -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_context_travels_with_the_command(bus: Bus) -> None:
+    """What the request told besides the body reaches the handler as it was submitted, on the first delivery."""
+    recorder = Recorder(expect=2)
+    await bus.start(recorder)
+    context = {"client": "203.0.113.9", "headers": {"x-trace": "t-1"}, "identity": {"sub": "ann"},
+               "path": {"id": "7"}}
+    with_context = await bus.submit(Command("add", {"i": 1}, "key-ctx", context=context))
+    without = await bus.submit(Command("add", {"i": 2}))
+    await recorder.wait_all()
+    received = dict(recorder.entered)
+    assert received[with_context].context == context
+    assert received[with_context].idempotency_key == "key-ctx"
+    assert received[without].context == {}
+    assert {c.delivery for c in received.values()} == {1}
+
+
+@pytest.mark.asyncio
 async def test_idempotency_key_returns_first_id_and_runs_once(bus: Bus) -> None:
     recorder = Recorder(expect=2)
     await bus.start(recorder)

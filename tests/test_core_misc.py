@@ -448,8 +448,8 @@ async def test_run_calls_handler_with_typed_args(spec: CommandSpec) -> None:
     """A command that crossed a networked bus (only its JSON object travels) is validated again by the same
     strict JSON validator, defaults filled in."""
     async with asyncio.timeout(5):
-        await spec.run(Command("/add", {"text": "milk"}))
-        await spec.run(Command("/add", {"text": "eggs", "n": 12}))
+        await spec.run("1", Command("/add", {"text": "milk"}))
+        await spec.run("1", Command("/add", {"text": "eggs", "n": 12}))
     assert _calls == [("milk", 3), ("eggs", 12)]
     assert all(type(text) is str and type(n) is int for text, n in _calls)
 
@@ -468,14 +468,14 @@ async def test_the_handler_receives_exactly_what_was_validated() -> None:
     body = b'{"when": "2026-12-07T08:00:00Z", "items": [1, 2, 3], "tag": "b"}'
     validated = spec.validate_body(body)
     async with asyncio.timeout(5):
-        await spec.run(Command("/typed", orjson.loads(body), None, validated))
-        await spec.run(Command("/typed", orjson.loads(body)))
+        await spec.run("1", Command("/typed", orjson.loads(body), None, validated))
+        await spec.run("1", Command("/typed", orjson.loads(body)))
     assert received[0]["items"] is validated.items  # type: ignore[attr-defined]
     assert received[0]["when"] is validated.when  # type: ignore[attr-defined]
     assert received[1] == received[0]
     assert received[0]["when"] == datetime(2026, 12, 7, 8, tzinfo=UTC)
     with pytest.raises(ValidationFailed):
-        await spec.run(Command("/typed", {"when": "2026-12-07T08:00:00Z", "items": ["1"]}))  # strict: no coercion
+        await spec.run("1", Command("/typed", {"when": "2026-12-07T08:00:00Z", "items": ["1"]}))  # strict: no coercion
 
 
 def test_sync_handler_refused() -> None:

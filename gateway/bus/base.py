@@ -22,16 +22,23 @@ from typing import Any, Protocol
 class Command:
     """A validated command, ready for the handler. ``args`` is the JSON object that was validated; ``validated``
     is the result of that validation, which an in-process bus hands to the handler as it is (a networked bus
-    carries ``args`` only, and the handler's side validates them again with the same validator)."""
+    carries ``args`` only, and the handler's side validates them again with the same validator). ``context`` is
+    what the request told about the command besides its body (client, headers, identity claims, path values: a
+    JSON object, carried next to ``args``); ``delivery`` counts the runs the bus handed it to (1, or more when a
+    networked bus redelivers a command whose process died), set by the bus, not the submitter."""
 
     name: str
     args: Mapping[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
     validated: Any = field(default=None, compare=False, repr=False)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    delivery: int = 1
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a command needs a name")
+        if self.delivery < 1:
+            raise ValueError(f"a command's delivery count starts at 1, not {self.delivery}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,11 +122,15 @@ class CommandConsumer:
                 if last is None or last >= self._drain_until:
                     return
 
-    def _run(self, command_id: str, fields: dict[bytes, bytes]) -> None:
+    def _run(self, command_id: str, fields: dict[bytes, bytes], delivery: int = 1) -> None:
         if command_id in self._running:
             return
         try:
-            command = Command(text(fields[b"n"]), orjson.loads(fields[b"a"]), text(fields.get(b"k", b"")) or None)
+            context = orjson.loads(fields.get(b"c", b"{}"))
+            if not isinstance(context, dict):
+                raise ValueError("the context is not an object")
+            command = Command(text(fields[b"n"]), orjson.loads(fields[b"a"]), text(fields.get(b"k", b"")) or None,
+                              context=context, delivery=delivery)
         except (KeyError, ValueError, orjson.JSONDecodeError):
             log.error("command %s is malformed; moving it to %s", command_id, self._keys.dead)
             task = asyncio.create_task(self._bury_it(command_id, 0))
@@ -210,4 +214,4 @@ class CommandConsumer:
                 await self._bury_it(command_id, deliveries)
                 continue
             log.warning("command %s: its process stopped before finishing it; running it here", command_id)
-            self._run(command_id, fields)
+            self._run(command_id, fields, deliveries)

@@ -172,7 +172,9 @@ return redis.call('GET', KEYS[1])
 """
 
 # KEYS: commands stream, idempotency key. ARGV: name, args JSON, idempotency key or '', key TTL ms, queue size,
-# group. Returns {1, id} accepted, {0, id} a retry of an accepted command, {2, waiting} the queue is full.
+# group, context JSON. Entry fields: n name, a args, k key, c context (entries written without c stay readable:
+# their context is empty). Returns {1, id} accepted, {0, id} a retry of an accepted command, {2, waiting} the
+# queue is full.
 # "Waiting" is what no worker has taken yet: the Stream's length minus the entries being handled (pending).
 SUBMIT = """
 if ARGV[3] ~= '' then
@@ -183,7 +185,7 @@ local waiting = redis.call('XLEN', KEYS[1])
 local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[6])
 if ok then waiting = waiting - pending[1] end
 if waiting >= tonumber(ARGV[5]) then return {2, tostring(waiting)} end
-local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[1], 'a', ARGV[2], 'k', ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[1], 'a', ARGV[2], 'k', ARGV[3], 'c', ARGV[7])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], id, 'PX', ARGV[4]) end
 return {1, id}
 """

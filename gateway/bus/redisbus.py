@@ -123,7 +123,7 @@ class RedisBus:
         key = command.idempotency_key or ""
         keys = [self._keys.commands, self._keys.idempotency(key) if key else self._keys.commands]
         args = [command.name, orjson.dumps(dict(command.args)), key, self._ttl_ms, self._queue_size,
-                self._keys.group]
+                self._keys.group, orjson.dumps(dict(command.context))]
         status, value = await self._link.io(lambda: self._submit(keys=keys, args=args))
         if int(status) == 2:
             raise Unavailable(f"the command queue is full ({text(value)} waiting)", 1)

@@ -130,12 +130,19 @@ def request_token(authorization: str | None, cookie: str | None, cookie_name: st
                 raise _invalid("the Bearer credentials are empty")
             return value.strip()
     if cookie and cookie_name:
-        # HTTP/2 and HTTP/3 may send cookies as separate fields, which header joining puts together with ", ".
-        for part in cookie.replace(",", ";").split(";"):
-            name, sep, value = part.strip().partition("=")
-            if sep and name == cookie_name and value:
-                return value.strip('"')
+        return parse_cookies(cookie).get(cookie_name) or None
     return None
+
+
+def parse_cookies(cookie: str | None) -> dict[str, str]:
+    """The ``Cookie`` header's name=value pairs (the first non-empty value of a repeated name; quotes removed)."""
+    cookies: dict[str, str] = {}
+    # HTTP/2 and HTTP/3 may send cookies as separate fields, which header joining puts together with ", ".
+    for part in (cookie or "").replace(",", ";").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and not cookies.get(name):
+            cookies[name] = value.strip('"')
+    return cookies
 
 
 # -- keys and verification --------------------------------------------------------------------------------------

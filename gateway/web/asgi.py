@@ -11,7 +11,7 @@ from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
 from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext
 from gateway.web.hypercorn import install as install_corrections
-from gateway.web.posts import Handler, command_handler, hub_publish, serve_post
+from gateway.web.posts import serve_post
 from gateway.web.streams import serve_hub, serve_view
 
 log = logging.getLogger("gateway")
@@ -25,17 +25,11 @@ class Dispatcher:
         self.quart = quart
         self._startup = startup  # the API's life cycle, handed down: this layer never imports upward
         self._shutdown = shutdown
-        self._posts: dict[str, Handler] = {HUB_PUBLISH_ROUTE: hub_publish}
-
-    def _post_handler(self, path: str) -> Handler | None:
-        handler = self._posts.get(path)
-        if handler is None and (spec := self.runtime.commands.get(path)) is not None:
-            handler = self._posts[path] = command_handler(spec)
-        return handler
 
     def _cross_origin_route(self, path: str) -> bool:
         """Streams, commands and hub publishes: the routes a CORS preflight is answered on."""
-        return path in self.runtime.views or path == HUB_ROUTE or self._post_handler(path) is not None
+        return (path in self.runtime.views or path in (HUB_ROUTE, HUB_PUBLISH_ROUTE)
+                or path in self.runtime.commands)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -58,12 +52,12 @@ class Dispatcher:
                 else:
                     await serve_hub(self.runtime, scope, receive, send)
                 return
-            handler = self._post_handler(path)
-            if handler is not None:
+            command = self.runtime.commands.get(path)
+            if command is not None or path == HUB_PUBLISH_ROUTE:
                 if not self.runtime.started:
                     await send_error(send, Unavailable("the gateway is starting", 1))
                 else:
-                    await serve_post(self.runtime, handler, scope, receive, send)
+                    await serve_post(self.runtime, command, scope, receive, send)
                 return
             await self.quart(scope, receive, send)  # type: ignore[arg-type]
         elif kind == "lifespan":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -37,6 +37,7 @@ class StreamRequest:
     headers: Mapping[str, str]
     client: str | None
     http_version: str
+    path_params: Mapping[str, str] = field(default_factory=dict)  # a path template's values (``{name}``)
 
     @classmethod
     def from_scope(cls, scope: Scope) -> StreamRequest:
@@ -50,6 +51,7 @@ class StreamRequest:
             headers=headers,
             client=client[0] if client else None,
             http_version=scope.get("http_version", "1.1"),
+            path_params=dict(scope.get("path_params", {})),
         )
 
     def arg(self, name: str) -> str | None:

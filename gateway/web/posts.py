@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -21,7 +21,8 @@ import pydantic
 from gateway.bus import Command
 from gateway.commands import CommandSpec, as_validation_failed
 from gateway.core import jsonbody
-from gateway.core.auth import Identity, check_publish
+from gateway.core.auth import Identity, check_publish, parse_cookies
+from gateway.core.clientaddr import client_address
 from gateway.core.errors import (
     BadRequest,
     Forbidden,
@@ -43,8 +44,6 @@ NOBODY = Identity(None, {})  # may publish nowhere: the default grant
 PUBLISH_TOKEN = Identity("hub.publish_token", {}, publish=("*",))  # the static token may publish anywhere
 
 LINGER_BYTES = 1024 * 1024  # read and discarded past the limit, so the client sees the 413 and not a reset
-
-Handler = Callable[[AppContext, Mapping[str, str], bytes], Awaitable[list[tuple[bytes, bytes]]]]
 
 
 class PublishBody(pydantic.BaseModel):
@@ -100,19 +99,36 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
     return body
 
 
-def command_handler(spec: CommandSpec) -> Handler:
+# Left out of what a handler sees: the credentials themselves (a handler gets the identity they prove).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def command_context(runtime: AppContext, request: StreamRequest, identity: Identity | None,
+                    path_params: Mapping[str, str]) -> dict[str, Any]:
+    """What travels with a command besides its body, as JSON: the client's address (trusted-proxy aware), the
+    headers and cookies without the credentials, the verified token's claims, the path template's values."""
+    headers = request.headers
+    cookie_name = runtime.settings.auth.cookie
+    return {
+        "client": client_address(request.client, headers.get("x-forwarded-for"), runtime.trusted_proxies),
+        "headers": {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS},
+        "cookies": {k: v for k, v in parse_cookies(headers.get("cookie")).items() if k != cookie_name},
+        "identity": dict(identity.claims) if identity is not None else None,
+        "path": dict(path_params),
+    }
+
+
+async def accept_command(runtime: AppContext, spec: CommandSpec, request: StreamRequest, identity: Identity | None,
+                         body: bytes) -> list[tuple[bytes, bytes]]:
     """Validate a command's body against its handler's signature and put it on the bus (204 once it is there)."""
-
-    async def accept(runtime: AppContext, headers: Mapping[str, str], body: bytes) -> list[tuple[bytes, bytes]]:
-        validated = spec.validate_body(body)
-        key = headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
-            raise BadRequest("Idempotency-Key must be 1-255 printable characters")
-        args = orjson.loads(body) if body.strip() else {}
-        command_id = await runtime.bus.submit(Command(spec.path, args, key, validated))
-        return [(b"command-id", command_id.encode())]
-
-    return accept
+    validated = spec.validate_body(body)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+        raise BadRequest("Idempotency-Key must be 1-255 printable characters")
+    args = orjson.loads(body) if body.strip() else {}
+    context = command_context(runtime, request, identity, request.path_params)
+    command_id = await runtime.bus.submit(Command(spec.path, args, key, validated, context))
+    return [(b"command-id", command_id.encode())]
 
 
 async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: bytes,
@@ -163,35 +179,51 @@ def _authorize(runtime: AppContext, headers: Mapping[str, str]) -> Identity:
     return identity
 
 
-async def serve_post(runtime: AppContext, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
-    """One command or publish request, answered 204 or with the JSON error that says what is wrong."""
+async def serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scope, receive: Receive,
+                     send: Send) -> None:
+    """One command (``spec``) or hub publish (``spec`` None), answered 204 or with the JSON error that says what
+    is wrong."""
     path = scope["path"]
     if scope["method"] != "POST":
         await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}", ("POST",)))
         return
-    is_hub = handler is hub_publish
     metrics = runtime.metrics
     headers = scope_headers(scope)
     cors = runtime.guard.cors_headers(headers)
     try:
-        runtime.guard.check_post("publish" if is_hub else "command", scope, headers)  # 403 cross-site, 429
+        runtime.guard.check_post("command" if spec else "publish", scope, headers)  # 403 cross-site, 429
         grant = NOBODY
-        if is_hub:
+        identity = None
+        request = StreamRequest.from_scope(scope)
+        if spec is None:
             grant = _authorize(runtime, headers)
-        elif runtime.draining:
-            raise Unavailable("the gateway is shutting down; retry on another instance", 2)
-        if not is_hub and (hook := runtime.authorizers.get(path)) is not None:
-            await run_hook(hook, runtime.auth.identify(headers), StreamRequest.from_scope(scope))
+        else:
+            if runtime.draining:
+                raise Unavailable("the gateway is shutting down; retry on another instance", 2)
+            identity = _identify(runtime, spec, headers)
+            if (hook := runtime.authorizers.get(spec.path)) is not None:
+                await run_hook(hook, identity, request)
         body = await read_json_body(runtime, headers, receive)
         if body is None:
             return  # the client left mid-body: nobody to answer, nothing accepted
-        extra = await (hub_publish(runtime, headers, body, grant) if is_hub else handler(runtime, headers, body))
+        if spec is None:
+            extra = await hub_publish(runtime, headers, body, grant)
+        else:
+            extra = await accept_command(runtime, spec, request, identity, body)
     except GatewayError as exc:
-        if not is_hub:
-            metrics.commands.labels(path, exc.code).inc()
+        if spec is not None:
+            metrics.commands.labels(spec.path, exc.code).inc()
         await send_error(send, exc, {k.decode(): v.decode() for k, v in cors})
         return
-    if not is_hub:
-        metrics.commands.labels(path, "accepted").inc()
+    if spec is not None:
+        metrics.commands.labels(spec.path, "accepted").inc()
     await send({"type": "http.response.start", "status": 204, "headers": extra + cors})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _identify(runtime: AppContext, spec: CommandSpec, headers: Mapping[str, str]) -> Identity | None:
+    """The command's verified identity. A token that fails verification is refused (401), never passed on as
+    anonymous; without a configured key no token is looked at, unless an ``authorize`` hook needs one."""
+    if runtime.auth.verifier is None and spec.path not in runtime.authorizers:
+        return None
+    return runtime.auth.identify(headers)
