@@ -33,6 +33,7 @@ from gateway.config import Settings
 from gateway.core.compression import RouteCompression
 from gateway.core.errors import Unavailable
 from gateway.core.hub import HubEvent
+from gateway.core.paths import PathTemplate, is_template
 from gateway.core.stream import CloseReason
 from gateway.core.topics import hub_key, view_key
 from gateway.metrics import Metrics
@@ -93,9 +94,20 @@ class Gateway:
             raise ValueError(f"path {path!r} is reserved, already used, or does not start with '/'")
         if self._runtime is not None:
             raise RuntimeError("register commands and views before the gateway starts")
+        template = PathTemplate.parse(path)  # a malformed template is refused here, naming its segment
+        if is_template(path):
+            if taken := [reserved for reserved in sorted(_RESERVED) if template.match(reserved) is not None]:
+                raise ValueError(f"path {path!r} would take the gateway's own {taken[0]}")
+            for other in (*self._commands, *self._views):
+                if is_template(other) and PathTemplate.parse(other).shape == template.shape:
+                    raise ValueError(f"path {path!r} matches the same paths as {other!r}")
 
     def command(self, path: str, *, authorize: AuthorizeHook | None = None) -> Callable[[H], H]:
         """Register an async handler as ``POST path``; its annotated parameters define the JSON body.
+
+        ``path`` may name values in it (``/todos/{id}/toggle``, one path segment each, ``gateway.core.paths``):
+        they are handler parameters too, typed and validated (422 naming the field) and not part of the body. A
+        parameter annotated ``CommandContext`` receives the command's context (``gateway.commands``).
 
         ``authorize(identity, request)`` (sync or async) decides before the body is read: ``identity`` is the
         request's verified token (``gateway.core.auth.Identity``) or None; False refuses (401 without a token,
@@ -119,7 +131,8 @@ class Gateway:
         one parameter receives the ``StreamRequest`` and is rendered per connection (``per_request`` forces
         either way; a shared view must not depend on who asks). ``compression`` sets the route's codecs, quality
         and window (``RouteCompression(encodings=())`` never compresses it: see the BREACH note in the docs).
-        ``authorize`` decides who may open the stream, as for ``command``.
+        ``authorize`` decides who may open the stream, as for ``command``. A view whose path names values
+        (``/rooms/{room}/updates``) must take the request: they are in ``request.path_params``, as strings.
         """
 
         def register(render: R) -> R:
@@ -127,6 +140,8 @@ class Gateway:
             if authorize is not None:
                 self._authorizers[path] = authorize
             takes_request = len(inspect.signature(render).parameters) > 0
+            if is_template(path) and not takes_request:
+                raise TypeError(f"view {path} has path parameters: it must take the request (request.path_params)")
             if per_request is False and takes_request:
                 raise TypeError(f"shared view {path} must not take the request: it is rendered once for everybody")
             if per_request and not takes_request:

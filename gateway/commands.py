@@ -6,6 +6,11 @@ so a wrong type, a missing field or an unexpected one is refused with 422 *befor
 the error names the field. ``Annotated`` constraints (``Field(max_length=500)``) and pydantic models work as
 parameter types.
 
+A path template's values (``@gw.command("/todos/{id}/toggle")`` on ``async def toggle(id: int)``) are parameters
+too, validated by a model of their own: from the path's text, so ``"7"`` is an ``int`` 7 there (pydantic's lax
+mode; the body stays strict JSON). A path parameter is not part of the body, and one the handler does not declare
+is a registration error.
+
 A parameter annotated ``CommandContext`` (any name) is not part of the body: it is filled when the command runs
 with what the gateway knows about it (``CommandContext``). The context crosses a networked bus next to the
 arguments (``Command.context``, plain JSON), so a handler sees the same context whichever process runs it.
@@ -25,6 +30,7 @@ from pydantic import ConfigDict
 from gateway.bus.base import Command
 from gateway.core.auth import Identity
 from gateway.core.errors import ValidationFailed
+from gateway.core.paths import PathTemplate
 
 Handler = Callable[..., Awaitable[None]]
 
@@ -83,6 +89,7 @@ class CommandSpec:
     handler: Handler
     model: type[pydantic.BaseModel]
     context_param: str | None = None
+    path_model: type[pydantic.BaseModel] | None = None  # the path template's values, when it has any
 
     @classmethod
     def from_handler(cls, path: str, handler: Handler) -> CommandSpec:
@@ -90,6 +97,8 @@ class CommandSpec:
             raise TypeError(f"command handler for {path} must be an async function")
         hints = get_type_hints(handler, include_extras=True)
         fields: dict[str, Any] = {}
+        path_fields: dict[str, Any] = {}
+        path_names = PathTemplate.parse(path).params
         context_param = None
         for name, param in inspect.signature(handler).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
@@ -102,13 +111,20 @@ class CommandSpec:
                 context_param = name
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[name] = (annotation, default)
+            (path_fields if name in path_names else fields)[name] = (annotation, default)
+        if missing := [name for name in path_names if name not in path_fields]:
+            raise TypeError(f"command handler for {path}: the path's {{{missing[0]}}} must be a parameter of the "
+                            f"handler (and not its CommandContext)")
         model = pydantic.create_model(
             f"Command_{handler.__name__}",
             __config__=ConfigDict(extra="forbid", strict=True),
             **fields,
         )
-        return cls(path, handler, model, context_param)
+        path_model = None
+        if path_fields:
+            path_model = pydantic.create_model(f"Path_{handler.__name__}", __config__=ConfigDict(extra="forbid"),
+                                               **path_fields)
+        return cls(path, handler, model, context_param, path_model)
 
     def validate_body(self, body: bytes) -> pydantic.BaseModel:
         """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``.
@@ -120,14 +136,27 @@ class CommandSpec:
         except pydantic.ValidationError as exc:
             raise as_validation_failed(exc) from exc
 
+    def validate_path(self, values: Mapping[str, str]) -> pydantic.BaseModel | None:
+        """The path template's values, typed (from text: lax); raises ``ValidationFailed`` naming the field."""
+        if self.path_model is None:
+            return None
+        try:
+            return self.path_model.model_validate(dict(values))
+        except pydantic.ValidationError as exc:
+            raise as_validation_failed(exc) from exc
+
     def arguments(self, command: Command, command_id: str = "") -> dict[str, Any]:
         """The handler's keyword arguments for an accepted command: the model validated when it was accepted
         (in-process bus), or the same JSON object validated again by the same validator (a command that crossed
-        a networked bus, whose JSON form is all that travels); and its context, when the handler asks for it."""
+        a networked bus, whose JSON form is all that travels); the path's values, typed again from the text that
+        was validated when it was accepted; and its context, when the handler asks for it."""
         model = command.validated
         if not isinstance(model, self.model):
             model = self.validate_body(orjson.dumps(dict(command.args)))
         arguments = {name: getattr(model, name) for name in type(model).model_fields}
+        path = self.validate_path(command.context.get("path", {}))
+        if path is not None:
+            arguments.update((name, getattr(path, name)) for name in type(path).model_fields)
         if self.context_param is not None:
             arguments[self.context_param] = CommandContext.of(command_id, command)
         return arguments

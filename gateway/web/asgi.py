@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 
 from quart import Quart
 
+from gateway.commands import CommandSpec
 from gateway.core.errors import MethodNotAllowed, Unavailable
+from gateway.core.paths import PathTemplate, first_match, is_template
 from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
-from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext
+from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.hypercorn import install as install_corrections
 from gateway.web.posts import serve_post
 from gateway.web.streams import serve_hub, serve_view
@@ -25,22 +27,39 @@ class Dispatcher:
         self.quart = quart
         self._startup = startup  # the API's life cycle, handed down: this layer never imports upward
         self._shutdown = shutdown
+        self._templates: list[PathTemplate] | None = None
 
-    def _cross_origin_route(self, path: str) -> bool:
+    def _route(self, scope: Scope) -> CommandSpec | ViewSpec | None:
+        """The command or view of the request's path: an exact path first, then the path templates (their
+        values go into ``scope["path_params"]``, where ``StreamRequest`` reads them)."""
+        path = scope["path"]
+        runtime = self.runtime
+        route = runtime.commands.get(path) or runtime.views.get(path)
+        if route is not None:
+            return route
+        if self._templates is None:  # registration is over once the dispatcher serves
+            self._templates = [PathTemplate.parse(p) for p in (*runtime.commands, *runtime.views) if is_template(p)]
+        found = first_match(self._templates, path)
+        if found is None:
+            return None
+        template, scope["path_params"] = found
+        return runtime.commands.get(template.path) or runtime.views[template.path]
+
+    def _cross_origin_route(self, path: str, route: CommandSpec | ViewSpec | None) -> bool:
         """Streams, commands and hub publishes: the routes a CORS preflight is answered on."""
-        return (path in self.runtime.views or path in (HUB_ROUTE, HUB_PUBLISH_ROUTE)
-                or path in self.runtime.commands)
+        return route is not None or path in (HUB_ROUTE, HUB_PUBLISH_ROUTE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if scope["method"] == "OPTIONS" and self._cross_origin_route(path):
+            route = self._route(scope)
+            if scope["method"] == "OPTIONS" and self._cross_origin_route(path, route):
                 headers = scope_headers(scope)
                 if "access-control-request-method" in headers:
                     await self.runtime.guard.serve_preflight(headers, send)
                     return
-            spec = self.runtime.views.get(path)
+            spec = route if isinstance(route, ViewSpec) else None
             if spec is not None or path == HUB_ROUTE:
                 if scope["method"] not in ("GET", "HEAD"):
                     await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
@@ -52,7 +71,7 @@ class Dispatcher:
                 else:
                     await serve_hub(self.runtime, scope, receive, send)
                 return
-            command = self.runtime.commands.get(path)
+            command = route if isinstance(route, CommandSpec) else None
             if command is not None or path == HUB_PUBLISH_ROUTE:
                 if not self.runtime.started:
                     await send_error(send, Unavailable("the gateway is starting", 1))

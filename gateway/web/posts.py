@@ -203,6 +203,7 @@ async def serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scope
             identity = _identify(runtime, spec, headers)
             if (hook := runtime.authorizers.get(spec.path)) is not None:
                 await run_hook(hook, identity, request)
+            spec.validate_path(request.path_params)  # 422 before the body is read
         body = await read_json_body(runtime, headers, receive)
         if body is None:
             return  # the client left mid-body: nobody to answer, nothing accepted

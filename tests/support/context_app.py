@@ -1,0 +1,41 @@
+"""An app whose handler records the context it ran with, one JSON line per run, in ``GATEWAY_TEST_RECORDS``.
+
+Served by ``gateway serve --app tests.support.context_app:gw``. ``GATEWAY_TEST_STALL=1`` makes the handler hang
+after recording (it started, it never finishes: the test then kills the process, and another runs it again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import orjson
+
+from gateway import CommandContext, Gateway
+from gateway.api import StreamRequest
+
+gw = Gateway()
+
+
+def _record(entry: dict[str, object]) -> None:
+    with (Path(os.environ["GATEWAY_TEST_RECORDS"]) / f"{os.getpid()}.jsonl").open("ab") as out:
+        out.write(orjson.dumps(entry) + b"\n")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+@gw.command("/items/{item}/touch")
+async def touch(item: int, note: str, ctx: CommandContext) -> None:
+    identity = ctx.identity
+    _record({"item": item, "note": note, "command_id": ctx.command_id, "idempotency_key": ctx.idempotency_key,
+             "client": ctx.client, "headers": dict(ctx.headers), "cookies": dict(ctx.cookies),
+             "subject": identity.subject if identity else None, "claims": dict(identity.claims) if identity else None,
+             "path_params": dict(ctx.path_params), "delivery": ctx.delivery})
+    if os.environ.get("GATEWAY_TEST_STALL") == "1":
+        await asyncio.Event().wait()
+
+
+@gw.view("/rooms/{room}/updates", topics=["rooms"])
+async def room(request: StreamRequest) -> str:
+    return f"room={request.path_params['room']}"

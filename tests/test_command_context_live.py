@@ -1,0 +1,93 @@
+"""The command context and path parameters over real sockets: what a handler is told about its request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import pytest
+
+from tests.support.server import Server, start_server
+from tests.support.sse_client import SSEReader
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.live, pytest.mark.asyncio]
+
+APP = ["--app", "tests.support.context_app:gw"]
+SECRET = "context-secret-" + "k" * 32
+AUDIENCE = "gateway-tests"
+
+
+def _records(directory: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for file in sorted(directory.glob("*.jsonl"))
+            for line in file.read_bytes().splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("records")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path], records: Path) -> Iterator[Server]:
+    env = {"GATEWAY_AUTH_JWT_KEY": SECRET, "GATEWAY_AUTH_AUDIENCE": AUDIENCE,
+           "GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_TEST_RECORDS": str(records)}
+    server = start_server(tmp_path_factory.mktemp("context"), certs, env=env, args=APP)
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+async def test_the_handler_records_its_context(srv: Server, records: Path) -> None:
+    token = jwt.encode({"sub": "ann", "aud": AUDIENCE, "exp": int(time.time()) + 300, "role": "editor"}, SECRET,
+                       algorithm="HS256")
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9", "Idempotency-Key": "ctx-1",
+               "X-Trace": "t-1", "Cookie": f"gateway_token={token}; theme=dark"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(f"{srv.http}/items/7/touch", json={"note": "hi"}, headers=headers)
+    assert answer.status_code == 204, answer.text
+    await wait_until(lambda: any(r["note"] == "hi" for r in _records(records)), 10, what="the handler's record")
+    (seen,) = [r for r in _records(records) if r["note"] == "hi"]
+    assert seen["command_id"] == answer.headers["command-id"]
+    assert seen["idempotency_key"] == "ctx-1"
+    assert seen["client"] == "203.0.113.9"  # the peer, 127.0.0.1, is a trusted proxy
+    assert (seen["item"], seen["path_params"]) == (7, {"item": "7"})
+    assert (seen["subject"], seen["claims"]["role"]) == ("ann", "editor")
+    assert seen["delivery"] == 1
+    assert seen["headers"]["x-trace"] == "t-1"
+    # The token itself never reaches the handler: neither its header nor its cookie.
+    assert not {"authorization", "cookie"} & set(seen["headers"])
+    assert seen["cookies"] == {"theme": "dark"}
+    assert token not in orjson.dumps(seen).decode()
+
+
+async def test_path_values_are_validated_and_unknown_paths_are_404(srv: Server) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        bad = await client.post(f"{srv.http}/items/seven/touch", json={"note": "x"})
+        in_body = await client.post(f"{srv.http}/items/7/touch", json={"note": "x", "item": 8})
+        nowhere = await client.post(f"{srv.http}/items/7/untouch", json={"note": "x"})
+        empty = await client.post(f"{srv.http}/items//touch", json={"note": "x"})
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "item"
+    assert in_body.status_code == 422
+    assert in_body.json()["field"] == "item"
+    assert nowhere.status_code == 404
+    assert empty.status_code == 404
+
+
+async def test_a_view_gets_its_path_values(srv: Server) -> None:
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", f"{srv.http}/rooms/blue/updates") as r:
+        assert r.status_code == 200
+        event = await SSEReader(r.aiter_raw(), r.headers.get("content-encoding")).next_event()
+    assert event.data == "room=blue"
+
+
+async def test_a_bad_token_is_refused_not_passed_on_as_anonymous(srv: Server) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        answer = await client.post(f"{srv.http}/items/1/touch", json={"note": "forged"},
+                                   headers={"Authorization": "Bearer not-a-token"})
+    assert answer.status_code == 401
