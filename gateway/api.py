@@ -47,6 +47,9 @@ from gateway.web.routes import build_quart
 log = logging.getLogger("gateway")
 
 H = TypeVar("H", bound=Handler)
+Hook = Callable[[], Awaitable[None]]
+K = TypeVar("K", bound=Hook)
+L = TypeVar("L", bound=Callable[[], contextlib.AbstractAsyncContextManager[Any]])
 R = TypeVar("R", bound=Callable[..., Awaitable[str]])
 
 _RESERVED = {HUB_ROUTE, "/hub/publish", "/metrics", "/healthz", "/readyz"}
@@ -65,6 +68,10 @@ class Gateway:
         self._views: dict[str, ViewSpec] = {}
         self._authorizers: dict[str, AuthorizeHook] = {}
         self._routes: list[tuple[str, Callable[..., Any], tuple[str, ...]]] = []
+        self._on_startup: list[Hook] = []
+        self._on_shutdown: list[Hook] = []
+        self._lifespans: list[Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = []
+        self._resources = contextlib.AsyncExitStack()  # the entered lifespans, exited at shutdown
         self._runtime: AppContext | None = None
         self._app: Dispatcher | None = None
         # Ids of accepted commands this process stopped without running, and that no other process will run
@@ -165,6 +172,36 @@ class Gateway:
 
         return register
 
+    def on_startup(self, hook: K) -> K:
+        """Run ``async def hook()`` when the gateway starts (the ASGI lifespan startup), in registration order,
+        before the bus hands out commands or a stream is served: open the app's own clients here. A hook that
+        raises fails the startup with its message, and the server does not serve."""
+        self._check_hook(hook, "on_startup")
+        self._on_startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: K) -> K:
+        """Run ``async def hook()`` when the gateway stops, in registration order, after the drain (streams
+        closed, accepted commands finished, the bus closed): close the app's own clients here. A hook that raises
+        is logged; the others still run."""
+        self._check_hook(hook, "on_shutdown")
+        self._on_shutdown.append(hook)
+        return hook
+
+    def lifespan(self, factory: L) -> L:
+        """Register an async context manager factory (``@contextlib.asynccontextmanager`` on a function without
+        parameters), entered at startup after the ``on_startup`` hooks and exited at shutdown after the
+        ``on_shutdown`` hooks, the last entered first."""
+        self._check_hook(factory, "lifespan")
+        self._lifespans.append(factory)
+        return factory
+
+    def _check_hook(self, hook: Callable[..., Any], kind: str) -> None:
+        if self._runtime is not None and self._runtime.started:
+            raise RuntimeError(f"register {kind} hooks before the gateway starts")
+        if kind != "lifespan" and not inspect.iscoroutinefunction(hook):
+            raise TypeError(f"{kind} hook {getattr(hook, '__name__', hook)!r} must be an async function")
+
     # -- runtime ----------------------------------------------------------------------------------------------
 
     @property
@@ -224,6 +261,18 @@ class Gateway:
 
     async def _startup(self) -> None:
         runtime = self.runtime
+        try:
+            for hook in self._on_startup:
+                await _run_startup_hook(hook)
+            for factory in self._lifespans:
+                await _run_startup_hook(partial(self._resources.enter_async_context, factory()),
+                                        getattr(factory, "__name__", repr(factory)))
+            await self._start_serving(runtime)
+        except BaseException:
+            await self._resources.aclose()
+            raise
+
+    async def _start_serving(self, runtime: AppContext) -> None:
         compression = runtime.compression
         hub_route = compression.route(HUB_ROUTE, runtime.hub_compression)
         fanout = Fanout(runtime.bus, runtime.metrics, lambda size: compression.observe(hub_route, size),
@@ -289,9 +338,27 @@ class Gateway:
         if not runtime.draining:
             runtime.draining = True
             self.unrun_commands += await runtime.bus.close(self.settings.server.drain_timeout)
+        for hook in self._on_shutdown:
+            try:
+                await hook()
+            except Exception:
+                log.exception("on_shutdown hook %s failed", getattr(hook, "__name__", hook))
+        try:
+            await self._resources.aclose()
+        except Exception:
+            log.exception("an app lifespan failed to close")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+async def _run_startup_hook(hook: Callable[[], Awaitable[Any]], name: str | None = None) -> None:
+    """Run one startup hook; its failure becomes the startup's failure, with the hook's name and message."""
+    name = name or getattr(hook, "__name__", repr(hook))
+    try:
+        await hook()
+    except Exception as exc:
+        raise RuntimeError(f"startup hook {name} failed: {exc}") from exc
 
 
 class Hub:

@@ -50,14 +50,15 @@ async def test_the_handler_records_its_context(srv: Server, records: Path) -> No
     async with httpx.AsyncClient(timeout=10) as client:
         answer = await client.post(f"{srv.http}/items/7/touch", json={"note": "hi"}, headers=headers)
     assert answer.status_code == 204, answer.text
-    await wait_until(lambda: any(r["note"] == "hi" for r in _records(records)), 10, what="the handler's record")
-    (seen,) = [r for r in _records(records) if r["note"] == "hi"]
+    await wait_until(lambda: any(r.get("note") == "hi" for r in _records(records)), 10, what="the handler's record")
+    (seen,) = [r for r in _records(records) if r.get("note") == "hi"]
     assert seen["command_id"] == answer.headers["command-id"]
     assert seen["idempotency_key"] == "ctx-1"
     assert seen["client"] == "203.0.113.9"  # the peer, 127.0.0.1, is a trusted proxy
     assert (seen["item"], seen["path_params"]) == (7, {"item": "7"})
     assert (seen["subject"], seen["claims"]["role"]) == ("ann", "editor")
     assert seen["delivery"] == 1
+    assert seen["clients"] == ["cache", "db"]  # opened by the app's startup hooks before any command ran
     assert seen["headers"]["x-trace"] == "t-1"
     # The token itself never reaches the handler: neither its header nor its cookie.
     assert not {"authorization", "cookie"} & set(seen["headers"])
@@ -91,3 +92,28 @@ async def test_a_bad_token_is_refused_not_passed_on_as_anonymous(srv: Server) ->
         answer = await client.post(f"{srv.http}/items/1/touch", json={"note": "forged"},
                                    headers={"Authorization": "Bearer not-a-token"})
     assert answer.status_code == 401
+
+
+async def test_lifespan_hooks_open_and_close_the_apps_clients(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    server = start_server(tmp_path, certs, env={"GATEWAY_TEST_RECORDS": str(records)}, args=APP)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(f"{server.http}/items/3/touch", json={"note": "life"})
+        assert answer.status_code == 204
+    finally:
+        assert server.stop() == 0, server.output()
+    # SIGTERM drains: the accepted command ran, then the shutdown hook, then the lifespan's exit.
+    assert [r.get("hook") or r["note"] for r in _records(records)] == ["startup", "life", "shutdown",
+                                                                      "lifespan-exit"]
+    assert _records(records)[-1]["db_closed"] is True
+
+
+async def test_a_failing_startup_hook_fails_the_start_with_its_message(tmp_path: Path,
+                                                                      certs: tuple[Path, Path]) -> None:
+    env = {"GATEWAY_TEST_RECORDS": str(tmp_path), "GATEWAY_TEST_FAIL_STARTUP": "1"}
+    with pytest.raises(RuntimeError, match="gateway exited") as caught:
+        start_server(tmp_path, certs, env=env, args=APP, ready_timeout=20)
+    assert "startup hook open_client failed: no database at db.invalid" in str(caught.value)
+    assert not _records(tmp_path), "nothing ran"
