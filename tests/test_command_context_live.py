@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import jwt
 import orjson
 import pytest
 
+from tests.support.redis import drop_namespace, redis_namespace
 from tests.support.server import Server, start_server
 from tests.support.sse_client import SSEReader
 from tests.support.wait import wait_until
@@ -42,9 +44,13 @@ def srv(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path], reco
     assert server.stop() == 0, server.output()
 
 
+def _token() -> str:
+    return jwt.encode({"sub": "ann", "aud": AUDIENCE, "exp": int(time.time()) + 300, "role": "editor"}, SECRET,
+                      algorithm="HS256")
+
+
 async def test_the_handler_records_its_context(srv: Server, records: Path) -> None:
-    token = jwt.encode({"sub": "ann", "aud": AUDIENCE, "exp": int(time.time()) + 300, "role": "editor"}, SECRET,
-                       algorithm="HS256")
+    token = _token()
     headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9", "Idempotency-Key": "ctx-1",
                "X-Trace": "t-1", "Cookie": f"gateway_token={token}; theme=dark"}
     async with httpx.AsyncClient(timeout=10) as client:
@@ -117,3 +123,48 @@ async def test_a_failing_startup_hook_fails_the_start_with_its_message(tmp_path:
         start_server(tmp_path, certs, env=env, args=APP, ready_timeout=20)
     assert "startup hook open_client failed: no database at db.invalid" in str(caught.value)
     assert not _records(tmp_path), "nothing ran"
+
+
+@pytest.mark.timeout(120)
+async def test_a_redelivered_command_is_recognisable_by_its_id(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """Redis bus: the process running the command dies before acknowledging it; the process that runs it again
+    sees the same command id, a higher delivery count and the same context (it crossed the bus with the command)."""
+    url = redis_namespace()
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {"GATEWAY_BUS_URL": url, "GATEWAY_BUS_LEASE": "1", "GATEWAY_BUS_TIMEOUT": "0.5",
+           "GATEWAY_AUTH_JWT_KEY": SECRET, "GATEWAY_AUTH_AUDIENCE": AUDIENCE,
+           "GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1", "GATEWAY_TEST_RECORDS": str(records)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stalling = start_server(tmp_path / "a", certs, env={**env, "GATEWAY_TEST_STALL": "1"}, args=APP)
+    rescuer: Server | None = None
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(f"{stalling.http}/items/5/touch", json={"note": "again"},
+                                       headers={"Authorization": f"Bearer {_token()}",
+                                                "X-Forwarded-For": "198.51.100.4"})
+        assert answer.status_code == 204, answer.text
+        command_id = answer.headers["command-id"]
+
+        def runs() -> list[dict[str, Any]]:
+            return [r for r in _records(records) if r.get("note") == "again"]
+
+        # The handler recorded its run and hangs: the command is taken, not acknowledged.
+        await wait_until(lambda: len(runs()) == 1, 10, what="the first run's record")
+        stalling.proc.send_signal(signal.SIGKILL)
+        stalling.proc.wait(10)
+        rescuer = start_server(tmp_path / "b", certs, env=env, args=APP)
+        # Claimed once its lease (1 s) ran out.
+        await wait_until(lambda: len(runs()) == 2, 20, what="the redelivered run's record")
+        first, again = sorted(runs(), key=lambda run: int(run["delivery"]))  # files are per process
+        assert first["command_id"] == again["command_id"] == command_id
+        assert (first["delivery"], again["delivery"]) == (1, 2)
+        for run in (first, again):
+            assert (run["item"], run["client"], run["subject"]) == (5, "198.51.100.4", "ann")
+    finally:
+        if rescuer is not None:
+            assert rescuer.stop() == 0, rescuer.output()
+        if stalling.proc.poll() is None:
+            stalling.stop()
+        await drop_namespace(url)
