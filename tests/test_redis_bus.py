@@ -108,6 +108,32 @@ async def test_a_malformed_command_entry_is_buried_not_run(url: str) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
+async def test_an_entry_without_a_context_runs_with_an_empty_one(url: str) -> None:
+    """Entries written before commands carried a context (no ``c`` field) are still run; a context that is not
+    a JSON object makes the entry malformed."""
+    ran: list[Command] = []
+
+    async def handler(command_id: str, command: Command) -> None:
+        ran.append(command)
+
+    bus = _bus(url)
+    await bus.start(handler)
+    plain = redis.Redis.from_url(url.partition("?")[0])
+    try:
+        plain.xadd(_key(url, "commands"), {"n": "old", "a": '{"i": 1}', "k": "key-old"})
+        plain.xadd(_key(url, "commands"), {"n": "odd", "a": "{}", "k": "", "c": "[1]"})
+        await wait_until(lambda: len(ran) == 1 and plain.xlen(_key(url, "dead")) == 1, WAIT,
+                         what="the old entry run and the odd one buried")
+        (old,) = ran
+        assert (old.name, dict(old.args), old.idempotency_key, dict(old.context), old.delivery) == (
+            "old", {"i": 1}, "key-old", {}, 1)
+    finally:
+        await bus.close(5)
+        plain.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
 async def test_outage_refuses_with_retry_after_and_recovers() -> None:
     health: list[bool] = []
     with RedisServer() as server:
