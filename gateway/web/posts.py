@@ -36,7 +36,7 @@ from gateway.core.errors import (
 from gateway.core.hub import MAX_FIELD, HubEvent
 from gateway.core.sse import Event
 from gateway.core.topics import check_topic, hub_key
-from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, scope_headers, send_error
+from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.auth import run_hook
 from gateway.web.context import AppContext
 
@@ -103,8 +103,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def command_context(runtime: AppContext, request: StreamRequest, identity: Identity | None,
-                    path_params: Mapping[str, str]) -> dict[str, Any]:
+def command_context(runtime: AppContext, request: StreamRequest, identity: Identity | None) -> dict[str, Any]:
     """What travels with a command besides its body, as JSON: the client's address (trusted-proxy aware), the
     headers and cookies without the credentials, the verified token's claims, the path template's values."""
     headers = request.headers
@@ -114,7 +113,7 @@ def command_context(runtime: AppContext, request: StreamRequest, identity: Ident
         "headers": {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS},
         "cookies": {k: v for k, v in parse_cookies(headers.get("cookie")).items() if k != cookie_name},
         "identity": dict(identity.claims) if identity is not None else None,
-        "path": dict(path_params),
+        "path": dict(request.path_params),
     }
 
 
@@ -126,7 +125,7 @@ async def accept_command(runtime: AppContext, spec: CommandSpec, request: Stream
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise BadRequest("Idempotency-Key must be 1-255 printable characters")
     args = orjson.loads(body) if body.strip() else {}
-    context = command_context(runtime, request, identity, request.path_params)
+    context = command_context(runtime, request, identity)
     command_id = await runtime.bus.submit(Command(spec.path, args, key, validated, context))
     return [(b"command-id", command_id.encode())]
 
@@ -188,13 +187,13 @@ async def serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scope
         await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}", ("POST",)))
         return
     metrics = runtime.metrics
-    headers = scope_headers(scope)
+    request = StreamRequest.from_scope(scope)
+    headers = request.headers
     cors = runtime.guard.cors_headers(headers)
     try:
         runtime.guard.check_post("command" if spec else "publish", scope, headers)  # 403 cross-site, 429
         grant = NOBODY
         identity = None
-        request = StreamRequest.from_scope(scope)
         if spec is None:
             grant = _authorize(runtime, headers)
         else:
