@@ -24,11 +24,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
+
+import pydantic
 
 from gateway.bus import Command, create_bus
 from gateway.bus.redis_layout import redacted
-from gateway.commands import CommandContext, CommandSpec, Handler
+from gateway.commands import CommandContext, CommandSpec, Handler, path_values_model, validate_path_values
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
 from gateway.core.errors import Unavailable
@@ -139,7 +141,9 @@ class Gateway:
         either way; a shared view must not depend on who asks). ``compression`` sets the route's codecs, quality
         and window (``RouteCompression(encodings=())`` never compresses it: see the BREACH note in the docs).
         ``authorize`` decides who may open the stream, as for ``command``. A view whose path names values
-        (``/rooms/{room}/updates``) must take the request: they are in ``request.path_params``, as strings.
+        (``/rooms/{room}/updates``) must take the request: they are in ``request.path_params``, as strings, and
+        parameters after the request named after them get them typed (``async def room(request, room: int)``;
+        422 naming a bad value before the stream opens).
         """
 
         def register(render: R) -> R:
@@ -155,7 +159,8 @@ class Gateway:
                 raise TypeError(f"per-request view {path} must take the request as its parameter")
             policy = compression or RouteCompression()
             if takes_request:
-                spec = ViewSpec(path, tuple(topics), per_request_render=render, compression=policy)
+                typed, model = _typed_view(path, render)
+                spec = ViewSpec(path, tuple(topics), per_request_render=typed, compression=policy, path_model=model)
             else:
                 spec = ViewSpec(path, tuple(topics), shared_render=render, compression=policy)
             self._views[path] = spec
@@ -350,6 +355,26 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
+
+
+def _typed_view(path: str, render: Callable[..., Awaitable[str]]
+                ) -> tuple[Callable[[StreamRequest], Awaitable[str]], type[pydantic.BaseModel] | None]:
+    """A per-request view's render, called with its typed path values when it declares them after the request
+    (``async def room(request, room: int)``); the model that types them."""
+    declared = list(inspect.signature(render).parameters)[1:]
+    if not declared:
+        return render, None
+    names = PathTemplate.parse(path).params
+    if unknown := [name for name in declared if name not in names]:
+        raise TypeError(f"view {path}: parameter {unknown[0]!r} is not a value of the path (it has {names})")
+    hints = get_type_hints(render, include_extras=True)
+    model = path_values_model(f"Path_{render.__name__}", {name: (hints.get(name, Any), ...) for name in declared})
+
+    async def typed(request: StreamRequest) -> str:
+        values = validate_path_values(model, request.path_params)
+        return await render(request, **{name: getattr(values, name) for name in declared})
+
+    return typed, model
 
 
 async def _run_startup_hook(hook: Callable[[], Awaitable[Any]], name: str | None = None) -> None:

@@ -120,10 +120,7 @@ class CommandSpec:
             __config__=ConfigDict(extra="forbid", strict=True),
             **fields,
         )
-        path_model = None
-        if path_fields:
-            path_model = pydantic.create_model(f"Path_{handler.__name__}", __config__=ConfigDict(extra="forbid"),
-                                               **path_fields)
+        path_model = path_values_model(f"Path_{handler.__name__}", path_fields) if path_fields else None
         return cls(path, handler, model, context_param, path_model)
 
     def validate_body(self, body: bytes) -> pydantic.BaseModel:
@@ -138,12 +135,7 @@ class CommandSpec:
 
     def validate_path(self, values: Mapping[str, str]) -> pydantic.BaseModel | None:
         """The path template's values, typed (from text: lax); raises ``ValidationFailed`` naming the field."""
-        if self.path_model is None:
-            return None
-        try:
-            return self.path_model.model_validate(dict(values))
-        except pydantic.ValidationError as exc:
-            raise as_validation_failed(exc) from exc
+        return None if self.path_model is None else validate_path_values(self.path_model, values)
 
     def arguments(self, command: Command, command_id: str = "") -> dict[str, Any]:
         """The handler's keyword arguments for an accepted command: the model validated when it was accepted
@@ -163,6 +155,19 @@ class CommandSpec:
 
     async def run(self, command_id: str, command: Command) -> None:
         await self.handler(**self.arguments(command, command_id))
+
+
+def path_values_model(name: str, fields: Mapping[str, Any]) -> type[pydantic.BaseModel]:
+    """The model of a path template's values: typed from the path's text (lax), other template names ignored."""
+    return pydantic.create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
+
+
+def validate_path_values(model: type[pydantic.BaseModel], values: Mapping[str, str]) -> pydantic.BaseModel:
+    """Typed path values; raises ``ValidationFailed`` naming the field."""
+    try:
+        return model.model_validate(dict(values))
+    except pydantic.ValidationError as exc:
+        raise as_validation_failed(exc) from exc
 
 
 def as_validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:

@@ -93,6 +93,17 @@ async def test_a_view_gets_its_path_values(srv: Server) -> None:
     assert event.data == "room=blue"
 
 
+async def test_a_view_gets_its_path_values_typed(srv: Server) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("GET", f"{srv.http}/boards/x/cards/3") as r:
+            assert r.status_code == 200
+            event = await SSEReader(r.aiter_raw(), r.headers.get("content-encoding")).next_event()
+        bad = await client.get(f"{srv.http}/boards/x/cards/three")
+    assert event.data == "board=x n=3"
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "n"
+
+
 async def test_a_bad_token_is_refused_not_passed_on_as_anonymous(srv: Server) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         answer = await client.post(f"{srv.http}/items/1/touch", json={"note": "forged"},

@@ -112,3 +112,31 @@ def test_a_view_with_path_values_takes_the_request() -> None:
     @gw.view("/rooms/{room}/updates", topics=["rooms"])
     async def per_room(request: StreamRequest) -> str:
         return request.path_params["room"]
+
+
+def test_a_view_may_take_its_path_values_typed() -> None:
+    gw = Gateway()
+
+    @gw.view("/boards/{board}/cards/{n}", topics=["boards"])
+    async def card(request: StreamRequest, n: int) -> str:
+        return f"{n}"
+
+    with pytest.raises(TypeError, match=r"parameter 'm' is not a value of the path"):
+        @gw.view("/boards/{board}/lists/{n}", topics=["boards"])
+        async def wrong(request: StreamRequest, m: int) -> str:
+            return f"{m}"
+
+
+@pytest.mark.asyncio
+async def test_a_typed_view_renders_with_typed_values() -> None:
+    gw = Gateway()
+
+    @gw.view("/boards/{board}/cards/{n}", topics=["boards"])
+    async def card(request: StreamRequest, n: int) -> str:
+        return f"{n!r}:{type(n).__name__}"
+
+    spec = gw._views["/boards/{board}/cards/{n}"]
+    assert spec.per_request_render is not None
+    request = StreamRequest("GET", "/boards/a/cards/4", {}, {}, None, "1.1", {"board": "a", "n": "4"})
+    async with asyncio.timeout(5):
+        assert await spec.per_request_render(request) == "4:int"

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import pydantic
+
 from gateway.bus import Bus
 from gateway.commands import CommandSpec
 from gateway.config import Settings
@@ -45,6 +47,7 @@ class ViewSpec:
     shared_render: SharedRender | None = None
     per_request_render: RequestRender | None = None
     compression: RouteCompression = field(default_factory=RouteCompression)
+    path_model: type[pydantic.BaseModel] | None = None  # the typed path values the render declares, if any
 
     def __post_init__(self) -> None:
         if (self.shared_render is None) == (self.per_request_render is None):

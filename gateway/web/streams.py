@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from gateway.commands import validate_path_values
 from gateway.core import hub
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
@@ -269,6 +270,8 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
         if (hook := runtime.authorizers.get(spec.path)) is not None:  # before anything is admitted or rendered
             request = StreamRequest.from_scope(scope)
             await run_hook(hook, runtime.auth.identify(request.headers), request)
+        if spec.path_model is not None:  # 422 naming a bad path value, before the stream opens
+            validate_path_values(spec.path_model, scope.get("path_params", {}))
         stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
                              ConflatingMailbox())
     except GatewayError as exc:

@@ -67,3 +67,8 @@ async def touch(item: int, note: str, ctx: CommandContext) -> None:
 @gw.view("/rooms/{room}/updates", topics=["rooms"])
 async def room(request: StreamRequest) -> str:
     return f"room={request.path_params['room']}"
+
+
+@gw.view("/boards/{board}/cards/{n}", topics=["boards"])
+async def card(request: StreamRequest, n: int) -> str:
+    return f"board={request.path_params['board']} n={n!r}"
