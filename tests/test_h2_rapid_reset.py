@@ -151,12 +151,12 @@ async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Serv
 
 
 async def test_an_unpaced_connection_gets_goaway_not_a_crashed_task(gateway: Server) -> None:
-    conn, blob = opened_and_reset(5000)
+    _, blob = opened_and_reset(5000)
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", gateway.http_port), 5)
     try:
         writer.write(blob)
         await asyncio.wait_for(writer.drain(), 10)
-        code = await goaway(reader, conn, timeout=10)
+        code = await goaway(reader, timeout=10)
     finally:
         writer.close()
     assert code == "ENHANCE_YOUR_CALM"

@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass, field
 import h2.config
 import h2.connection
 import h2.errors
-import h2.events
-import h2.exceptions
 
 HOST = "127.0.0.1"
 # The attacker's own source address (loopback too): the healthy clients measured beside it come from 127.0.0.1, so
@@ -46,26 +44,6 @@ def opened_and_reset(streams: int, path: str = "/healthz") -> tuple[h2.connectio
     return conn, conn.data_to_send()
 
 
-async def goaway(reader: asyncio.StreamReader, conn: h2.connection.H2Connection, timeout: float) -> str | None:
-    """The error code name of the server's GOAWAY, or None when the connection ends or stays quiet without one."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            data = await asyncio.wait_for(reader.read(65536), left)
-        except (TimeoutError, ConnectionError):
-            return None
-        if not data:
-            return None
-        try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            return None
-        for event in events:
-            if isinstance(event, h2.events.ConnectionTerminated):
-                return getattr(event.error_code, "name", str(event.error_code))
-    return None
-
-
 def goaway_in(data: bytes) -> str | None:
     """The error code name of the first GOAWAY frame in ``data`` (raw HTTP/2 frames), if any."""
     at = 0
@@ -81,8 +59,10 @@ def goaway_in(data: bytes) -> str | None:
     return None
 
 
-async def raw_goaway(reader: asyncio.StreamReader, timeout: float) -> str | None:
-    """``goaway`` without an h2 state machine: the attacker's blob is built once and replayed on every
+async def goaway(reader: asyncio.StreamReader, timeout: float) -> str | None:
+    """The error code name of the server's GOAWAY, or None when the connection ends or stays quiet without one.
+
+    The frames are read raw, without an h2 state machine: the attacker's blob is built once and replayed on every
     connection (its bytes are the same each time), so nothing tracks the streams it opened."""
     deadline = time.monotonic() + timeout
     received = b""
@@ -117,7 +97,7 @@ async def one_connection(port: int, streams: int, tally: Tally, quiet_after: flo
         writer.write(blob)
         await asyncio.wait_for(writer.drain(), 5.0)
         tally.streams += streams
-        code = await raw_goaway(reader, quiet_after)
+        code = await goaway(reader, quiet_after)
         if code is not None:
             tally.goaways[code] = tally.goaways.get(code, 0) + 1
     except (OSError, TimeoutError):
