@@ -113,7 +113,11 @@ async def test_a_client_that_falls_behind_moves_to_the_task_path_in_order(
     """Big events to a client that reads late: once its socket holds 64 KiB, fan-out stops writing directly and
     the stream's task takes over through its mailbox; when it catches up, direct writes resume. Nothing is lost
     and nothing overtakes anything."""
-    srv = start_server(tmp_path, certs)
+    # This test is about switching paths, not about cutting slow clients: whatever the kernel's socket buffers take
+    # this time, the rest waits in the gateway, and neither the hub mailbox's bound nor the slow-client grace may end
+    # the stream first (with the defaults, a kernel that did not autotune its buffers left over 4 MiB to queue).
+    srv = start_server(tmp_path, certs, env={"GATEWAY_HUB_MAX_BUFFERED_BYTES": str(64 * 2**20),
+                                             "GATEWAY_SSE_SLOW_CLIENT_GRACE": "60"})
     try:
         slow = await RawStream.open(srv.http_port, "/hub/subscribe?topic=big", "identity", rcvbuf=4096,
                                      mss=1460)
