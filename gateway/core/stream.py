@@ -229,6 +229,7 @@ class SSEStream:
         self._to(Input.START)
         self.started_at = now
         self._begin_write(now)
+        self.counts.writes += 1
         return self._encode(first, 0)
 
     def poll(self, now: float) -> Step:
@@ -276,6 +277,7 @@ class SSEStream:
 
     def encode(self, frames: bytes, events: int) -> bytes:
         """The encoded (and flushed) bytes of a write the task is about to send."""
+        self.counts.writes += 1
         return self._encode(frames, events)
 
     def written(self, sent: VersionKey | None, now: float) -> None:
@@ -301,6 +303,7 @@ class SSEStream:
         if reason is None or reason.goodbye is None or self.interrupted or self.state is not State.ENDING:
             return None
         frames = retry_frame(retry_ms) + comment(reason.goodbye)
+        self.counts.writes += 1
         return self._encode(frames, 0) + self.encoder.finish()
 
     # -- fan-out's side ----------------------------------------------------------------------------------------
@@ -349,7 +352,6 @@ class SSEStream:
         self.last_key = frames[-1].key
         self.heartbeat_at = now + self.timing.heartbeat
         self.counts.direct_writes += 1
-        self.counts.writes -= 1  # _encode counts a task write
         return self._encode(data, len(frames))
 
     # -- both --------------------------------------------------------------------------------------------------
@@ -365,7 +367,6 @@ class SSEStream:
         counts.bytes_in += len(data)
         counts.bytes_out += len(encoded)
         counts.events += events
-        counts.writes += 1
         return encoded
 
     def end(self, reason: CloseReason) -> bool:

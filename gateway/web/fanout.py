@@ -42,7 +42,7 @@ from gateway.core.errors import Unavailable
 from gateway.core.sse import encode_message
 from gateway.core.stream import Frame
 from gateway.core.topics import Namespace, hub_key, parse_key, view_key
-from gateway.core.versions import ZERO, latest, version_key
+from gateway.core.versions import ZERO, VersionKey, latest, version_key
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.fanout")
@@ -219,12 +219,12 @@ class Fanout:
             return
         if kind[0] is Namespace.VIEW:
             try:
-                version_key(item.version)
+                key = version_key(item.version)
             except ValueError:
                 self._metrics.notifications_skipped.labels("version").inc()
                 return
             for channel in self._views_by_topic.get(item.topic, ()):
-                self._view_changed(channel, item.version)
+                self._view_changed(channel, item.version, key)
             return
         sinks = self._hub.get(item.topic)
         if not sinks:
@@ -286,11 +286,11 @@ class Fanout:
 
     # -- views ------------------------------------------------------------------------------------------------
 
-    def _view_changed(self, channel: ViewChannel, version: str) -> None:
+    def _view_changed(self, channel: ViewChannel, version: str, key: VersionKey) -> None:
         channel.version = version
         channel.stale = True
         if channel.render is None:
-            frame = Frame(version_key(version), version, None)
+            frame = Frame(key, version, None)
             now = asyncio.get_running_loop().time()
             for sink in channel.subscribers:
                 sink.feed(frame, now)
