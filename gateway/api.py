@@ -30,9 +30,10 @@ import pydantic
 
 from gateway.bus import Command, create_bus
 from gateway.bus.redis_layout import redacted
-from gateway.commands import CommandContext, CommandSpec, Handler, path_values_model, validate_path_values
+from gateway.commands import CommandContext, CommandSpec, Extra, Handler, path_values_model, validate_path_values
 from gateway.config import Settings
 from gateway.core.compression import RouteCompression
+from gateway.core.datastar import Rendered
 from gateway.core.errors import Unavailable
 from gateway.core.hub import HubEvent
 from gateway.core.paths import PathTemplate, is_template
@@ -52,7 +53,7 @@ H = TypeVar("H", bound=Handler)
 Hook = Callable[[], Awaitable[None]]
 K = TypeVar("K", bound=Hook)
 L = TypeVar("L", bound=Callable[[], contextlib.AbstractAsyncContextManager[Any]])
-R = TypeVar("R", bound=Callable[..., Awaitable[str]])
+R = TypeVar("R", bound=Callable[..., Awaitable[Rendered]])
 
 _RESERVED = {HUB_ROUTE, "/hub/publish", "/metrics", "/healthz", "/readyz"}
 
@@ -111,7 +112,8 @@ class Gateway:
                 if is_template(other) and PathTemplate.parse(other).shape == template.shape:
                     raise ValueError(f"path {path!r} matches the same paths as {other!r}")
 
-    def command(self, path: str, *, authorize: AuthorizeHook | None = None) -> Callable[[H], H]:
+    def command(self, path: str, *, authorize: AuthorizeHook | None = None, extra: Extra = "forbid"
+                ) -> Callable[[H], H]:
         """Register an async handler as ``POST path``; its annotated parameters define the JSON body.
 
         ``path`` may name values in it (``/todos/{id}/toggle``, one path segment each, ``gateway.core.paths``):
@@ -120,13 +122,16 @@ class Gateway:
 
         ``authorize(identity, request)`` (sync or async) decides before the body is read: ``identity`` is the
         request's verified token (``gateway.core.auth.Identity``) or None; False refuses (401 without a token,
-        403 with one), and it may raise ``Forbidden`` itself."""
+        403 with one), and it may raise ``Forbidden`` itself.
+
+        ``extra="ignore"`` accepts body members the handler does not declare and drops them (a Datastar page
+        posts all its signals: ``gateway.datastar``); the default refuses them with 422."""
 
         def register(handler: H) -> H:
             self._check_path(path)
             if authorize is not None:
                 self._authorizers[path] = authorize
-            self._commands[path] = CommandSpec.from_handler(path, handler)
+            self._commands[path] = CommandSpec.from_handler(path, handler, extra)
             return handler
 
         return register
@@ -357,8 +362,8 @@ class Gateway:
         await self.app(scope, receive, send)
 
 
-def _typed_view(path: str, render: Callable[..., Awaitable[str]]
-                ) -> tuple[Callable[[StreamRequest], Awaitable[str]], type[pydantic.BaseModel] | None]:
+def _typed_view(path: str, render: Callable[..., Awaitable[Rendered]]
+                ) -> tuple[Callable[[StreamRequest], Awaitable[Rendered]], type[pydantic.BaseModel] | None]:
     """A per-request view's render, called with its typed path values when it declares them after the request
     (``async def room(request, room: int)``); the model that types them."""
     declared = list(inspect.signature(render).parameters)[1:]
@@ -370,7 +375,7 @@ def _typed_view(path: str, render: Callable[..., Awaitable[str]]
     hints = get_type_hints(render, include_extras=True)
     model = path_values_model(f"Path_{render.__name__}", {name: (hints.get(name, Any), ...) for name in declared})
 
-    async def typed(request: StreamRequest) -> str:
+    async def typed(request: StreamRequest) -> Rendered:
         values = validate_path_values(model, request.path_params)
         return await render(request, **{name: getattr(values, name) for name in declared})
 

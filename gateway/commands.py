@@ -3,8 +3,9 @@
 ``@gw.command("/todos/add")`` on ``async def add(text: str) -> None`` declares a command whose JSON body must be
 ``{"text": <string>}``: the annotated parameters become a pydantic model (``extra="forbid"``, strict JSON types),
 so a wrong type, a missing field or an unexpected one is refused with 422 *before* anything reaches the bus, and
-the error names the field. ``Annotated`` constraints (``Field(max_length=500)``) and pydantic models work as
-parameter types.
+the error names the field. ``@gw.command(path, extra="ignore")`` ignores members the handler does not declare
+instead (Datastar posts all of a page's signals); they are dropped before the command goes on the bus.
+``Annotated`` constraints (``Field(max_length=500)``) and pydantic models work as parameter types.
 
 A path template's values (``@gw.command("/todos/{id}/toggle")`` on ``async def toggle(id: int)``) are parameters
 too, validated by a model of their own: from the path's text, so ``"7"`` is an ``int`` 7 there (pydantic's lax
@@ -21,7 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import orjson
 import pydantic
@@ -33,6 +34,7 @@ from gateway.core.errors import ValidationFailed
 from gateway.core.paths import PathTemplate
 
 Handler = Callable[..., Awaitable[None]]
+Extra = Literal["forbid", "ignore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,10 @@ class CommandSpec:
     model: type[pydantic.BaseModel]
     context_param: str | None = None
     path_model: type[pydantic.BaseModel] | None = None  # the path template's values, when it has any
+    extra: Extra = "forbid"
 
     @classmethod
-    def from_handler(cls, path: str, handler: Handler) -> CommandSpec:
+    def from_handler(cls, path: str, handler: Handler, extra: Extra = "forbid") -> CommandSpec:
         if not inspect.iscoroutinefunction(handler):
             raise TypeError(f"command handler for {path} must be an async function")
         hints = get_type_hints(handler, include_extras=True)
@@ -115,13 +118,23 @@ class CommandSpec:
         if missing := [name for name in path_names if name not in path_fields]:
             raise TypeError(f"command handler for {path}: the path's {{{missing[0]}}} must be a parameter of the "
                             f"handler (and not its CommandContext)")
+        if extra not in ("forbid", "ignore"):
+            raise ValueError(f"command {path}: extra must be 'forbid' or 'ignore', not {extra!r}")
         model = pydantic.create_model(
             f"Command_{handler.__name__}",
-            __config__=ConfigDict(extra="forbid", strict=True),
+            __config__=ConfigDict(extra=extra, strict=True),
             **fields,
         )
         path_model = path_values_model(f"Path_{handler.__name__}", path_fields) if path_fields else None
-        return cls(path, handler, model, context_param, path_model)
+        return cls(path, handler, model, context_param, path_model, extra)
+
+    def declared(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The members of a body object the handler declares: with ``extra="ignore"``, the others (a Datastar
+        page's other signals) do not travel on the bus."""
+        if self.extra == "forbid":
+            return args
+        fields = self.model.model_fields
+        return {name: value for name, value in args.items() if name in fields}
 
     def validate_body(self, body: bytes) -> pydantic.BaseModel:
         """Strict validation of an already well-formed JSON object body; raises ``ValidationFailed``.

@@ -62,7 +62,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.bus", "gateway.commands", "gateway.metrics", "gateway.supervisor", "gateway.devcert"),
     ("gateway.config",),
     ("gateway.web",),
-    ("gateway.api",),
+    ("gateway.api", "gateway.datastar"),
     ("gateway.cli", "gateway.demo", "gateway.__main__"),
 ]
 

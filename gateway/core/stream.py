@@ -38,8 +38,10 @@ from enum import Enum
 
 import orjson
 
+from gateway.core.datastar import PatchInfo, encode_signals_fold
 from gateway.core.encoders import StreamEncoder
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, PutResult
+from gateway.core.mergepatch import Fold
 from gateway.core.sse import Event, comment, retry_frame
 from gateway.core.versions import VersionKey
 
@@ -54,6 +56,7 @@ class Frame:
     version: str
     data: bytes | None  # None: a per-request view must render this version itself
     id: str = ""
+    patch: PatchInfo | None = None  # a hub frame holding one Datastar patch: what conflation may fold
 
 
 class State(Enum):
@@ -168,6 +171,8 @@ class Counts:
     writes: int = 0  # through the task
     direct_writes: int = 0  # by fan-out, without the task
     encode_seconds: float = 0.0
+    patches_superseded: int = 0  # Datastar element patches a newer patch of the same target made irrelevant
+    patches_merged: int = 0  # Datastar signal patches folded into a newer one
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +215,8 @@ class SSEStream:
         self.counts = counts if counts is not None else Counts()  # shared by the streams of one route
         self._identity = encoder.name == "identity"
         self._clock = clock
+        if isinstance(mailbox, BoundedMailbox) and mailbox.merge is None:
+            mailbox.merge = _merged_signals  # the stream knows frames: it tells its mailbox how to fold them
 
     def _to(self, event: Input) -> State:
         try:
@@ -313,7 +320,15 @@ class SSEStream:
         if not self.live:
             return Feed.IGNORED
         box = self.mailbox
-        result = box.put(frame) if isinstance(box, ConflatingMailbox) else box.put(frame, size)
+        if isinstance(box, ConflatingMailbox):
+            result = box.put(frame)
+        elif frame.patch is None:
+            result = box.put(frame, size)
+        else:
+            superseded, merged = box.superseded, box.merged
+            result = box.put(frame, size, frame.patch)
+            self.counts.patches_superseded += box.superseded - superseded
+            self.counts.patches_merged += box.merged - merged
         if result is PutResult.OVERFLOW or (
             self.pending_since is not None and now - self.pending_since > self.timing.grace
         ):
@@ -386,3 +401,9 @@ class SSEStream:
             return False
         self._to(Input.CLOSE)
         return True
+
+
+def _merged_signals(newest: Frame, folded: Fold) -> tuple[Frame, int]:
+    """The frame that replaces queued signal patches: their fold, with the newest one's version and id."""
+    data = encode_signals_fold(folded, newest.id)
+    return Frame(newest.key, newest.version, data, newest.id, PatchInfo(signals=folded)), len(data)

@@ -20,6 +20,7 @@ from gateway.config import Settings
 from gateway.core.admission import Admission
 from gateway.core.clientaddr import client_address, parse_networks
 from gateway.core.compression import RouteCompression
+from gateway.core.datastar import Rendered
 from gateway.core.quic_admission import RetryMode
 from gateway.core.stream import CloseReason
 from gateway.metrics import Metrics
@@ -34,8 +35,8 @@ from gateway.web.hypercorn import connection_limits, header_deadline, quic_retry
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
 
-SharedRender = Callable[[], Awaitable[str]]
-RequestRender = Callable[[StreamRequest], Awaitable[str]]
+SharedRender = Callable[[], Awaitable[Rendered]]
+RequestRender = Callable[[StreamRequest], Awaitable[Rendered]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,8 @@ from typing import Protocol
 
 from gateway.bus.base import Bus, Gap, Notification
 from gateway.core import hub
+from gateway.core.datastar import Rendered, describe, encode_rendered
 from gateway.core.errors import Unavailable
-from gateway.core.sse import encode_message
 from gateway.core.stream import Frame
 from gateway.core.topics import Namespace, hub_key, parse_key, view_key
 from gateway.core.versions import ZERO, VersionKey, latest, version_key
@@ -69,7 +69,7 @@ class Sink(Protocol):
         """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time."""
 
 
-Renderer = Callable[[], Awaitable[str]]
+Renderer = Callable[[], Awaitable[Rendered]]
 Observer = Callable[[int], None]  # told the size of every frame, so windows can follow the data
 
 
@@ -96,7 +96,8 @@ class ViewChannel:
             if self.stale or self.current is None:
                 version = self.version
                 try:
-                    html = await self.render()
+                    rendered = await self.render()
+                    data = encode_rendered(rendered, version)
                 except Exception:
                     metrics.renders.labels(self.path, "error").inc()
                     log.exception("view %s failed to render version %s", self.path, version)
@@ -105,7 +106,7 @@ class ViewChannel:
                     self.stale = False  # keep serving the last good render; the next change retries
                     return self.current
                 metrics.renders.labels(self.path, "ok").inc()
-                self.current = Frame(version_key(version), version, encode_message(html, id=version))
+                self.current = Frame(version_key(version), version, data)
                 if self.observe is not None:
                     self.observe(len(self.current.data or b""))
                 self.stale = self.version != version
@@ -337,4 +338,4 @@ class Fanout:
 def hub_frame(item: Notification) -> Frame:
     """The SSE frame of a hub notification (``ValueError`` for one that is not an encoded hub event)."""
     decoded = hub.decode(item.payload, item.version)
-    return Frame(version_key(item.version), item.version, decoded.data, decoded.id)
+    return Frame(version_key(item.version), item.version, decoded.data, decoded.id, describe(decoded.data))

@@ -124,7 +124,7 @@ async def accept_command(runtime: AppContext, spec: CommandSpec, request: Stream
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise BadRequest("Idempotency-Key must be 1-255 printable characters")
-    args = orjson.loads(body) if body.strip() else {}
+    args = spec.declared(orjson.loads(body)) if body.strip() else {}
     context = command_context(runtime, request, identity)
     command_id = await runtime.bus.submit(Command(spec.path, args, key, validated, context))
     return [(b"command-id", command_id.encode())]

@@ -20,6 +20,7 @@ import orjson
 
 from gateway.commands import validate_path_values
 from gateway.core import hub
+from gateway.core.datastar import encode_rendered
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
 from gateway.core.sse import Event, parse_last_event_id, retry_frame
@@ -319,13 +320,13 @@ async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runt
     """Render a per-request view (it receives the request) for ``frame.version``."""
     assert spec.per_request_render is not None
     try:
-        html = await spec.per_request_render(request)
+        rendered = await spec.per_request_render(request)
+        data = encode_rendered(rendered, frame.version)
     except Exception:
         runtime.metrics.renders.labels(spec.path, "error").inc()
         log.exception("view %s failed to render for a request", spec.path)
         raise
     runtime.metrics.renders.labels(spec.path, "ok").inc()
-    data = Event(data=html, id=frame.version).encode()
     runtime.compression.observe(runtime.compression.route(spec.path), len(data))
     return Frame(frame.key, frame.version, data)
 
