@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CERTS := .dev-certs
 
-.PHONY: run test test-fast settings-docs bench lint typecheck install install-dev bench-deps clean lock audit
+.PHONY: run test test-fast settings-docs bench lint typecheck install install-dev bench-deps clean lock audit \
+	datastar-client
 
 # Installs come from uv.lock (every package pinned with its hashes, for every platform), applied by uv: `uv sync
 # --locked` refuses to run when the lock no longer matches pyproject.toml, so what CI tests is what a user gets.
@@ -41,8 +42,14 @@ settings-docs: $(VENV)/.installed
 	start = t.index('| setting | environment |'); end = t.index('\n\n', start); \
 	p.write_text(t[:start] + c.defaults_markdown().rstrip('\n') + t[end:])"
 
-install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+# The Datastar demo's browser client (gateway.demo.datastar) is third-party code fetched from PyPI at install time,
+# pinned by the wheel's and the file's sha256, into a git-ignored file. Always run: when the client is in place the
+# script only hashes it (~50 ms); a hash that differs fails the step. Plain stdlib Python with pip: the tools venv.
+datastar-client: | $(UV)
+	$(TOOLS)/bin/python gateway/demo/fetch_datastar.py
+
+install: $(VENV)/.installed datastar-client
+install-dev: $(VENV)/.installed-dev datastar-client
 
 $(CERTS)/cert.pem: | $(VENV)/.installed
 	$(BIN)/gateway devcert --dir $(CERTS)
@@ -50,7 +57,7 @@ $(CERTS)/cert.pem: | $(VENV)/.installed
 ## run: install into .venv and start the demo on https://127.0.0.1:8443 (h2 + HTTP/3) and http://127.0.0.1:8000
 # The hint names the default binds; with ARGS (which may change them) it points at the gateway's own log lines.
 RUN_HINT := open https://127.0.0.1:8443/ (accept the self-signed certificate once); plain HTTP on http://127.0.0.1:8000
-run: $(VENV)/.installed $(CERTS)/cert.pem
+run: $(VENV)/.installed $(CERTS)/cert.pem datastar-client
 	@echo "$(if $(ARGS),open the https URL of the \"listening on\" lines below (accept the self-signed certificate once),$(RUN_HINT))"
 	$(BIN)/gateway serve --certfile $(CERTS)/cert.pem --keyfile $(CERTS)/key.pem $(ARGS)
 
@@ -61,7 +68,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy gateway benchmarks
 
 ## test: install and run every test (lint and strict typing included)
-test: lint typecheck
+test: lint typecheck datastar-client
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-fast: install and run the unit tier only (in-process, no servers or browsers; under 15 s)
