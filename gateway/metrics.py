@@ -37,10 +37,17 @@ class Tally:
     encode_seconds: Any
     task_writes: Any
     direct_writes: Any
+    patches_superseded: Any = None
+    patches_merged: Any = None
     counts: Counts = field(default_factory=Counts)
 
     def report(self) -> None:
         c = self.counts
+        if c.patches_superseded or c.patches_merged:  # fed, not written: counted apart from the writes
+            if self.patches_superseded is not None:
+                self.patches_superseded.inc(c.patches_superseded)
+                self.patches_merged.inc(c.patches_merged)
+            c.patches_superseded = c.patches_merged = 0
         if c.writes or c.direct_writes:
             self.bytes_in.inc(c.bytes_in)
             self.bytes_out.inc(c.bytes_out)
@@ -75,6 +82,10 @@ class Metrics:
             ["kind", "reason"], registry=r)
         self.events_sent = Counter(
             "gateway_events_sent", "SSE events written to clients.", ["kind"], registry=r)
+        self.patches_folded = Counter(
+            "gateway_patches_folded", "Datastar patches a slow client's queue folded away before they were sent: "
+            "elements (a newer patch of the same element replaced it), signals (merged into a newer signal "
+            "patch).", ["kind", "patch"], registry=r)
         self.stream_writes = Counter(
             "gateway_stream_writes", "Writes to SSE streams, by kind and path: direct (fan-out wrote to an idle "
             "HTTP/1.1 socket itself) or task (the stream's own task sent through ASGI).", ["kind", "path"],
@@ -182,7 +193,9 @@ class Metrics:
                                                self.events_sent.labels(kind),
                                                self.encode_seconds.labels(route, encoding),
                                                self.stream_writes.labels(kind, "task"),
-                                               self.stream_writes.labels(kind, "direct"))
+                                               self.stream_writes.labels(kind, "direct"),
+                                               self.patches_folded.labels(kind, "elements"),
+                                               self.patches_folded.labels(kind, "signals"))
         return found
 
     def report_tallies(self) -> None:
