@@ -28,7 +28,7 @@ from gateway.core.versions import version_key
 
 pytestmark = pytest.mark.unit
 
-LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0\x0b\x0c\x1c\x1d\x1e\x85"
+LINE = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\0\x0b\x0c\x1c\x1d\x1e\x85"
                              "\u2028\u2029"), max_size=20)
 HTML = st.lists(LINE, min_size=1, max_size=4).map("\n".join).filter(bool)
 MODES = st.sampled_from(["outer", "inner", "replace", "prepend", "append", "before", "after"])
@@ -221,3 +221,46 @@ def test_drop_oldest_forgets_what_it_dropped() -> None:
         assert result in (PutResult.QUEUED, PutResult.DROPPED_OLDEST)
     assert len(box._targets) <= 3
     assert len(box) == 3
+
+
+# -- commands that Datastar posts -----------------------------------------------------------------------------
+
+async def add_todo(text: str) -> None: ...
+
+
+def test_a_datastar_command_ignores_the_signals_it_does_not_declare() -> None:
+    from gateway.commands import CommandSpec
+    from gateway.core.errors import ValidationFailed
+
+    strict = CommandSpec.from_handler("/todos/add", add_todo)
+    with pytest.raises(ValidationFailed, match="unexpected field"):
+        strict.validate_body(b'{"text": "milk", "id": 0, "filter": "all"}')
+    lenient = CommandSpec.from_handler("/todos/add", add_todo, extra="ignore")
+    model = lenient.validate_body(b'{"text": "milk", "id": 0, "filter": "all"}')
+    assert model.model_dump() == {"text": "milk"}
+    with pytest.raises(ValidationFailed, match="text"):
+        lenient.validate_body(b'{"id": 0}')  # what it declares is still required and typed
+    with pytest.raises(ValidationFailed):
+        lenient.validate_body(b'{"text": 5}')
+    assert lenient.declared({"text": "milk", "id": 0, "_local": True}) == {"text": "milk"}  # what travels
+    assert strict.declared({"text": "milk"}) == {"text": "milk"}
+    with pytest.raises(ValueError, match="extra must be"):
+        CommandSpec.from_handler("/x", add_todo, extra="allow")  # type: ignore[arg-type]
+
+
+def test_read_signals_and_is_datastar() -> None:
+    from gateway.core.errors import BadRequest
+    from gateway.datastar import is_datastar, read_signals
+    from gateway.web.asgi_util import StreamRequest
+
+    def request(query: str) -> StreamRequest:
+        return StreamRequest.from_scope({"query_string": query.encode(), "headers": []})
+
+    assert read_signals(request("datastar=%7B%22a%22%3A1%7D")) == {"a": 1}
+    assert read_signals(request("")) == {}
+    with pytest.raises(BadRequest, match="not JSON"):
+        read_signals(request("datastar=%7B"))
+    with pytest.raises(BadRequest, match="JSON object"):
+        read_signals(request("datastar=%5B1%5D"))
+    assert is_datastar({"datastar-request": "true"})
+    assert not is_datastar({})
