@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.core.sse import encode_message
 from gateway.demo.render import render_todos
-from gateway.demo.store import TodoStore
+from gateway.demo.store import Snapshot, TodoStore
 
 __all__ = ["RESULTS_DIR", "ROOT", "machine_info", "ticker_frames", "todo_frames", "write_json"]
 
@@ -63,7 +63,7 @@ def todo_frames(changes: int, *, items: int = 50, seed: int = 20240601) -> list[
         store.add(_todo_text(rng))
     for todo in store.items()[: items // 3]:
         store.toggle(todo.id)
-    frames = [encode_message(render_todos(store), id="1")]
+    frames = [encode_message(render_todos(Snapshot.of(store.items())), id="1")]
     for version in range(2, changes + 2):
         ids = [todo.id for todo in store.items()]
         roll = rng.random()
@@ -77,7 +77,7 @@ def todo_frames(changes: int, *, items: int = 50, seed: int = 20240601) -> list[
             store.add(_todo_text(rng))
         else:
             store.delete(rng.choice(ids))
-        frames.append(encode_message(render_todos(store), id=str(version)))
+        frames.append(encode_message(render_todos(Snapshot.of(store.items())), id=str(version)))
     return frames
 
 

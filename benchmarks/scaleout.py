@@ -108,6 +108,50 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# The page's second half is not measured: what an app must do about its own state once it runs on several
+# processes, with the demo as the worked example. It lives here because a bench run rewrites the page.
+STATE_SECTION = """\
+## The application's state
+
+The bus moves commands and notifications between processes; it does not move the application's state. A command
+runs in whichever process took it from the command Stream, and the views it changes re-render in every process, each
+from what *it* can read. So once an app runs on more than one process, whatever its views render must live where
+every process reads it (a database, Redis), never in a module-level object: the demo's list used to live in each
+process's memory, and a todo added through one worker never appeared in a view held by another.
+
+The demo keeps its list where its bus is. `todos_for(bus_url)` (`gateway/demo/store.py`) returns `MemoryTodos`, a
+`TodoStore` in the process, for `memory://`, and `RedisTodos` (`gateway/demo/redis_store.py`) in the same Redis
+for any Redis bus URL (plain, `rediss://`, `unix://`, Sentinel or Cluster); the app opens it in a `@gw.lifespan`
+from the effective settings and closes it at shutdown. Both keep one `Todos` contract
+(`tests/support/todos.py`, run on each):
+
+- **One atomic step per command.** Each operation is one Lua script: `add` checks the `MAX_ITEMS` bound and takes
+  its id from `INCR` in the same script, so two processes racing for the last place never overfill the list nor
+  share an id; `toggle`, `delete` and `clear_completed` change the id -> text hash and the done set together.
+- **One consistent read per render.** `snapshot()` reads the hash and the done set in one script; the view renders
+  that snapshot and nothing else (no clock, pid or per-process counter), so two processes holding the same state
+  send the same bytes. A render reads the state when it runs: a change whose own notification is still on its way
+  may already show in the render of the version before it, and that version then renders it everywhere, so every
+  view converges on the same bytes.
+- **At least once is made once.** The Redis bus runs a command again, with the same command id, when the process
+  running it died before acknowledging it. `add` and `toggle` take `command_id=ctx.command_id` and remember it
+  for a day (`{prefix}:once:<id>`, written by the same script), so a second run changes nothing; every handler
+  publishes again when `ctx.delivery > 1`, since the first run may have died between the change and its publish.
+- **Keys follow the bus's namespace**: `{<namespace>:demo:todos}:next`, `:text`, `:done` (`gateway:demo:todos`
+  without `?namespace=`), one hash tag, so a Cluster keeps them in one slot and gateways kept apart by namespace
+  keep their lists apart. Every call is bounded by `bus.timeout`; an unreachable Redis fails it with
+  `Unavailable` (the view keeps serving its last good render until the next change).
+
+The cost is one Redis round trip per command and one snapshot read per version *per process* (not per subscriber:
+a view still renders once per version in each process). `make run ARGS="--workers 4 --bus redis://127.0.0.1:6379/0"`
+behaves like one process. `tests/test_demo_workers.py` proves it on the shipped demo with `--workers 2`: 40 adds,
+then toggles, deletes and a clear, POSTed at once over fresh connections, accepted and run by both workers
+(read from each worker's own metric files); two view streams held by different workers end on the same version
+with byte-identical HTML, equal to the render of the expected list; ids 1 to 40 each once, so no command was lost
+or ran twice.
+"""
+
+
 def render(results: dict[str, Any]) -> str:
     """The docs page: medians over the rounds, ratios against the in-memory baseline of the same run."""
     setups = results["setups"]
@@ -141,7 +185,7 @@ def render(results: dict[str, Any]) -> str:
             f"{m['broadcast_p50_ms']} / {m['broadcast_p99_ms']} | {'yes' if m['all_complete_in_order'] else 'NO'} | "
             f"{', '.join(map(str, m['burst_us_per_event_runs']))} | "
             f"{', '.join(map(str, m['broadcast_p99_ms_runs']))} |")
-    lines += ["", "Raw numbers: `benchmarks/results/scaleout.json`.", ""]
+    lines += ["", "Raw numbers: `benchmarks/results/scaleout.json`.", "", STATE_SECTION]
     return "\n".join(lines)
 
 

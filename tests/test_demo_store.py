@@ -1,8 +1,9 @@
 """Tests for the todo demo's store and its HTML snapshot.
 
-Both are plain synchronous code, so they are tested without a server: the
-store's rules and the renderer's escaping/shape are what every SSE event
-depends on.
+The sans-IO store and the renderer are plain synchronous code, so they are
+tested without a server: the store's rules and the renderer's escaping/shape
+are what every SSE event depends on. The async ``Todos`` contract runs here on
+``MemoryTodos``; ``tests/test_demo_workers.py`` runs it on Redis.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import re
 import pytest
 
 from gateway.demo.render import render_todos
-from gateway.demo.store import MAX_ITEMS, MAX_TEXT, Todo, TodoStore
+from gateway.demo.store import MAX_ITEMS, MAX_TEXT, MemoryTodos, Snapshot, Todo, TodoStore, todos_for
+from tests.support.todos import CONTRACT, Check
 
 pytestmark = pytest.mark.unit
 
@@ -23,6 +25,11 @@ def _store(*texts: str) -> TodoStore:
     for text in texts:
         store.add(text)
     return store
+
+
+def _snap(store: TodoStore) -> Snapshot:
+    """What a view renders from ``store``."""
+    return Snapshot.of(store.items())
 
 
 # --- store -----------------------------------------------------------------
@@ -129,7 +136,7 @@ def test_add_beyond_max_items_raises() -> None:
 
 def test_empty_state() -> None:
     """An empty list still renders a message and the footer, never a bare void."""
-    html = render_todos(TodoStore())
+    html = render_todos(_snap(TodoStore()))
     assert '<p class="empty">' in html
     assert "<li" not in html
     assert "<ul" not in html
@@ -142,7 +149,7 @@ def test_item_structure() -> None:
     """Pin the markup contract the page's JS and the end-to-end tests rely on."""
     store = _store("Buy milk", "Walk dog")
     store.toggle(2)
-    html = render_todos(store)
+    html = render_todos(_snap(store))
     assert '<li data-id="1" data-done="false">' in html
     assert '<li data-id="2" data-done="true">' in html
     assert '<input type="checkbox" data-action="toggle" data-id="1" data-focus-key="toggle-1">' in html
@@ -164,14 +171,14 @@ def test_item_structure() -> None:
 
 def test_counts_pluralise() -> None:
     """The footer reads as a sentence."""
-    assert "3 items left" in render_todos(_store("a", "b", "c"))
-    assert "1 item left" in render_todos(_store("a"))
+    assert "3 items left" in render_todos(_snap(_store("a", "b", "c")))
+    assert "1 item left" in render_todos(_snap(_store("a")))
 
 
 def test_user_text_is_escaped() -> None:
     """Text from one user is shown to all users, so it must never become markup."""
     evil = "<script>alert(\"x\")</script> & 'q' <img src=x onerror=alert(1)>"
-    html = render_todos(_store(evil))
+    html = render_todos(_snap(_store(evil)))
     assert "<script" not in html
     assert "<img" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27;" in html
@@ -189,22 +196,22 @@ def test_render_is_deterministic() -> None:
         store.delete(1)
         return store
 
-    first = render_todos(build())
-    assert first == render_todos(build())
+    first = render_todos(_snap(build()))
+    assert first == render_todos(_snap(build()))
     store = build()
-    assert render_todos(store) == render_todos(store)
+    assert render_todos(_snap(store)) == render_todos(_snap(store))
 
 
 def test_render_has_one_line_per_item_and_no_trailing_newline() -> None:
     """No trailing newline, so an SSE encoder emits no empty data line."""
-    html = render_todos(_store("a", "b", "c"))
+    html = render_todos(_snap(_store("a", "b", "c")))
     assert not html.endswith("\n")
     assert sum(line.startswith("<li ") for line in html.split("\n")) == 3
 
 
 def test_newline_in_text_stays_inside_its_item() -> None:
     """Text is escaped, not rewritten; a newline stays within its <span>."""
-    html = render_todos(_store("line one\nline two"))
+    html = render_todos(_snap(_store("line one\nline two")))
     assert "<span>line one\nline two</span>" in html
 
 
@@ -213,5 +220,95 @@ def test_fifty_item_render_size() -> None:
     store = _store(*(f"Todo number {i}: pick up groceries" for i in range(50)))
     for todo_id in range(1, 51, 3):
         store.toggle(todo_id)
-    size = len(render_todos(store).encode("utf-8"))
+    size = len(render_todos(_snap(store)).encode("utf-8"))
     assert 8_000 <= size <= 20_000, size
+
+
+# --- snapshot ----------------------------------------------------------------
+
+
+def test_snapshot_of_orders_by_id_and_counts() -> None:
+    """Backends may read items in any order; the render must not depend on it."""
+    snap = Snapshot.of([Todo(3, "c", True), Todo(1, "a", False), Todo(2, "b", True)])
+    assert [t.id for t in snap.items] == [1, 2, 3]
+    assert (snap.total, snap.done) == (3, 2)
+    assert render_todos(snap) == render_todos(Snapshot.of(reversed(snap.items)))
+
+
+@pytest.mark.parametrize(
+    ("items", "total", "done", "wrong"),
+    [
+        ((Todo(2, "b", False), Todo(1, "a", False)), 2, 0, "increasing id order"),
+        ((Todo(1, "a", False), Todo(1, "a", False)), 2, 0, "increasing id order"),
+        ((Todo(1, "a", True),), 1, 0, "do not match"),
+        ((Todo(1, "a", False),), 2, 0, "do not match"),
+    ],
+)
+def test_snapshot_refuses_to_contradict_itself(items: tuple[Todo, ...], total: int, done: int, wrong: str) -> None:
+    """A backend that read items and counts at different moments is caught where the snapshot is made."""
+    with pytest.raises(ValueError, match=wrong):
+        Snapshot(items, total, done)
+
+
+def test_snapshot_is_frozen() -> None:
+    """A render's input cannot change under it."""
+    snap = Snapshot.of([])
+    with pytest.raises(AttributeError):
+        snap.total = 1  # type: ignore[misc]
+
+
+# --- the Todos contract on memory, and the choice of backend ------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+async def test_memory_todos_keep_the_contract(check: Check) -> None:
+    store = MemoryTodos()
+    await check(lambda: store)
+    await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_memory_todos_snapshot_wraps_the_sans_io_store() -> None:
+    """The embedded backend is the sans-IO store: what a sync test sets up is what the view renders."""
+    store = _store("a", "b")
+    store.toggle(1)
+    assert await MemoryTodos(store).snapshot() == _snap(store)
+
+
+@pytest.mark.asyncio
+async def test_todos_for_follows_the_bus() -> None:
+    """One process: the list in memory. A Redis bus: in that Redis (nothing connects until the first call)."""
+    from gateway.demo.redis_store import RedisTodos
+
+    assert isinstance(todos_for("memory://"), MemoryTodos)
+    shared = todos_for("redis://127.0.0.1:6379/0")
+    sentinel = todos_for("redis+sentinel://127.0.0.1:26379/mymaster?namespace=shop")
+    try:
+        assert isinstance(shared, RedisTodos)
+        assert shared.prefix == "gateway:demo:todos"
+        assert isinstance(sentinel, RedisTodos)
+        assert sentinel.prefix == "shop:demo:todos"
+    finally:
+        await shared.aclose()
+        await sentinel.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("kafka://127.0.0.1", "must be memory://, redis://"),
+        ("redis://127.0.0.1/0?namespace=a{b}", "namespace must be"),
+        ("redis+sentinel://127.0.0.1:26379", "names the master"),
+    ],
+)
+def test_todos_for_refuses_a_url_it_cannot_use_with_the_reason(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        todos_for(url)
+
+
+def test_redis_todos_refuses_a_prefix_that_would_break_its_hash_tag() -> None:
+    from gateway.demo.redis_store import RedisTodos
+
+    with pytest.raises(ValueError, match="prefix must be"):
+        RedisTodos("redis://127.0.0.1:6379/0", prefix="a}b")

@@ -2,16 +2,18 @@
 
 The page never patches the list itself: each SSE event carries this fragment
 and replaces the container's contents.  So the fragment has to be complete
-(list, counts, empty state) and stable, i.e. the same store always yields the
-same string, which keeps the stream testable and lets the page restore focus
-by the ``data-focus-key`` attributes that survive the swap.
+(list, counts, empty state) and stable, i.e. the same snapshot always yields
+the same string, which keeps the stream testable and lets the page restore
+focus by the ``data-focus-key`` attributes that survive the swap.  It depends
+on the snapshot alone (no clock, no process id, no per-process counter), so
+every gateway process renders the same shared state to the same bytes.
 """
 
 from __future__ import annotations
 
 from html import escape
 
-from gateway.demo.store import Todo, TodoStore
+from gateway.demo.store import Snapshot, Todo
 
 __all__ = ["render_todos"]
 
@@ -63,14 +65,15 @@ def _render_footer(total: int, done: int) -> str:
     )
 
 
-def render_todos(store: TodoStore) -> str:
+def render_todos(snapshot: Snapshot) -> str:
     """Return the complete HTML of the list for one SSE event.
 
     Deterministic on purpose: no timestamps or random ids, so two renders of
-    the same state are byte-identical.
+    the same state are byte-identical.  It takes one ``Snapshot`` rather than
+    the store, so the items and the counts it shows were read together.
     """
-    todos = store.items()
-    total, done = store.counts()
+    todos = snapshot.items
+    total, done = snapshot.total, snapshot.done
     # One item per line keeps the output diffable; no trailing newline, so an
     # SSE encoder that splits on newlines does not emit an empty data line.
     if todos:
