@@ -37,6 +37,7 @@ from gateway.core.datastar import Rendered
 from gateway.core.errors import Unavailable
 from gateway.core.hub import HubEvent
 from gateway.core.paths import PathTemplate, is_template
+from gateway.core.slowclient import SlowClientPolicy
 from gateway.core.stream import CloseReason
 from gateway.core.topics import hub_key, view_key
 from gateway.metrics import Metrics
@@ -137,8 +138,8 @@ class Gateway:
         return register
 
     def view(self, path: str, topics: Iterable[str], *, per_request: bool | None = None,
-             compression: RouteCompression | None = None, authorize: AuthorizeHook | None = None
-             ) -> Callable[[R], R]:
+             compression: RouteCompression | None = None, authorize: AuthorizeHook | None = None,
+             slow_client: SlowClientPolicy | None = None) -> Callable[[R], R]:
         """Register a persistent SSE query at ``GET path``, re-rendered when any of ``topics`` changes.
 
         A view without parameters is rendered once per version and shared by every subscriber. A view that takes
@@ -148,7 +149,9 @@ class Gateway:
         ``authorize`` decides who may open the stream, as for ``command``. A view whose path names values
         (``/rooms/{room}/updates``) must take the request: they are in ``request.path_params``, as strings, and
         parameters after the request named after them get them typed (``async def room(request, room: int)``;
-        422 naming a bad value before the stream opens).
+        422 naming a bad value before the stream opens). ``slow_client`` gives this view other slow-client limits
+        than ``sse.slow_client_grace``: ``SlowClientPolicy(grace=...)`` and optionally ``max_bytes``, the bytes a
+        client may be behind (``gateway.core.slowclient``; an ``sse.view_slow_clients`` rule overrides it).
         """
 
         def register(render: R) -> R:
@@ -165,9 +168,11 @@ class Gateway:
             policy = compression or RouteCompression()
             if takes_request:
                 typed, model = _typed_view(path, render)
-                spec = ViewSpec(path, tuple(topics), per_request_render=typed, compression=policy, path_model=model)
+                spec = ViewSpec(path, tuple(topics), per_request_render=typed, compression=policy, path_model=model,
+                                slow_client=slow_client)
             else:
-                spec = ViewSpec(path, tuple(topics), shared_render=render, compression=policy)
+                spec = ViewSpec(path, tuple(topics), shared_render=render, compression=policy,
+                                slow_client=slow_client)
             self._views[path] = spec
             return render
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import tomllib
 import typing
@@ -23,6 +24,7 @@ from typing import Any
 from gateway.bus import is_shared
 from gateway.core.encoders import ENCODERS, CodecSettings
 from gateway.core.errors import SettingsError
+from gateway.core.slowclient import GRACE, MAX_BYTES, MAX_EVENTS, PolicyError, Rule, TopicRule, ViewRule
 
 SECONDS = 1.0
 MILLISECONDS = 1
@@ -127,13 +129,20 @@ class SSESettings:
     write_timeout: float = _field(30 * SECONDS, "seconds a write may take before the stream is closed",
                                   _between(1, 3600, " s"))
     slow_client_grace: float = _field(10 * SECONDS, "seconds a stream may keep undelivered events queued before it "
-                                      "is cut off as too slow", _between(0.1, 3600, " s"))
+                                      "is cut off as too slow", _between(*GRACE, " s"))
     max_lifetime: float = _field(0 * SECONDS, "seconds after which a stream is ended with a reconnect hint (+-10% "
                                  "jitter, spreads reconnects and rebalances); 0 keeps streams forever",
                                  _between(0, 7 * 86_400, " s"))
     direct_writes: bool = _field(True, "fan-out writes events straight to the socket of idle HTTP/1.1 streams "
                                  "(no task wake-up; several events in one write); busy, h2 and HTTP/3 streams "
                                  "always use their own task")
+    view_slow_clients: list[ViewRule] = _field([], "ordered rules for views, the first whose path selector "  # noqa: RUF009
+                                               "(the path as registered, /prefix* or *) matches applies, over the "
+                                               "view's own slow_client=: any of grace (s, instead of "
+                                               "slow_client_grace) and max_bytes (bytes behind, the pending render "
+                                               "and the socket's buffer, past which a client is cut off; no cap by "
+                                               "default); [[sse.view_slow_clients]] tables in a file, a JSON array "
+                                               "in the environment")
 
 
 @dataclass(frozen=True)
@@ -217,12 +226,19 @@ class HubSettings:
                                       "mercure.subscribe claim covers it", _selectors)
     max_topics: int = _field(32, "topics one subscription may name", _between(1, 1024))
     max_buffered_events: int = _field(1000, "events queued for one slow hub subscriber before it is cut off",
-                                      _between(1, 1_000_000))
+                                      _between(*MAX_EVENTS))
     max_buffered_bytes: int = _field(4 * 1024 * KIB, "bytes queued for one slow hub subscriber",
-                                     _between(1024, 1024 * 1024 * KIB, " bytes"))
+                                     _between(*MAX_BYTES, " bytes"))
     overflow_policy: str = _field("disconnect", "when a hub subscriber's queue is full: disconnect (it resumes "
                                   "with Last-Event-ID) or drop-oldest (it gets a gap event)",
                                   _one_of("disconnect", "drop-oldest"))
+    slow_clients: list[TopicRule] = _field([], "ordered rules for hub topics, the first whose topic selector "  # noqa: RUF009
+                                           "(as in public_topics) matches applies: any of overflow, max_events, "
+                                           "max_bytes and grace (s) instead of overflow_policy, "
+                                           "max_buffered_events, max_buffered_bytes and sse.slow_client_grace; a "
+                                           "subscription naming several topics takes the strictest of each "
+                                           "(disconnect if any asks for it); [[hub.slow_clients]] tables in a "
+                                           "file, a JSON array in the environment")
 
 
 @dataclass(frozen=True)
@@ -540,6 +556,8 @@ def _coerce(key: str, raw: Any, kind: type, source: str) -> Any:
         if isinstance(raw, str):
             return raw
         raise SettingsError(key, raw, "must be a string", source)
+    if typing.get_origin(kind) is list and issubclass(item := typing.get_args(kind)[0], Rule):
+        return _rules(key, raw, item, source)
     if typing.get_origin(kind) is list:
         if isinstance(raw, str):
             return [part.strip() for part in raw.split(",") if part.strip()]
@@ -547,6 +565,27 @@ def _coerce(key: str, raw: Any, kind: type, source: str) -> Any:
             return list(raw)
         raise SettingsError(key, raw, "must be a list of strings (comma-separated in the environment)", source)
     raise TypeError(f"unsupported setting type {kind!r} for {key}")  # pragma: no cover
+
+
+def _rules(key: str, raw: Any, rule: type[Rule], source: str) -> list[Rule]:
+    """An ordered rule list: TOML tables from a file, a JSON array of objects from the environment (the
+    environment has no syntax of its own for a list of tables). A bad field is named by its place in the list."""
+    example = f'[{{"{rule.SELECTOR}": ..., "{rule.FIELDS[0]}": ...}}]'
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else []
+        except ValueError as exc:
+            raise SettingsError(key, raw, f"must be a JSON array of objects, e.g. {example} ({exc})", source) from None
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        raise SettingsError(key, raw, f"must be an array of tables ([[{key}]] in a file; in the environment a JSON "
+                            f"array of objects, e.g. {example})", source)
+    rules = []
+    for index, table in enumerate(raw):
+        try:
+            rules.append(rule.from_table(table))
+        except PolicyError as exc:
+            raise SettingsError(f"{key}[{index}].{exc.field}", exc.value, exc.allowed, source) from None
+    return rules
 
 
 def _shown(value: Any, *, toml: bool) -> str:

@@ -21,7 +21,9 @@ from gateway.core.admission import Admission
 from gateway.core.clientaddr import client_address, parse_networks
 from gateway.core.compression import RouteCompression
 from gateway.core.datastar import Rendered
+from gateway.core.mailbox import Limits
 from gateway.core.quic_admission import RetryMode
+from gateway.core.slowclient import HubLimits, Overflow, SlowClientPolicy, ViewLimits, hub_limits, view_limits
 from gateway.core.stream import CloseReason
 from gateway.metrics import Metrics
 from gateway.web.asgi_util import StreamRequest
@@ -49,12 +51,18 @@ class ViewSpec:
     per_request_render: RequestRender | None = None
     compression: RouteCompression = field(default_factory=RouteCompression)
     path_model: type[pydantic.BaseModel] | None = None  # the typed path values the render declares, if any
+    slow_client: SlowClientPolicy | None = None  # None: the settings' limits (gateway.core.slowclient)
 
     def __post_init__(self) -> None:
         if (self.shared_render is None) == (self.per_request_render is None):
             raise ValueError("a view renders either once for everybody or once per request")
         if not self.topics:
             raise ValueError(f"view {self.path} must name at least one topic")
+        if self.slow_client is not None:
+            try:
+                self.slow_client.check_view()
+            except ValueError as exc:
+                raise ValueError(f"view {self.path}: slow_client {exc}") from None
 
 
 class OpenStream(Protocol):
@@ -80,6 +88,11 @@ class AppContext:
 
     def __post_init__(self) -> None:
         limits = self.settings.limits
+        sse, hub = self.settings.sse, self.settings.hub
+        overflow: Overflow = "drop-oldest" if hub.overflow_policy == "drop-oldest" else "disconnect"
+        self.hub_defaults = HubLimits(Limits(hub.max_buffered_events, hub.max_buffered_bytes, overflow),
+                                    sse.slow_client_grace)
+        self._view_limits: dict[str, ViewLimits] = {}
         self.compression = CompressionEngine(self.settings, self.metrics)
         self.trusted_proxies = parse_networks(limits.trusted_proxies)
         self.admission = Admission(limits.max_streams, limits.max_streams_per_client)
@@ -104,6 +117,19 @@ class AppContext:
 
     def release_client(self, client: str) -> None:
         self.admission.release(client)
+
+    def limits_of_hub(self, topics: tuple[str, ...]) -> HubLimits:
+        """The slow-client limits of a subscription to ``topics`` (not cached: clients choose the topics)."""
+        return hub_limits(topics, self.settings.hub.slow_clients, self.hub_defaults)
+
+    def limits_of_view(self, spec: ViewSpec) -> ViewLimits:
+        """The slow-client limits of a view, decided once per view."""
+        found = self._view_limits.get(spec.path)
+        if found is None:
+            base = ViewLimits(self.settings.sse.slow_client_grace)
+            found = view_limits(spec.path, spec.slow_client, self.settings.sse.view_slow_clients, base)
+            self._view_limits[spec.path] = found
+        return found
 
     @property
     def fanout(self) -> Fanout:

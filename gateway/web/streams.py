@@ -22,7 +22,7 @@ from gateway.commands import validate_path_values
 from gateway.core import hub
 from gateway.core.datastar import encode_rendered
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
-from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
+from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox
 from gateway.core.sse import Event, parse_last_event_id, retry_frame
 from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State, Timing, Wait, Write
 from gateway.core.topics import check_topic, hub_key
@@ -36,6 +36,8 @@ from gateway.web.fanout import ViewChannel, hub_frame
 
 log = logging.getLogger("gateway.streams")
 
+NO_CAP = 1 << 62  # the cap on bytes behind of a stream that has none: no buffer ever reaches it
+
 _HEAD = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
          (b"x-accel-buffering", b"no"), (b"vary", b"accept-encoding")]
 
@@ -47,11 +49,11 @@ class StreamClosed(Exception):
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_deadline", "_loop", "_timer", "_wake", "_watcher", "client", "core", "kind", "lease",
-                 "request", "route", "runtime", "send", "transport")
+    __slots__ = ("_behind", "_cap", "_deadline", "_loop", "_socket", "_timer", "_wake", "_watcher", "client", "core",
+                 "kind", "lease", "policy", "request", "route", "runtime", "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
-                 client: str, core: SSEStream) -> None:
+                 client: str, core: SSEStream, policy: str, cap: int | None) -> None:
         self.runtime = runtime
         self.kind = kind
         self.request = request
@@ -60,7 +62,11 @@ class Stream:
         self.route = lease.route.path
         self.client = client
         self.core = core
+        self.policy = policy  # what a full mailbox does (disconnect, drop-oldest, conflate): a metric label
         self.transport: Any = None  # set when fan-out may write to this stream directly
+        self._socket: Any = None  # the HTTP/1.1 transport, when known: its write buffer counts as bytes behind
+        self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
+        self._behind = runtime.metrics.behind(kind)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -69,8 +75,10 @@ class Stream:
 
     @classmethod
     def open(cls, runtime: AppContext, kind: str, route: RouteState, scope: Scope, send: Send,
-             mailbox: ConflatingMailbox[Frame] | BoundedMailbox[Frame]) -> Stream:
-        """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder."""
+             mailbox: ConflatingMailbox[Frame] | BoundedMailbox[Frame], grace: float,
+             cap: int | None = None) -> Stream:
+        """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder; ``grace`` and
+        ``cap`` are its slow-client limits (``gateway.core.slowclient``)."""
         request = StreamRequest.from_scope(scope)
         client = runtime.admit(request)
         try:
@@ -81,10 +89,11 @@ class Stream:
         sse = runtime.settings.sse
         now = asyncio.get_running_loop().time()
         lifetime = now + sse.max_lifetime * random.uniform(0.9, 1.1) if sse.max_lifetime > 0 else None
-        timing = Timing(sse.heartbeat, sse.write_timeout, sse.slow_client_grace, lifetime)
+        timing = Timing(sse.heartbeat, sse.write_timeout, grace, lifetime)
         counts = runtime.metrics.tally(kind, route.path, lease.encoder.name).counts
         core = SSEStream(mailbox, lease.encoder, timing, now, counts=counts)
-        return cls(runtime, kind, request, send, lease, client, core)
+        policy = mailbox.limits.policy if isinstance(mailbox, BoundedMailbox) else "conflate"
+        return cls(runtime, kind, request, send, lease, client, core, policy, cap)
 
     @property
     def last_event_id(self) -> str | None:
@@ -93,7 +102,9 @@ class Stream:
     # -- fan-out's side (never awaits) ---------------------------------------------------------------------------
 
     def feed(self, frame: Frame, now: float) -> None:
-        result = self.core.feed(frame, len(frame.data or b""), now)
+        size = len(frame.data or b"")
+        core = self.core
+        result = core.feed(frame, size, now)
         if result is Feed.WAKE:
             self._wake.set()
         elif result is Feed.CONFLATED:
@@ -101,7 +112,33 @@ class Stream:
         elif result is Feed.DROPPED_OLDEST:
             self.runtime.metrics.events_dropped.labels(self.kind).inc()
         elif result is Feed.CUT:
-            self._abandon_write()
+            self._cut()
+            return
+        elif result is Feed.IGNORED:
+            return
+        # Bytes behind: the mailbox's (a view's holds the frame just put) and the socket buffer's. The kernel's own
+        # send queue is not counted: asking for it is a system call per event.
+        box, socket = core.mailbox, self._socket
+        behind = box.bytes if isinstance(box, BoundedMailbox) else size
+        if socket is not None:
+            behind += socket.get_write_buffer_size()
+        self._behind.observe(behind)
+        # Never before the start (a stream ended with its head unsent could not start): a later feed decides.
+        if behind > self._cap and core.started_at is not None:
+            self._over_cap()
+
+    def _over_cap(self) -> None:
+        """More bytes behind than the view's ``max_bytes``: a slow consumer, unless it is ending already."""
+        if self.core.end(CloseReason.SLOW_CONSUMER):
+            self._cut()
+
+    def _cut(self) -> None:
+        """The stream was just ended as a slow consumer: count it now (its close may wait for the goodbye) and
+        give up a write stuck on this client now rather than at its deadline."""
+        self.runtime.metrics.slow_consumers_cut.labels(self.kind, self.policy).inc()
+        if self._deadline is not None:
+            self._deadline.reschedule(self._loop.time())
+        self._wake.set()
 
     def direct_ready(self) -> bool:
         """The task sleeps with nothing queued (nothing can be overtaken, the encoder is free) and the socket
@@ -115,24 +152,27 @@ class Stream:
         data = self.core.write_direct(frames, now)
         if data is None:
             return
+        transport = self.transport
         try:
-            self.transport.write(chunk(data))
+            transport.write(chunk(data))
         except Exception:
             log.exception("direct write failed: the stream is ended and its client resumes")
             self.transport = None  # its encoder may hold half a write: nothing more goes to it
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake.set()
+            return
+        behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
+        if not behind:
+            self._behind.zeros += 1  # the common case, counted without a call (metrics.Spread)
+        else:
+            self._behind.observe(behind)
+            if behind > self._cap:
+                self._over_cap()
 
     def end(self, reason: CloseReason) -> None:
         """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
         sees the reason and says goodbye."""
         self.core.end(reason)
-        self._wake.set()
-
-    def _abandon_write(self) -> None:
-        """A cut-off: a write stuck on this client is given up now rather than at its deadline."""
-        if self._deadline is not None:
-            self._deadline.reschedule(self._loop.time())
         self._wake.set()
 
     # -- the task's side -----------------------------------------------------------------------------------------
@@ -149,10 +189,11 @@ class Stream:
         self.runtime.stream_opened(self)
         self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._socket = h1_transport(self.send)  # the head is out: from the first body on, its buffer is measured
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         self.core.written(None, self._loop.time())
         if self.runtime.settings.sse.direct_writes:
-            self.transport = h1_transport(self.send)
+            self.transport = self._socket
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -241,7 +282,7 @@ class Stream:
             return
         self.runtime.compression.release(self.lease)
         self.runtime.release_client(self.client)
-        self.transport = None
+        self.transport = self._socket = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -273,8 +314,9 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
             await run_hook(hook, runtime.auth.identify(request.headers), request)
         if spec.path_model is not None:  # 422 naming a bad path value, before the stream opens
             validate_path_values(spec.path_model, scope.get("path_params", {}))
+        limits = runtime.limits_of_view(spec)
         stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
-                             ConflatingMailbox())
+                             ConflatingMailbox(), limits.grace, limits.max_bytes)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("view", exc.code).inc()
         await send_error(send, exc)
@@ -358,12 +400,10 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
         return
-    hub_settings = runtime.settings.hub
-    limits = Limits(hub_settings.max_buffered_events, hub_settings.max_buffered_bytes,
-                    "drop-oldest" if hub_settings.overflow_policy == "drop-oldest" else "disconnect")
+    limits = runtime.limits_of_hub(topics)
     try:
         stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send,
-                             BoundedMailbox(limits))
+                             BoundedMailbox(limits.mailbox), limits.grace)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
@@ -459,7 +499,9 @@ async def _hub_loop(runtime: AppContext, stream: Stream) -> None:
             depth.observe(len(step.frames))
             queued.observe(sum(len(f.data or b"") for f in step.frames))
         await stream.write(step, step.frames)  # everything pending in one write: one flush, one send
-    if stream.core.reason is CloseReason.SLOW_CONSUMER:
-        box = stream.core.mailbox
-        log.info("hub subscriber %s cut off: %d events, %d bytes queued", stream.client, len(box),
-                 box.bytes if isinstance(box, BoundedMailbox) else 0)
+    box = stream.core.mailbox
+    if stream.core.reason is CloseReason.SLOW_CONSUMER and isinstance(box, BoundedMailbox):
+        limits = box.limits
+        log.info("hub subscriber %s cut off: %d events, %d bytes queued (%s at %d events or %d bytes, grace %g s)",
+                 stream.client, len(box), box.bytes, limits.policy, limits.max_items, limits.max_bytes,
+                 stream.core.timing.grace)
