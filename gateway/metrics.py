@@ -233,8 +233,9 @@ class Metrics:
         self.bus_up.set(1)
         self.bytes_behind = Histogram(
             "gateway_stream_bytes_behind", "Bytes a stream had been handed but not delivered (its mailbox and, on "
-            "HTTP/1.1, its socket's write buffer), observed each time fan-out hands it events: a direct write or a "
-            "mailbox put.", ["kind"], registry=r, buckets=BYTES_BEHIND_BUCKETS)
+            "HTTP/1.1, its socket's write buffer), observed at each write of events (direct: what the socket kept; "
+            "by its task: what it took from the mailbox and what the socket holds) and at a cut-off.", ["kind"],
+            registry=r, buckets=BYTES_BEHIND_BUCKETS)
         self.slow_consumers_cut = Counter(
             "gateway_slow_consumers_cut", "Streams cut off as too slow (counted when decided; the close follows "
             "their goodbye), by kind and the overflow policy that applied to them (disconnect, drop-oldest; "

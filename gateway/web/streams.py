@@ -103,8 +103,7 @@ class Stream:
 
     def feed(self, frame: Frame, now: float) -> None:
         size = len(frame.data or b"")
-        core = self.core
-        result = core.feed(frame, size, now)
+        result = self.core.feed(frame, size, now)
         if result is Feed.WAKE:
             self._wake.set()
         elif result is Feed.CONFLATED:
@@ -112,29 +111,27 @@ class Stream:
         elif result is Feed.DROPPED_OLDEST:
             self.runtime.metrics.events_dropped.labels(self.kind).inc()
         elif result is Feed.CUT:
-            self._cut()
+            self._cut(self._behind_by(size))
             return
-        elif result is Feed.IGNORED:
-            return
-        # Bytes behind: the mailbox's (a view's holds the frame just put) and the socket buffer's. The kernel's own
-        # send queue is not counted: asking for it is a system call per event.
-        box, socket = core.mailbox, self._socket
-        behind = box.bytes if isinstance(box, BoundedMailbox) else size
-        if socket is not None:
-            behind += socket.get_write_buffer_size()
+        if self._cap is not NO_CAP and result is not Feed.IGNORED:
+            behind = self._behind_by(size)
+            # Never before the start (a stream ended with its head unsent could not start): a later feed decides.
+            if behind > self._cap and self.core.started_at is not None and self.core.end(CloseReason.SLOW_CONSUMER):
+                self._cut(behind)
+
+    def _behind_by(self, size: int) -> int:
+        """The bytes this stream has been handed and not delivered: its mailbox's (a view's holds the frame of
+        ``size`` bytes just put) and its socket buffer's. The kernel's own send queue is not counted: asking for
+        it is a system call."""
+        box, socket = self.core.mailbox, self._socket
+        queued = box.bytes if isinstance(box, BoundedMailbox) else size
+        return queued + socket.get_write_buffer_size() if socket is not None else queued
+
+    def _cut(self, behind: int) -> None:
+        """The stream was just ended as a slow consumer, ``behind`` bytes behind (its peak: observed): count it
+        now (its close may wait for the goodbye) and give up a write stuck on this client now rather than at its
+        deadline."""
         self._behind.observe(behind)
-        # Never before the start (a stream ended with its head unsent could not start): a later feed decides.
-        if behind > self._cap and core.started_at is not None:
-            self._over_cap()
-
-    def _over_cap(self) -> None:
-        """More bytes behind than the view's ``max_bytes``: a slow consumer, unless it is ending already."""
-        if self.core.end(CloseReason.SLOW_CONSUMER):
-            self._cut()
-
-    def _cut(self) -> None:
-        """The stream was just ended as a slow consumer: count it now (its close may wait for the goodbye) and
-        give up a write stuck on this client now rather than at its deadline."""
         self.runtime.metrics.slow_consumers_cut.labels(self.kind, self.policy).inc()
         if self._deadline is not None:
             self._deadline.reschedule(self._loop.time())
@@ -164,10 +161,10 @@ class Stream:
         behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
         if not behind:
             self._behind.zeros += 1  # the common case, counted without a call (metrics.Spread)
+        elif behind > self._cap and self.core.end(CloseReason.SLOW_CONSUMER):
+            self._cut(behind)
         else:
             self._behind.observe(behind)
-            if behind > self._cap:
-                self._over_cap()
 
     def end(self, reason: CloseReason) -> None:
         """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
@@ -255,6 +252,9 @@ class Stream:
             self.core.written(None, self._loop.time())
             return
         events = len(frames) + (1 if step.prefix and not step.heartbeat else 0)
+        if events:  # bytes behind: what it takes from the mailbox, and what its socket still holds
+            socket = self._socket
+            self._behind.observe(len(data) + socket.get_write_buffer_size() if socket is not None else len(data))
         encoded = self.core.encode(data, events)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         self.core.written(frames[-1].key if frames else None, self._loop.time())
