@@ -7,6 +7,9 @@ and run here, unless it was delivered more than ``MAX_DELIVERIES`` times (it kil
 case it goes to the dead-letter Stream with its delivery count. Malformed entries go there too.
 
 A drain (``stop``) takes no new command beyond the last one accepted when it began and waits for those running.
+It does not wait for the blocking reader, which may be waiting for new commands, for a free worker or for Redis to
+come back: it cancels it and takes what was accepted with reads of its own that never block. With nothing accepted
+left to run it ends at once; when Redis does not answer, what is in the Stream stays there for another process.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from redis.exceptions import ResponseError
 
 from gateway.bus.base import Command, CommandHandler
 from gateway.bus.redis_layout import BURY, FINISH, Keys, text
-from gateway.bus.redis_link import ERRORS, RedisLink
+from gateway.bus.redis_link import ERRORS, RedisLink, cancel_and_wait, stop_requested
 from gateway.core.errors import Unavailable
 from gateway.core.versions import VersionKey, version_key
 
 log = logging.getLogger("gateway.bus")
 
-COMMAND_BLOCK = 1.0  # the reader's wait for new commands: also how soon it notices a drain
+COMMAND_BLOCK = 1.0  # the reader's wait for new commands (a drain cancels it: it need not end first)
 MAX_DELIVERIES = 5  # a command delivered this often (its processes died each time) goes to the dead Stream
 
 
@@ -46,6 +49,7 @@ class CommandConsumer:
         self._bury = link.client.register_script(BURY)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{random.getrandbits(32):08x}"
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._acknowledging: set[str] = set()  # of those, the ones whose handler returned
         self._burying: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         self._slot_free.set()
@@ -67,60 +71,101 @@ class CommandConsumer:
                        asyncio.create_task(self._leases(), name="gateway-redis-leases")]
 
     async def stop(self, timeout: float) -> list[asyncio.Task[None]]:
-        """Finish what was accepted before now (up to ``timeout``); returns the tasks left to cancel."""
+        """Finish what was accepted before now (up to ``timeout``); returns the tasks left to cancel.
+
+        "Accepted before now" is the Stream up to its last id at this moment, read while Redis answers. The reader
+        is cancelled first, whatever it waits for: a drain must not wait a blocking read's second, nor for a worker
+        or a Redis that may not come back (it used to, for the whole deadline when Redis was gone). The drain then
+        reads for itself (``_take_accepted``). Commands running are waited for until the deadline; one still
+        running then is logged: it stays in the Stream and another process runs it.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if self._tasks:
+        if not self._tasks:
+            return []
+        link = self._link
+        if link.up:  # down: nothing can be read, so no bound is needed (nor a call that would only time out)
             with contextlib.suppress(Unavailable, ResponseError):
-                info = await self._link.io(lambda: self._link.client.xinfo_stream(self._keys.commands))
+                info = await link.io(lambda: link.client.xinfo_stream(self._keys.commands))
                 self._drain_until = version_key(text(info["last-generated-id"]))
-            self._draining = True
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                    await self._tasks[0]
-            running = list(self._running.values())
-            if running:
-                await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
-            for command_id in self._running:
+        self._draining = True
+        await cancel_and_wait(self._tasks[:1], min(link.timeout, max(0.0, deadline - loop.time())))
+        if self._drain_until is not None:
+            await self._take_accepted(deadline)
+        running = list(self._running.values())
+        if running:
+            await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+        for command_id in self._running:
+            if command_id in self._acknowledging:
+                log.warning("command %s ran, but its acknowledgement did not reach Redis by the drain deadline: it "
+                            "stays in the command Stream and runs again (its handler gets the same command id)",
+                            command_id)
+            else:
                 log.warning("command %s unfinished at the drain deadline: it stays in the command Stream, and "
                             "another process runs it once its lease (%.0f s) runs out", command_id, self._lease)
         return [*self._tasks, *self._burying, *self._running.values()]
 
+    async def _take_accepted(self, deadline: float) -> None:
+        """The drain's reads, none blocking: first the entries delivered to this consumer but never started (a
+        read that the cancel cut short after Redis handed it entries), then the group's undelivered entries up to
+        ``_drain_until``, as workers come free. Ends at the deadline, when Redis fails or when nothing is left."""
+        link, group, stream = self._link, self._keys.group, self._keys.commands
+        loop = asyncio.get_running_loop()
+        cursor = "0"  # an id: this consumer's pending entries after it; then ">": entries never delivered
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not link.up:  # a command started now could not finish; Redis fails: it stays
+                return
+            if not self._slot_free.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._slot_free.wait()
+                continue
+            free = self._workers - len(self._running)
+            try:
+                reply = await link.io(partial(link.client.xreadgroup, group, self.name, {stream: cursor}, count=free))
+            except (Unavailable, ResponseError):
+                return
+            entries = reply[0][1] if reply else []
+            for entry_id, fields in entries:
+                if fields:  # a pending entry deleted meanwhile comes back empty: nothing to run
+                    self._run(text(entry_id), fields)  # those already running are skipped there
+            if cursor != ">":
+                cursor = text(entries[-1][0]) if len(entries) >= free else ">"
+                continue
+            assert self._drain_until is not None
+            if not entries or version_key(text(entries[-1][0])) >= self._drain_until:
+                return
+
     # -- reading and running ----------------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        """Take commands from the group as workers come free; in a drain, only up to the last one accepted."""
+        """Take commands from the group as workers come free, waiting up to ``COMMAND_BLOCK`` for new ones, until a
+        drain begins (``stop`` cancels it then; should a cancel be lost, it ends at its next turn anyway)."""
         link, group, stream = self._link, self._keys.group, self._keys.commands
-        while True:
+        while not self._draining and not stop_requested():
             await self._slot_free.wait()
-            if self._draining and (self._drain_until is None or not link.up):
-                return
-            if not await link.wait_up():
+            if not await link.wait_up() or self._draining:
                 return
             free = self._workers - len(self._running)
-            block = None if self._draining else int(COMMAND_BLOCK * 1000)
             try:
-                async with asyncio.timeout(COMMAND_BLOCK + link.timeout):
-                    reply = await link.blocking.xreadgroup(group, self.name, {stream: ">"}, count=free, block=block)
+                async with link.read_bound(COMMAND_BLOCK + link.timeout):
+                    reply = await link.blocking.xreadgroup(group, self.name, {stream: ">"}, count=free,
+                                                           block=int(COMMAND_BLOCK * 1000))
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # Redis lost its data: NOGROUP on a new connection, UNBLOCKED for a read blocked when the Stream
+                # was deleted (a flush). Either way, start a new group.
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                with contextlib.suppress(Unavailable, ResponseError):  # Redis lost its data: start a new group
+                with contextlib.suppress(Unavailable, ResponseError):
                     await self.ensure_group()
                 continue
             except ERRORS as exc:
-                if self._draining:
-                    return
-                link.failed(exc)
+                if not self._draining:
+                    link.failed(exc)
                 continue
-            entries = reply[0][1] if reply else []
-            for entry_id, fields in entries:
-                self._run(text(entry_id), fields)
-            if self._draining:
-                last = version_key(text(entries[-1][0])) if entries else None
-                assert self._drain_until is not None
-                if last is None or last >= self._drain_until:
-                    return
+            for entry_id, fields in reply[0][1] if reply else []:
+                self._run(text(entry_id), fields)  # delivered to this consumer: run, even if a drain began since
 
     def _run(self, command_id: str, fields: dict[bytes, bytes], delivery: int = 1) -> None:
         if command_id in self._running:
@@ -150,8 +195,10 @@ class CommandConsumer:
                 raise  # not acknowledged: its lease runs out and another process runs it
             except Exception:  # the handler wrapper logs; this guards the worker itself
                 log.exception("command %s (%s) failed", command_id, command.name)
+            self._acknowledging.add(command_id)
             await self._acknowledge(command_id)
         finally:
+            self._acknowledging.discard(command_id)
             self._running.pop(command_id, None)
             self._slot_free.set()
 
@@ -180,7 +227,8 @@ class CommandConsumer:
     async def _leases(self) -> None:
         """Renew the leases of running commands; claim the commands whose lease ran out elsewhere."""
         interval = self._lease / 3
-        while True:
+        # Renewing through a drain, so that nobody claims what still runs here.
+        while not self._link.closed and not stop_requested():
             await asyncio.sleep(interval)
             if not self._link.up:
                 continue

@@ -38,7 +38,7 @@ from gateway.bus.redis_layout import (
     stream_id,
     text,
 )
-from gateway.bus.redis_link import ERRORS, RETRY_AFTER, HealthListener, RedisLink
+from gateway.bus.redis_link import ERRORS, RETRY_AFTER, HealthListener, RedisLink, stop_requested
 from gateway.core.errors import Unavailable
 from gateway.core.versions import ZERO, version_key
 
@@ -215,7 +215,7 @@ class RedisBus:
         names = {self._keys.topic(t): t for t in topics}
         cursors = dict.fromkeys(topics, stream_id(after))
         check: list[str] = list(topics)  # topics whose trim marks must be checked before the next delivery
-        while not self._link.closed:
+        while not self._link.closed and not stop_requested():  # (a cancel lost in redis-py still ends it)
             if check:
                 checked = {t: cursors[t] for t in check}
                 try:
@@ -230,7 +230,7 @@ class RedisBus:
                     yield gap
             streams = {key: cursors[topic] for key, topic in names.items()}
             try:
-                async with asyncio.timeout(BLOCK + self._link.timeout):
+                async with self._link.read_bound(BLOCK + self._link.timeout):  # a close ends it at once
                     reply = await self._link.blocking.xread(streams, count=self._history, block=int(BLOCK * 1000))
             except ERRORS as exc:
                 if self._link.closed:
