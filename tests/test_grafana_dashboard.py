@@ -445,7 +445,8 @@ async def drive(server: Server, *, commands: int = COMMANDS, tick: float = TICK)
         for sub in subscribers:
             sub.task = asyncio.create_task(sub.run(tls), name=f"{sub.kind} {sub.encoding} h2={sub.h2}")
         try:
-            async with asyncio.timeout(30):
+            # Bounded: setup and teardown, and each command with its two publishes (well under 200 ms on loopback).
+            async with asyncio.timeout(30 + commands * (tick + 0.2)):
                 await _open(client, subscribers)
                 stalls = asyncio.ensure_future(stalled_drop(server, client, received))
                 conflating = await open_stalled(server.http_port, VIEW)
@@ -521,8 +522,10 @@ async def observed_gateway(tmp: Path, certs: tuple[Path, Path]) -> AsyncIterator
     port = free_port()
     env = {"GATEWAY_BUS_URL": url, METRICS_ENV: str(metrics_dir),
            "GATEWAY_HUB_SLOW_CLIENTS": json.dumps(HUB_RULES),
-           # The stalled view reader conflates for the whole load and is never cut as too slow.
+           # The stalled view reader conflates for the whole load and is never cut as too slow, nor for a write
+           # stuck on it (benchmarks.latency_picture stalls it longer than the default 30 s write timeout).
            "GATEWAY_SSE_VIEW_SLOW_CLIENTS": json.dumps([{"path": VIEW, "grace": 120}]),
+           "GATEWAY_SSE_WRITE_TIMEOUT": "300",
            # A budget of about three Brotli streams per worker, so that later streams are downgraded (and the
            # downgrade panel has data); one address (all of loopback) may use all of it.
            "GATEWAY_COMPRESSION_MEMORY_BUDGET": "3000000", "GATEWAY_COMPRESSION_CLIENT_SHARE": "1"}
