@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar, get_type_hints
@@ -32,6 +34,7 @@ from gateway.bus import Command, create_bus
 from gateway.bus.redis_layout import redacted
 from gateway.commands import CommandContext, CommandSpec, Extra, Handler, path_values_model, validate_path_values
 from gateway.config import Settings
+from gateway.core import stamps
 from gateway.core.compression import RouteCompression
 from gateway.core.datastar import Rendered
 from gateway.core.errors import Unavailable
@@ -56,6 +59,11 @@ K = TypeVar("K", bound=Hook)
 L = TypeVar("L", bound=Callable[[], contextlib.AbstractAsyncContextManager[Any]])
 R = TypeVar("R", bound=Callable[..., Awaitable[Rendered]])
 
+# When the command being run was accepted (wall clock), for the views it changes: their delivery is timed from it.
+_ORIGIN: contextvars.ContextVar[float | None] = contextvars.ContextVar("gateway_origin", default=None)
+
+SAMPLE_EVERY = 2.0  # seconds between samples of readiness and process numbers into their gauges
+
 _RESERVED = {HUB_ROUTE, "/hub/publish", "/metrics", "/healthz", "/readyz"}
 
 
@@ -78,6 +86,7 @@ class Gateway:
         self._resources = contextlib.AsyncExitStack()  # the entered lifespans, exited at shutdown
         self._runtime: AppContext | None = None
         self._app: Dispatcher | None = None
+        self._sampler: asyncio.Task[None] | None = None
         # Ids of accepted commands this process stopped without running, and that no other process will run
         # (in-process bus, drain deadline passed): ``gateway serve`` exits non-zero when there are any.
         self.unrun_commands: list[str] = []
@@ -252,11 +261,16 @@ class Gateway:
     async def publish(self, topic: str, payload: bytes = b"") -> str:
         """Announce that view topic ``topic`` changed; every view on it re-renders. Returns the new version.
 
+        The announcement is stamped with when the change began (the command being run was accepted, or now) and
+        when it is published, so that every process times its delivery (``gateway.core.stamps``).
+
         A change must not go unannounced because the bus was briefly away (the state already changed; views would
         sit on the old one until the next change): while the bus is unavailable this retries with a growing
         delay for up to ``bus.lease`` seconds, then raises ``Unavailable``. A command that runs it is not
         acknowledged meanwhile, so it is not lost either way.
         """
+        if not payload:
+            payload = stamps.stamp(_ORIGIN.get(), time.time())
         return await self._publish(view_key(topic), payload)
 
     async def _publish(self, key: str, payload: bytes) -> str:
@@ -299,8 +313,20 @@ class Gateway:
         await runtime.bus.start(self._run_command)
         await fanout.start()
         runtime.started = True
+        self._sampler = asyncio.create_task(self._sample(runtime), name="gateway-sampler")
         log.info("gateway started: %d commands, %d views, bus %s", len(runtime.commands), len(runtime.views),
                  redacted(runtime.settings.bus.url))
+
+    async def _sample(self, runtime: AppContext) -> None:
+        """Every ``SAMPLE_EVERY`` seconds: readiness and this worker's process numbers into their gauges (a scrape
+        reaches one worker under ``--workers``; the others speak through what they sampled)."""
+        metrics = runtime.metrics
+        while True:
+            metrics.ready.set(1 if runtime.ready else 0)
+            metrics.process.sample()
+            metrics.process.report()
+            metrics.report_tallies()  # a worker whose last writes went through its tasks reports them too
+            await asyncio.sleep(SAMPLE_EVERY)
 
     async def _run_command(self, command_id: str, command: Command) -> None:
         """Run one accepted command; a failing handler is logged and counted, never fatal."""
@@ -312,6 +338,8 @@ class Gateway:
         metrics = runtime.metrics
         loop = asyncio.get_running_loop()
         started = loop.time()
+        accepted = command.context.get("accepted")
+        token = _ORIGIN.set(accepted if isinstance(accepted, int | float) else None)
         try:
             await spec.run(command_id, command)
         except asyncio.CancelledError:
@@ -322,6 +350,7 @@ class Gateway:
         else:
             metrics.commands_handled.labels(command.name, "ok").inc()
         finally:
+            _ORIGIN.reset(token)
             metrics.command_seconds.labels(command.name).observe(loop.time() - started)
 
     async def drain(self, timeout: float | None = None) -> None:
@@ -331,6 +360,7 @@ class Gateway:
         if runtime.draining:
             return
         runtime.draining = True
+        runtime.metrics.ready.set(0)
         loop = asyncio.get_running_loop()
         # Close streams spread over the first half of the window, so that their reconnects (to other instances)
         # spread out too, instead of arriving all at once.
@@ -348,6 +378,12 @@ class Gateway:
     async def _shutdown(self) -> None:
         runtime = self.runtime
         runtime.gc.close()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        runtime.metrics.ready.set(0)
+        runtime.metrics.process.close()
         if runtime._fanout is not None:
             await runtime._fanout.close()
         if not runtime.draining:

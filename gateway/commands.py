@@ -54,6 +54,7 @@ class CommandContext:
       parameters of the same names hold the validated values.
     - ``delivery``: 1 for the first run; more when the Redis bus runs it again because the process that had it
       died before acknowledging it (the in-memory bus never redelivers).
+    - ``accepted_at``: when the gateway accepted it (``time.time()`` of the process that answered 204), or None.
     """
 
     command_id: str
@@ -64,6 +65,7 @@ class CommandContext:
     identity: Identity | None = None
     path_params: Mapping[str, str] = field(default_factory=dict)
     delivery: int = 1
+    accepted_at: float | None = None
 
     @classmethod
     def of(cls, command_id: str, command: Command) -> CommandContext:
@@ -79,6 +81,7 @@ class CommandContext:
             identity=Identity.from_claims(claims) if isinstance(claims, Mapping) else None,
             path_params=dict(carried.get("path", {})),
             delivery=command.delivery,
+            accepted_at=accepted if isinstance(accepted := carried.get("accepted"), int | float) else None,
         )
 
 

@@ -7,13 +7,25 @@ of reasons. Topics are never labels: their number is up to the clients.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import platform
+import time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -118,6 +130,78 @@ class Spread:
         self.total = 0.0
 
 
+# A counter's ``_created`` series doubles every counter's series count and no dashboard or alert reads it.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# GC pauses of CPython's collector: from a tenth of a millisecond (a young generation) to half a second.
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class ProcessStats:
+    """This process's CPU, memory, descriptors and GC pauses, the same series with one worker or many.
+
+    With one process, prometheus-client's ``ProcessCollector`` reads ``/proc`` at each scrape. Under ``--workers``
+    it cannot (a scrape reaches one worker, which aggregates the others from files), so each worker copies its own
+    numbers into multiprocess gauges of the same names every few seconds (``sample``), kept per worker (a ``pid``
+    label, mode ``liveall``: a dead worker's series go when the supervisor marks it dead). ``sum without (pid)``
+    gives the group's total either way.
+
+    GC pauses are timed by a ``gc.callbacks`` hook. It must not take a lock (a collection can start while the
+    thread holds the histogram's), so it counts into a ``Spread`` that is reported with the other batched counts.
+    """
+
+    _FROM_COLLECTOR = ("process_virtual_memory_bytes", "process_resident_memory_bytes", "process_start_time_seconds",
+                       "process_cpu_seconds_total", "process_open_fds", "process_max_fds")
+
+    def __init__(self, registry: CollectorRegistry, multiprocess: bool) -> None:
+        self._collector: ProcessCollector | None = None
+        self._gauges: dict[str, Gauge] = {}
+        if multiprocess:
+            self._collector = ProcessCollector(registry=None)
+            for name in self._FROM_COLLECTOR:
+                self._gauges[name] = Gauge(name, f"{name} of each worker (see gateway.metrics.ProcessStats).",
+                                           registry=registry, multiprocess_mode="liveall")
+        else:
+            ProcessCollector(registry=registry)
+        self.gc_pauses = Histogram(
+            "gateway_gc_pause_seconds", "Pauses of CPython's garbage collector, by generation: the loop serves "
+            "nobody meanwhile.", ["generation"], registry=registry, buckets=GC_BUCKETS)
+        self._spreads = [Spread(self.gc_pauses.labels(str(generation))) for generation in range(3)]
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            generation = info.get("generation", 0)
+            if 0 <= generation < 3:
+                self._spreads[generation].observe(time.perf_counter() - self._gc_started)
+            self._gc_started = 0.0
+
+    def sample(self) -> None:
+        """Copy this worker's numbers into its gauges (under ``--workers``; nothing to do otherwise)."""
+        if self._collector is None:
+            return
+        for family in self._collector.collect():
+            for sample in family.samples:
+                gauge = self._gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
+
+    def report(self) -> None:
+        for spread in self._spreads:
+            spread.report()
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
+
+
+# 1 ms to 10 s, about three buckets per decade: what a delivery, a render or the bus may take, from fast to broken.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class Metrics:
     """All metric families, created once per gateway."""
 
@@ -175,18 +259,25 @@ class Metrics:
             "got a larger one.", ["route", "encoding"], registry=r)
         self.commands = Counter(
             "gateway_commands", "Command requests by outcome (accepted or the refusal's error code).",
-            ["command", "outcome"], registry=r)
+            ["route", "outcome"], registry=r)
         self.commands_handled = Counter(
             "gateway_commands_handled", "Commands whose handler ran, by result (ok or error).",
-            ["command", "result"], registry=r)
+            ["route", "result"], registry=r)
         self.command_seconds = Histogram(
-            "gateway_command_handler_seconds", "Time spent in command handlers.", ["command"], registry=r,
+            "gateway_command_handler_seconds", "Time spent in command handlers.", ["route"], registry=r,
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
         self.renders = Counter(
-            "gateway_view_renders", "View renders, by view and result (ok or error).", ["view", "result"],
+            "gateway_view_renders", "View renders, by view and result (ok or error).", ["route", "result"],
             registry=r)
+        self.render_seconds = Histogram(
+            "gateway_view_render_seconds", "Time a view's render took (a shared view renders once per version, a "
+            "per-request view once per stream and version).", ["route"], registry=r, buckets=LATENCY_BUCKETS)
+        self.bus_lag = Histogram(
+            "gateway_bus_lag_seconds", "From a notification's publication (in whichever process) to this process's "
+            "fan-out reading it, by kind (view or hub); wall clocks, so across machines it includes their offset.",
+            ["kind"], registry=r, buckets=LATENCY_BUCKETS)
         self.conflated = Counter(
-            "gateway_view_versions_conflated", "View versions a slow client skipped (latest wins).", ["view"],
+            "gateway_view_versions_conflated", "View versions a slow client skipped (latest wins).", ["route"],
             registry=r)
         self.events_dropped = Counter(
             "gateway_events_dropped", "Events dropped for slow subscribers (hub policy drop-oldest).", ["kind"],
@@ -231,6 +322,14 @@ class Metrics:
             "gateway_bus_up", "1 while the bus backend is reachable, 0 while it is not.", registry=r,
             multiprocess_mode="livemin")
         self.bus_up.set(1)
+        self.ready = Gauge(
+            "gateway_ready", "1 while this process answers /readyz with 200 (bus reachable, not draining), else 0; "
+            "the lowest of the workers under --workers.", registry=r, multiprocess_mode="livemin")
+        self.build_info = Gauge(
+            "gateway_build_info", "Always 1; the labels say what runs.", ["version", "python", "hypercorn"],
+            registry=r, multiprocess_mode="max")
+        self.build_info.labels(_version("gateway"), platform.python_version(), _version("hypercorn")).set(1)
+        self.process = ProcessStats(r, bool(MULTIPROCESS_DIR))
         self.bytes_behind = Histogram(
             "gateway_stream_bytes_behind", "Bytes a stream had been handed but not delivered (its mailbox and, on "
             "HTTP/1.1, its socket's write buffer), observed at each write of events (direct: what the socket kept; "
@@ -241,6 +340,12 @@ class Metrics:
             "their goodbye), by kind and the overflow policy that applied to them (disconnect, drop-oldest; "
             "conflate for views).", ["kind", "policy"], registry=r)
         self._spreads: dict[str, Spread] = {}
+        self.delivery = Histogram(
+            "gateway_delivery_seconds", "From the moment a change began (its command accepted, or its hub event "
+            "published, in whichever process) to its bytes handed to a client's socket, per route and protocol "
+            "(h1, h2, h3); live deliveries only, not a connect's first state nor a replay. Wall clocks: across "
+            "machines it includes their offset.", ["route", "protocol"], registry=r, buckets=LATENCY_BUCKETS)
+        self._deliveries: dict[tuple[str, str], Spread] = {}
 
     def bus_health(self, up: bool) -> None:
         """The bus reports reachability changes here (an outage is counted when it begins)."""
@@ -263,6 +368,13 @@ class Metrics:
                                                self.patches_folded.labels(kind, "signals"))
         return found
 
+    def delivered(self, route: str, protocol: str) -> Spread:
+        """The batched ``gateway_delivery_seconds`` of one route and protocol."""
+        found = self._deliveries.get((route, protocol))
+        if found is None:
+            found = self._deliveries[route, protocol] = Spread(self.delivery.labels(route, protocol))
+        return found
+
     def behind(self, kind: str) -> Spread:
         """The batched ``gateway_stream_bytes_behind`` of one stream kind."""
         found = self._spreads.get(kind)
@@ -275,13 +387,26 @@ class Metrics:
             tally.report()
         for spread in self._spreads.values():
             spread.report()
+        for spread in self._deliveries.values():
+            spread.report()
 
     def exposition(self) -> bytes:
         """This process's metrics; under ``--workers`` (``PROMETHEUS_MULTIPROC_DIR`` set before any import of
         prometheus-client, by the supervisor) the sum over every live and past worker, whichever one is asked."""
         self.report_tallies()
+        self.process.report()
+        self.process.sample()
         if MULTIPROCESS_DIR:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"

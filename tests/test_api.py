@@ -66,7 +66,7 @@ async def test_failing_handler_is_logged_and_counted_never_fatal(app_server: Ser
             # Commands are handled in order by the workers: once this one is visible, the failure was handled.
             assert (await client.post(base + "/bump", json={"move": {"topic": "a"}})).status_code == 204
             await reader.until(lambda e: "a=" in e.data and e.data != "")
-    assert await metric(base, "gateway_commands_handled_total", command="/explode", result="error") >= 1
+    assert await metric(base, "gateway_commands_handled_total", route="/explode", result="error") >= 1
     assert "handler failed on purpose: test" in app_server.output()
     assert app_server.proc.poll() is None
 
@@ -82,7 +82,7 @@ async def test_failing_render_keeps_streams_and_recovers(app_server: Server) -> 
         assert (await client.post(base + "/break-render", json={"broken": False})).status_code == 204
         recovered = await reader.next_event()  # the stream survived the failed render and got the next one
         assert recovered.data.startswith("a=")
-    assert await metric(base, "gateway_view_renders_total", view="/both", result="error") >= 1
+    assert await metric(base, "gateway_view_renders_total", route="/both", result="error") >= 1
 
 
 @pytest.mark.unit

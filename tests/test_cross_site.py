@@ -38,7 +38,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) 
 
 async def _handled_only(srv: Server, before: float, accepted: int) -> None:
     """After ``accepted`` commands were answered 204, exactly that many handlers ran: the refused never did."""
-    await wait_metric(srv.http, HANDLED, before + accepted, command="/tick", result="ok")
+    await wait_metric(srv.http, HANDLED, before + accepted, route="/tick", result="ok")
 
 
 CROSS_SITE = [
@@ -57,7 +57,7 @@ CROSS_SITE = [
 @pytest.mark.parametrize(("headers", "body", "status"), CROSS_SITE)
 async def test_cross_site_commands_are_refused_and_never_run(gateway: Server, headers: dict[str, str],
                                                              body: bytes, status: int) -> None:
-    before = await metric(gateway.http, HANDLED, command="/tick", result="ok")
+    before = await metric(gateway.http, HANDLED, route="/tick", result="ok")
     async with httpx.AsyncClient(base_url=gateway.http, timeout=10) as client:
         refused = await client.post("/tick", content=body, headers=headers)
         assert refused.status_code == status, refused.text
@@ -69,7 +69,7 @@ async def test_cross_site_commands_are_refused_and_never_run(gateway: Server, he
 
 
 async def test_same_origin_service_and_cors_origin_are_accepted(gateway: Server) -> None:
-    before = await metric(gateway.http, HANDLED, command="/tick", result="ok")
+    before = await metric(gateway.http, HANDLED, route="/tick", result="ok")
     own = f"http://127.0.0.1:{gateway.http_port}"
     async with httpx.AsyncClient(base_url=gateway.http, timeout=10) as client:
         same = await client.post("/tick", json={}, headers={"origin": own, "sec-fetch-site": "same-origin"})
@@ -140,7 +140,7 @@ async def test_chromium_no_cors_post_from_another_origin_does_not_run(gateway: S
     """A page on http://localhost:PORT posts to http://127.0.0.1:PORT with no-cors fetch and sendBeacon."""
     from tests.support.chromium import launch
 
-    before = await metric(gateway.http, HANDLED, command="/tick", result="ok")
+    before = await metric(gateway.http, HANDLED, route="/tick", result="ok")
     refused_before = await metric(gateway.http, "gateway_cross_site_refused_total", kind="command")
     async with launch() as browser:
         page = await (await browser.new_context()).new_page()

@@ -196,7 +196,7 @@ async def test_the_shipped_demo_on_two_workers_behaves_like_one_process(tmp_path
                     "/todos/clear-completed": 1}
 
             def handled() -> Counter[str]:
-                return Counter({path: sum(per_worker(metrics, "gateway_commands_handled_total", command=path,
+                return Counter({path: sum(per_worker(metrics, "gateway_commands_handled_total", route=path,
                                                      result="ok").values()) for path in sent})
 
             await wait_until(lambda: handled() == Counter(sent), 20, what=f"every command handled once: {sent}")

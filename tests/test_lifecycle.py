@@ -96,13 +96,13 @@ async def test_health_readiness_and_metrics(server: Server) -> None:
             await reader.next_event()
             assert await metric(server.http, "gateway_streams_active", kind="view") >= 1
     base = server.http
-    assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="accepted") >= 1
-    assert await metric(base, "gateway_commands_total", command="/todos/add", outcome="validation_failed") >= 1
+    assert await metric(base, "gateway_commands_total", route="/todos/add", outcome="accepted") >= 1
+    assert await metric(base, "gateway_commands_total", route="/todos/add", outcome="validation_failed") >= 1
     assert await metric(base, "gateway_events_sent_total", kind="view") >= 1
     sent = await metric(base, "gateway_stream_bytes_sent_total", route="/todos/updates", encoding="br")
     raw = await metric(base, "gateway_stream_bytes_uncompressed_total", route="/todos/updates", encoding="br")
     assert 0 < sent < raw
-    assert await metric(base, "gateway_commands_handled_total", command="/todos/add", result="ok") >= 1
+    assert await metric(base, "gateway_commands_handled_total", route="/todos/add", result="ok") >= 1
     assert await metric(base, "gateway_commands_handled_total", result="error") == 0
 
 

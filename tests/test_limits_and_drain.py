@@ -119,7 +119,7 @@ async def test_slow_view_client_converges_on_the_newest_version(tmp_path: Path, 
         print(f"\nslow client received {len(seen)} of 30 versions: {ids}")
         assert ids == sorted(ids)  # never an older version after a newer one
         assert len(ids) < 30  # intermediate versions were skipped
-        assert await metric(srv.http, "gateway_view_versions_conflated_total", view="/sized") > 0
+        assert await metric(srv.http, "gateway_view_versions_conflated_total", route="/sized") > 0
         slow.close()
     finally:
         assert srv.stop() == 0

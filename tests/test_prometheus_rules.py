@@ -215,7 +215,7 @@ def test_every_alert_has_a_firing_and_a_quiet_test_case() -> None:
 def test_some_recording_rules_have_tests() -> None:
     tested = {case["expr"] for path in TEST_FILES for group in load(path)["tests"]
               for case in group.get("promql_expr_test", [])}
-    assert {"route_encoding:gateway_compression_ratio:rate5m", "command_outcome:gateway_commands:rate5m"} <= tested
+    assert {"route_encoding:gateway_compression_ratio:rate5m", "route_outcome:gateway_commands:rate5m"} <= tested
     assert tested <= recorded(), f"expression tests of names no rule records: {sorted(tested - recorded())}"
 
 

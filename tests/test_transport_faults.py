@@ -98,13 +98,13 @@ async def test_http1_reset_while_blocked_in_drain_ends_the_view_stream(tmp_path:
             assert (await client.post("/size", json={"bytes": MIB})).status_code == 204
             active = await metric(base, "gateway_streams_active", kind="view")
             closed = await metric(base, "gateway_streams_closed_total", kind="view")
-            conflated = await metric(base, "gateway_view_versions_conflated_total", view="/sized")
+            conflated = await metric(base, "gateway_view_versions_conflated_total", route="/sized")
             stalled = await ResettingClient.open(srv.http_port, "/sized")
             await wait_metric(base, "gateway_streams_active", active + 1, kind="view")
             # The client reads nothing more. Once a version is conflated, two arrived while the writer held a frame:
             # it is stuck in send(), i.e. in drain() on a full socket.
             ticks = 0
-            while await metric(base, "gateway_view_versions_conflated_total", view="/sized") == conflated:
+            while await metric(base, "gateway_view_versions_conflated_total", route="/sized") == conflated:
                 assert ticks < 100, "the writer never blocked"
                 assert (await client.post("/tick", json={})).status_code == 204
                 ticks += 1

@@ -57,6 +57,7 @@ class Frame:
     data: bytes | None  # None: a per-request view must render this version itself
     id: str = ""
     patch: PatchInfo | None = None  # a hub frame holding one Datastar patch: what conflation may fold
+    origin: float | None = None  # wall clock when the change it carries began (gateway.core.stamps), if known
 
 
 class State(Enum):
@@ -406,4 +407,4 @@ class SSEStream:
 def _merged_signals(newest: Frame, folded: Fold) -> tuple[Frame, int]:
     """The frame that replaces queued signal patches: their fold, with the newest one's version and id."""
     data = encode_signals_fold(folded, newest.id)
-    return Frame(newest.key, newest.version, data, newest.id, PatchInfo(signals=folded)), len(data)
+    return Frame(newest.key, newest.version, data, newest.id, PatchInfo(signals=folded), newest.origin), len(data)

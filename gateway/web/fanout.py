@@ -32,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.bus.base import Bus, Gap, Notification
-from gateway.core import hub
+from gateway.core import hub, stamps
 from gateway.core.datastar import Rendered, describe, encode_rendered
 from gateway.core.errors import Unavailable
 from gateway.core.stream import Frame
@@ -85,6 +86,7 @@ class ViewChannel:
     current: Frame | None = None
     stale: bool = True
     version: str = ZERO
+    origin: float | None = None  # when the change of ``version`` began (wall clock), if its notification said
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
 
@@ -92,12 +94,14 @@ class ViewChannel:
         """The current frame, rendering it first if a change came in since the last render."""
         async with self._lock:
             if self.render is None:
-                return Frame(version_key(self.version), self.version, None)
+                return Frame(version_key(self.version), self.version, None, origin=self.origin)
             if self.stale or self.current is None:
-                version = self.version
+                version, origin = self.version, self.origin
                 try:
+                    started = time.perf_counter()
                     rendered = await self.render()
                     data = encode_rendered(rendered, version)
+                    metrics.render_seconds.labels(self.path).observe(time.perf_counter() - started)
                 except Exception:
                     metrics.renders.labels(self.path, "error").inc()
                     log.exception("view %s failed to render version %s", self.path, version)
@@ -106,7 +110,7 @@ class ViewChannel:
                     self.stale = False  # keep serving the last good render; the next change retries
                     return self.current
                 metrics.renders.labels(self.path, "ok").inc()
-                self.current = Frame(version_key(version), version, data)
+                self.current = Frame(version_key(version), version, data, origin=origin)
                 if self.observe is not None:
                     self.observe(len(self.current.data or b""))
                 self.stale = self.version != version
@@ -224,8 +228,11 @@ class Fanout:
             except ValueError:
                 self._metrics.notifications_skipped.labels("version").inc()
                 return
+            origin, published = stamps.read(item.payload)
+            if published is not None:
+                self._metrics.bus_lag.labels("view").observe(max(0.0, time.time() - published))
             for channel in self._views_by_topic.get(item.topic, ()):
-                self._view_changed(channel, item.version, key)
+                self._view_changed(channel, item.version, key, origin or published)
             return
         sinks = self._hub.get(item.topic)
         if not sinks:
@@ -236,6 +243,8 @@ class Fanout:
             self._metrics.notifications_skipped.labels("payload").inc()
             log.warning("skipped a notification of hub topic %s that is not an encoded hub event", kind[1])
             return
+        if frame.origin is not None:
+            self._metrics.bus_lag.labels("hub").observe(max(0.0, time.time() - frame.origin))
         if self._observe_hub is not None:
             self._observe_hub(len(frame.data or b""))
         now = asyncio.get_running_loop().time()
@@ -287,11 +296,12 @@ class Fanout:
 
     # -- views ------------------------------------------------------------------------------------------------
 
-    def _view_changed(self, channel: ViewChannel, version: str, key: VersionKey) -> None:
+    def _view_changed(self, channel: ViewChannel, version: str, key: VersionKey, origin: float | None) -> None:
         channel.version = version
+        channel.origin = origin
         channel.stale = True
         if channel.render is None:
-            frame = Frame(key, version, None)
+            frame = Frame(key, version, None, origin=origin)
             now = asyncio.get_running_loop().time()
             for sink in channel.subscribers:
                 sink.feed(frame, now)
@@ -338,4 +348,5 @@ class Fanout:
 def hub_frame(item: Notification) -> Frame:
     """The SSE frame of a hub notification (``ValueError`` for one that is not an encoded hub event)."""
     decoded = hub.decode(item.payload, item.version)
-    return Frame(version_key(item.version), item.version, decoded.data, decoded.id, describe(decoded.data))
+    return Frame(version_key(item.version), item.version, decoded.data, decoded.id, describe(decoded.data),
+                 decoded.published)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,10 +106,12 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 
 def command_context(runtime: AppContext, request: StreamRequest, identity: Identity | None) -> dict[str, Any]:
     """What travels with a command besides its body, as JSON: the client's address (trusted-proxy aware), the
-    headers and cookies without the credentials, the verified token's claims, the path template's values."""
+    headers and cookies without the credentials, the verified token's claims, the path template's values, and
+    when it was accepted (wall clock: the origin its view changes are timed from, in whichever process)."""
     headers = request.headers
     cookie_name = runtime.settings.auth.cookie
     return {
+        "accepted": time.time(),
         "client": client_address(request.client, headers.get("x-forwarded-for"), runtime.trusted_proxies),
         "headers": {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS},
         "cookies": {k: v for k, v in parse_cookies(headers.get("cookie")).items() if k != cookie_name},

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import orjson
@@ -46,11 +47,14 @@ class StreamClosed(Exception):
     """A write could not complete (client gone, deadline passed): the stream's reason says why."""
 
 
+PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_version: the protocol label
+
+
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_behind", "_cap", "_deadline", "_loop", "_socket", "_timer", "_wake", "_watcher", "client", "core",
-                 "kind", "lease", "policy", "request", "route", "runtime", "send", "transport")
+    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_loop", "_socket", "_timer", "_wake", "_watcher",
+                 "client", "core", "kind", "lease", "policy", "request", "route", "runtime", "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
                  client: str, core: SSEStream, policy: str, cap: int | None) -> None:
@@ -67,6 +71,7 @@ class Stream:
         self._socket: Any = None  # the HTTP/1.1 transport, when known: its write buffer counts as bytes behind
         self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
         self._behind = runtime.metrics.behind(kind)
+        self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -158,6 +163,7 @@ class Stream:
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake.set()
             return
+        self._delivered(frames)
         behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
         if not behind:
             self._behind.zeros += 1  # the common case, counted without a call (metrics.Spread)
@@ -165,6 +171,15 @@ class Stream:
             self._cut(behind)
         else:
             self._behind.observe(behind)
+
+    def _delivered(self, frames: list[Frame]) -> None:
+        """Each frame's delivery latency: from when its change began (``Frame.origin``) to now, its bytes handed
+        to the socket (wall clock; a clock stepped back counts as 0)."""
+        now = time.time()
+        observe = self._delivery.observe
+        for frame in frames:
+            if frame.origin is not None:
+                observe(max(0.0, now - frame.origin))
 
     def end(self, reason: CloseReason) -> None:
         """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
@@ -257,6 +272,8 @@ class Stream:
             self._behind.observe(len(data) + socket.get_write_buffer_size() if socket is not None else len(data))
         encoded = self.core.encode(data, events)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        if frames:
+            self._delivered(frames)
         self.core.written(frames[-1].key if frames else None, self._loop.time())
         if step.heartbeat:
             self.runtime.metrics.heartbeats_sent.inc()
