@@ -7,11 +7,11 @@ of reasons. Topics are never labels: their number is up to the clients.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import platform
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,17 +167,13 @@ class ProcessStats:
             "gateway_gc_pause_seconds", "Pauses of CPython's garbage collector, by generation: the loop serves "
             "nobody meanwhile.", ["generation"], registry=registry, buckets=GC_BUCKETS)
         self._spreads = [Spread(self.gc_pauses.labels(str(generation))) for generation in range(3)]
-        self._gc_started = 0.0
-        gc.callbacks.append(self._on_gc)
+        _GC_WATCHERS.add(self)
+        if _on_gc not in gc.callbacks:
+            gc.callbacks.append(_on_gc)
 
-    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        elif self._gc_started:
-            generation = info.get("generation", 0)
-            if 0 <= generation < 3:
-                self._spreads[generation].observe(time.perf_counter() - self._gc_started)
-            self._gc_started = 0.0
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        if 0 <= generation < 3:
+            self._spreads[generation].observe(seconds)
 
     def sample(self) -> None:
         """Copy this worker's numbers into its gauges (under ``--workers``; nothing to do otherwise)."""
@@ -194,8 +190,23 @@ class ProcessStats:
             spread.report()
 
     def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self._on_gc)
+        _GC_WATCHERS.discard(self)
+
+
+# One gc callback for the process, whatever the number of gateways in it (tests hold hundreds), telling each.
+_GC_WATCHERS: weakref.WeakSet[ProcessStats] = weakref.WeakSet()
+_gc_started = 0.0
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    elif _gc_started:
+        took = time.perf_counter() - _gc_started
+        _gc_started = 0.0
+        for watcher in list(_GC_WATCHERS):
+            watcher.gc_paused(info.get("generation", 0), took)
 
 
 # 1 ms to 10 s, about three buckets per decade: what a delivery, a render or the bus may take, from fast to broken.
