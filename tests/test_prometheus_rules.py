@@ -4,9 +4,9 @@ Two tiers. The ``live`` tests run Debian's ``promtool`` (package ``prometheus``,
 config`` (which checks the rule files it names too), ``check rules`` and ``test rules`` on the unit tests in
 deploy/prometheus/tests/; without promtool they skip, or fail under GATEWAY_TEST_STRICT=1 as in CI. The ``unit``
 tests read the YAML in-process: every alert has a firing and a quiet unit test case, carries what an operator needs
-(severity, summary, description, runbook) and waits past a scrape blip; and every metric the rules read is one
+(severity, summary, description, runbook) and waits past a scrape blip; every metric the rules read is one
 gateway/metrics.py registers, with the labels it has, so that renaming a metric there cannot silently leave an
-alert that never fires.
+alert that never fires; and process_* series (one per worker under --workers) are read summed over the workers.
 """
 
 from __future__ import annotations
@@ -32,17 +32,15 @@ RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS / "tests").glob("*.yml"))
 PROMTOOL_TIMEOUT = 60  # seconds; each command takes well under one
 
-# Metrics the rules may read although the gateway's registry does not register them (yet). Each is allowed only
-# while it is absent: once the registry has it, its type and labels are checked like any other's.
-PENDING: dict[str, tuple[str, frozenset[str]]] = {
-    # The delivery-latency histogram (alert GatewayDeliveryP99High), announced with labels route and protocol.
-    "gateway_delivery_seconds_bucket": ("histogram", frozenset({"route", "protocol", "le"})),
-    # prometheus-client's process collector, which another change adds to the gateway's /metrics (GatewayMemoryHigh).
-    "process_resident_memory_bytes": ("gauge", frozenset()),
-}
 # Series Prometheus makes itself, and the labels it adds to every scraped series.
 SYNTHETIC: dict[str, tuple[str, frozenset[str]]] = {"up": ("gauge", frozenset())}
 TARGET_LABELS = frozenset({"job", "instance"})
+# Under `gateway serve --workers N` every process_* series has a label per worker (gateway.metrics.ProcessStats:
+# multiprocess mode liveall); a single process has none, and that is what ``exposed()`` sees.
+WORKER_LABEL = "pid"
+# An aggregation that leaves no per-worker series: `sum without (pid)`, or `by (...)` a list without pid.
+WORKERS_AGGREGATED = re.compile(r"\b(?:sum|max|min|avg)\s*(?:without\s*\([^)]*\bpid\b[^)]*\)"
+                                r"|by\s*\((?![^)]*\bpid\b)[^)]*\))")
 SCRAPE_JOB = "gateway"  # prometheus.yml's job_name; the alerts select `up{job="gateway"}` and process_* by it
 MIN_FOR_SECONDS = 60  # an alert must hold at least this long: four scrapes at the configured 15 s
 SEVERITIES = {"critical", "warning"}
@@ -215,7 +213,8 @@ def test_every_alert_has_a_firing_and_a_quiet_test_case() -> None:
 def test_some_recording_rules_have_tests() -> None:
     tested = {case["expr"] for path in TEST_FILES for group in load(path)["tests"]
               for case in group.get("promql_expr_test", [])}
-    assert {"route_encoding:gateway_compression_ratio:rate5m", "route_outcome:gateway_commands:rate5m"} <= tested
+    assert {"route_encoding:gateway_compression_ratio:rate5m", "route_outcome:gateway_commands:rate5m",
+            "route_protocol:gateway_delivery_seconds:p99_5m", "instance:process_resident_memory_bytes:sum"} <= tested
     assert tested <= recorded(), f"expression tests of names no rule records: {sorted(tested - recorded())}"
 
 
@@ -235,12 +234,10 @@ def test_alert_tells_the_operator_what_to_do(name: str) -> None:
 @pytest.mark.unit
 def test_rules_read_only_metrics_the_gateway_exposes() -> None:
     """Every name a rule reads is registered by gateway.metrics.Metrics (with the type its suffix implies and
-    every label a matcher names), recorded by another rule, made by Prometheus itself (``up``), or listed in
-    PENDING while the gateway does not register it."""
+    every label a matcher names: process_* also ``pid``, its label per worker), recorded by another rule, or made
+    by Prometheus itself (``up``)."""
     names = exposed()
     known = {**SYNTHETIC, **names}
-    for name, spec in PENDING.items():
-        known.setdefault(name, spec)
     own = recorded()
     problems = []
     for rule in rules():
@@ -251,11 +248,42 @@ def test_rules_read_only_metrics_the_gateway_exposes() -> None:
             if name not in known:
                 problems.append(f"{label}: {name} is not a metric of gateway/metrics.py")
                 continue
-            extra = used - known[name][1] - TARGET_LABELS
+            extra = used - known[name][1] - TARGET_LABELS - ({WORKER_LABEL} if name.startswith("process_") else set())
             if extra:
                 problems.append(f"{label}: {name} has no label {sorted(extra)} (it has {sorted(known[name][1])})")
             if (name in SYNTHETIC or name.startswith("process_")) and "job" not in used:
                 problems.append(f"{label}: {name} exists for every job: select job={SCRAPE_JOB!r}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.unit
+def test_the_metrics_the_rules_were_written_for_are_registered() -> None:
+    """The latency histograms, readiness and the process collector the alerts and recording rules read are in the
+    registry (with the labels the rules group by, which the check above cannot see in ``by`` lists)."""
+    names = exposed()
+    expected = {
+        "gateway_ready": ("gauge", frozenset()),
+        "gateway_delivery_seconds_bucket": ("histogram", frozenset({"route", "protocol", "le"})),
+        "gateway_view_render_seconds_bucket": ("histogram", frozenset({"route", "le"})),
+        "gateway_bus_lag_seconds_bucket": ("histogram", frozenset({"kind", "le"})),
+        "gateway_slow_consumers_cut_total": ("counter", frozenset({"kind", "policy"})),
+        "process_resident_memory_bytes": ("gauge", frozenset()),
+    }
+    assert {name: names.get(name) for name in expected} == expected
+
+
+@pytest.mark.unit
+def test_rules_reading_process_series_aggregate_the_workers_away() -> None:
+    """Under --workers a process_* series is one worker's (label ``pid``): a rule that compared it as it is would
+    see one worker at a time and change its labels with the worker count. Each must aggregate, keeping no pid."""
+    problems = []
+    for rule in rules():
+        expr = rule["expr"]
+        if not any(name.startswith("process_") for name, _ in selectors(expr)):
+            continue
+        label = rule.get("alert") or rule["record"]
+        if not WORKERS_AGGREGATED.search(expr):
+            problems.append(f"{label}: aggregate process_* with `without (pid)` or a `by` without pid")
     assert not problems, "\n".join(problems)
 
 
