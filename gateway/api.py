@@ -52,6 +52,7 @@ from gateway.web.fanout import Fanout
 from gateway.web.routes import build_quart
 
 log = logging.getLogger("gateway")
+command_log = logging.getLogger("gateway.commands")  # server.access_log: one line per command run
 
 H = TypeVar("H", bound=Handler)
 Hook = Callable[[], Awaitable[None]]
@@ -340,18 +341,30 @@ class Gateway:
         started = loop.time()
         accepted = command.context.get("accepted")
         token = _ORIGIN.set(accepted if isinstance(accepted, int | float) else None)
+        outcome = "cancelled"  # a shutdown cut the handler short (Redis redelivers it): logged all the same
         try:
             await spec.run(command_id, command)
         except asyncio.CancelledError:
             raise
         except Exception:
+            outcome = "error"
             metrics.commands_handled.labels(command.name, "error").inc()
             log.exception("command %s (%s) failed", command_id, command.name)
         else:
+            outcome = "ok"
             metrics.commands_handled.labels(command.name, "ok").inc()
         finally:
             _ORIGIN.reset(token)
-            metrics.command_seconds.labels(command.name).observe(loop.time() - started)
+            seconds = loop.time() - started
+            metrics.command_seconds.labels(command.name).observe(seconds)
+            # The access line: the id ties it to the 204's command-id header, the delivery count shows a
+            # networked bus's redeliveries. Fields in ``extra`` for server.log_format = json.
+            if runtime.settings.server.access_log:
+                duration_ms = round(seconds * 1000, 3)
+                command_log.info("command %s %s %s in %.1f ms (delivery %d)", command_id, command.name, outcome,
+                                 duration_ms, command.delivery,
+                                 extra={"command_id": command_id, "route": command.name, "outcome": outcome,
+                                        "duration_ms": duration_ms, "delivery": command.delivery})
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking streams and commands, end streams with a reconnect hint, finish accepted commands."""

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Settings, describe, env_name
+from gateway.config import ServerSettings, Settings, describe, env_name
 from gateway.core.errors import SettingsError
+from gateway.logs import formatter
 
 _FLAGS = {
     "bind": "server.bind",
@@ -29,6 +30,7 @@ _FLAGS = {
     "keyfile": "server.keyfile",
     "app": "server.app",
     "log_level": "server.log_level",
+    "log_format": "server.log_format",
     "bus": "bus.url",
     "loop": "server.loop",
     "workers": "server.workers",
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--certfile", metavar="PEM", help="certificate for TLS and QUIC")
         sub.add_argument("--keyfile", metavar="PEM", help="private key for TLS and QUIC")
         sub.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        sub.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line")
         sub.add_argument("--bus", metavar="URL", help="bus backend URL: memory:// or redis://HOST:PORT/DB")
         sub.add_argument("--workers", metavar="N", help="processes sharing the listeners (needs a redis:// bus)")
         sub.add_argument("--loop", choices=["asyncio", "uvloop"], help="event loop implementation")
@@ -123,12 +126,30 @@ def _print_settings(settings: Settings) -> None:
 
 # aioquic logs ~10 INFO lines per HTTP/3 connection (handshake, ALPN, each state change): debug material only.
 PROTOCOL_LOGGERS = ("quic", "http3", "aioquic")
+# hpack logs every header it encodes or decodes at DEBUG: never useful, and it would drown --log-level debug.
+SILENT_LOGGERS = ("hpack",)
+# The access lines: when server.access_log asks for them they are written whatever log_level says.
+ACCESS_LOGGERS = ("hypercorn.access", "gateway.commands", "gateway.streams")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _configure_logging(server: ServerSettings) -> None:
+    """One handler on the root logger (stderr), in ``server.log_format``; every library logs through it.
+
+    Run by ``gateway serve`` before anything else, so it holds for the supervisor and for each ``--workers``
+    child, which is the same command re-executed with the same flags and environment."""
+    level = server.log_level
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(server.log_format))
+    logging.basicConfig(level=level.upper(), handlers=[handler])  # a no-op where logging is set up (pytest)
     for name in PROTOCOL_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    for name in SILENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Hypercorn's errors (a protocol error, a failing lifespan) are the gateway's own business: its level.
+    logging.getLogger("hypercorn.error").setLevel(level.upper())
+    if server.access_log:
+        for name in ACCESS_LOGGERS:
+            logging.getLogger(name).setLevel(min(logging.INFO, logging.getLevelNamesMapping()[level.upper()]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight.check(settings, listeners=True)
             _print_settings(settings)
             return 0
-        _configure_logging(settings.server.log_level)
+        _configure_logging(settings.server)
         gateway = load_app(settings.server.app)
         from gateway.supervisor import supervise, worker_index
 

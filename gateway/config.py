@@ -100,7 +100,10 @@ class ServerSettings:
     drain_timeout: float = _field(30 * SECONDS, "seconds a SIGTERM drain may take: open streams are closed spread "
                                   "over its first half, accepted commands finish within it", _between(0, 3600, " s"))
     log_level: str = _field("info", "logging level", _one_of("debug", "info", "warning", "error"))
-    access_log: bool = _field(False, "log every request (one line each)")
+    log_format: str = _field("text", "log line format: text (for people), or json (one JSON object a line, for a "
+                             "log collector; access lines carry their fields)", _one_of("text", "json"))
+    access_log: bool = _field(False, "log every request, every command when its handler finishes and every "
+                              "stream when it closes (one line each)")
     loop: str = _field("asyncio", "event loop: asyncio, or uvloop (pip install 'gateway[uvloop]')",
                        _one_of("asyncio", "uvloop"))
     gc_freeze: bool = _field(True, "freeze established objects out of the cyclic garbage collector's scans, and "

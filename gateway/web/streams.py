@@ -54,7 +54,8 @@ class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
     __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_loop", "_socket", "_timer", "_wake", "_watcher",
-                 "client", "core", "kind", "lease", "policy", "request", "route", "runtime", "send", "transport")
+                 "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request", "route", "runtime",
+                 "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
                  client: str, core: SSEStream, policy: str, cap: int | None) -> None:
@@ -77,6 +78,9 @@ class Stream:
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._deadline: asyncio.Timeout | None = None
+        # This stream's own totals, for its access line (the core's counts are shared by the route's streams).
+        self.bytes_out = 0
+        self.events = 0
 
     @classmethod
     def open(cls, runtime: AppContext, kind: str, route: RouteState, scope: Scope, send: Send,
@@ -164,6 +168,8 @@ class Stream:
             self._wake.set()
             return
         self._delivered(frames)
+        self.bytes_out += len(data)
+        self.events += len(frames)
         behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
         if not behind:
             self._behind.zeros += 1  # the common case, counted without a call (metrics.Spread)
@@ -189,8 +195,9 @@ class Stream:
 
     # -- the task's side -----------------------------------------------------------------------------------------
 
-    async def start(self, receive: Receive, first: bytes) -> None:
-        """Send the headers and the first frames together, then watch for the client leaving."""
+    async def start(self, receive: Receive, first: bytes, events: int = 0) -> None:
+        """Send the headers and the first frames (``events`` of them: the state, or a replay) together, then watch
+        for the client leaving."""
         headers = list(_HEAD) + self.runtime.guard.cors_headers(self.request.headers)
         if self.lease.encoder.name != "identity":
             headers.append((b"content-encoding", self.lease.encoder.name.encode()))
@@ -203,6 +210,8 @@ class Stream:
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         self._socket = h1_transport(self.send)  # the head is out: from the first body on, its buffer is measured
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        self.bytes_out += len(encoded)
+        self.events += events
         self.core.written(None, self._loop.time())
         if self.runtime.settings.sse.direct_writes:
             self.transport = self._socket
@@ -272,6 +281,8 @@ class Stream:
             self._behind.observe(len(data) + socket.get_write_buffer_size() if socket is not None else len(data))
         encoded = self.core.encode(data, events)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        self.bytes_out += len(encoded)
+        self.events += events
         if frames:
             self._delivered(frames)
         self.core.written(frames[-1].key if frames else None, self._loop.time())
@@ -290,6 +301,7 @@ class Stream:
         if goodbye is not None:
             with contextlib.suppress(StreamClosed):
                 await self._send({"type": "http.response.body", "body": goodbye, "more_body": False})
+                self.bytes_out += len(goodbye)
         self.close()
 
     def close(self) -> None:
@@ -310,6 +322,21 @@ class Stream:
             self.runtime.stream_closed(self)
             self.runtime.metrics.streams_active.labels(self.kind).dec()
             self.runtime.metrics.streams_closed.labels(self.kind, reason.value).inc()
+            if self.runtime.settings.server.access_log:
+                self._log_close(reason)
+
+    def _log_close(self, reason: CloseReason) -> None:
+        """The stream's access line, once, when it closes: how long it lived, why it ended, what it carried
+        (bytes on the wire, after compression). Fields in ``extra`` for server.log_format = json."""
+        started = self.core.started_at
+        duration_ms = round((self._loop.time() - started) * 1000, 3) if started is not None else 0.0
+        protocol = PROTOCOLS.get(self.request.http_version, "h1")
+        encoding = self.lease.encoder.name
+        log.info("%s stream %s closed: %s after %.1f ms (%s, %s, %d bytes, %d events)", self.kind, self.route,
+                 reason.value, duration_ms, protocol, encoding, self.bytes_out, self.events,
+                 extra={"kind": self.kind, "route": self.route, "reason": reason.value, "duration_ms": duration_ms,
+                        "protocol": protocol, "encoding": encoding, "bytes_out": self.bytes_out,
+                        "events": self.events})
 
 
 async def _refuse_if_draining(runtime: AppContext, kind: str, send: Send) -> bool:
@@ -361,7 +388,7 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
                         "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await stream.start(receive, first)
+        await stream.start(receive, first, events)
         if events:
             runtime.metrics.events_sent.labels("view").inc()
         await _view_loop(runtime, spec, stream)
@@ -436,7 +463,7 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
             first += replay
         else:
             stream.core.last_key = try_version_key(await runtime.bus.head())
-        await stream.start(receive, first)
+        await stream.start(receive, first, replayed)
         if replayed:
             runtime.metrics.events_sent.labels("hub").inc(replayed)
         await _hub_loop(runtime, stream)
