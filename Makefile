@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --extra dev --extra bench --quiet
+	$(UV) sync --locked --extra dev --extra bench --extra otel --quiet
 	touch $(VENV)/.installed $@
 
 ## lock: re-resolve every dependency to the newest versions pyproject.toml allows (then run `make test`)

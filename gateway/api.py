@@ -44,6 +44,7 @@ from gateway.core.slowclient import SlowClientPolicy
 from gateway.core.stream import CloseReason
 from gateway.core.topics import hub_key, view_key
 from gateway.metrics import Metrics
+from gateway.tracing import configure as configure_tracing
 from gateway.web.asgi import Dispatcher
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest
 from gateway.web.auth import AuthorizeHook
@@ -72,8 +73,10 @@ class Gateway:
     """Commands, views, the hub and the plumbing between them, as one ASGI app."""
 
     def __init__(self, settings: Settings | None = None, *, static_folder: str | None = None,
-                 name: str = "gateway", hub_compression: RouteCompression | None = None) -> None:
+                 name: str = "gateway", hub_compression: RouteCompression | None = None,
+                 tracer_provider: Any = None) -> None:
         self._settings = settings
+        self._tracer_provider = tracer_provider  # an OpenTelemetry TracerProvider for tracing.enabled (optional)
         self._hub_compression = hub_compression or RouteCompression()
         self._static_folder = static_folder
         self._name = name
@@ -238,7 +241,9 @@ class Gateway:
             bus = create_bus(s.bus.url, history=s.bus.history, workers=s.commands.workers,
                              queue_size=s.commands.queue_size, idempotency_ttl=s.commands.idempotency_ttl,
                              lease=s.bus.lease, timeout=s.bus.timeout, on_health=metrics.bus_health)
-            runtime = AppContext(s, bus, metrics, hub_compression=self._hub_compression)
+            tracing = configure_tracing(s.tracing.enabled, s.tracing.sample_ratio, s.tracing.otlp_endpoint,
+                                        self._tracer_provider)
+            runtime = AppContext(s, bus, metrics, hub_compression=self._hub_compression, tracing=tracing)
             runtime.commands.update(self._commands)
             runtime.views.update(self._views)
             runtime.authorizers.update(self._authorizers)
@@ -270,9 +275,14 @@ class Gateway:
         delay for up to ``bus.lease`` seconds, then raises ``Unavailable``. A command that runs it is not
         acknowledged meanwhile, so it is not lost either way.
         """
-        if not payload:
-            payload = stamps.stamp(_ORIGIN.get(), time.time())
-        return await self._publish(view_key(topic), payload)
+        if payload:
+            return await self._publish(view_key(topic), payload)
+        tracing = self.runtime.tracing
+        if tracing.on and tracing.current_traceparent(sampled_only=True) is not None:
+            with tracing.child_span(f"publish {topic}", None, "producer", {"gateway.topic": topic}):
+                payload = stamps.stamp(_ORIGIN.get(), time.time(), tracing.current_traceparent())
+                return await self._publish(view_key(topic), payload)
+        return await self._publish(view_key(topic), stamps.stamp(_ORIGIN.get(), time.time()))
 
     async def _publish(self, key: str, payload: bytes) -> str:
         loop = asyncio.get_running_loop()
@@ -306,7 +316,7 @@ class Gateway:
         compression = runtime.compression
         hub_route = compression.route(HUB_ROUTE, runtime.hub_compression)
         fanout = Fanout(runtime.bus, runtime.metrics, lambda size: compression.observe(hub_route, size),
-                        runtime.metrics.report_tallies)
+                        runtime.metrics.report_tallies, tracing=runtime.tracing)
         for spec in runtime.views.values():
             fanout.add_view(spec.path, spec.topics, spec.shared_render,
                             partial(compression.observe, compression.route(spec.path, spec.compression)))
@@ -343,7 +353,10 @@ class Gateway:
         token = _ORIGIN.set(accepted if isinstance(accepted, int | float) else None)
         outcome = "cancelled"  # a shutdown cut the handler short (Redis redelivers it): logged all the same
         try:
-            await spec.run(command_id, command)
+            if runtime.tracing.on:
+                await self._run_traced(spec, command_id, command)
+            else:
+                await spec.run(command_id, command)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -365,6 +378,16 @@ class Gateway:
                                  duration_ms, command.delivery,
                                  extra={"command_id": command_id, "route": command.name, "outcome": outcome,
                                         "duration_ms": duration_ms, "delivery": command.delivery})
+
+    async def _run_traced(self, spec: CommandSpec, command_id: str, command: Command) -> None:
+        """The handler in a span ``command <route>``, child of the POST's (its ``traceparent`` came with the
+        command, across the bus); an exception is recorded on the span and goes on."""
+        traceparent = command.context.get("traceparent")
+        with self.runtime.tracing.child_span(
+                f"command {command.name}", traceparent if isinstance(traceparent, str) else None, "consumer",
+                {"gateway.command.id": command_id, "gateway.route": command.name,
+                 "gateway.command.delivery": command.delivery}):
+            await spec.run(command_id, command)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Stop taking streams and commands, end streams with a reconnect hint, finish accepted commands."""

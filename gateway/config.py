@@ -387,6 +387,16 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = _field(False, "OpenTelemetry traces of commands (POST, handler, publish, render, first "
+                           "delivery: docs/observability.md); needs the otel extra, and costs nothing when off")
+    sample_ratio: float = _field(1.0, "share of new traces sampled (a request's traceparent decides its own), with "
+                                 "the tracer provider built for otlp_endpoint", _between(0, 1))
+    otlp_endpoint: str = _field("", "OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces; needs the otlp "
+                                "extra); empty: spans go to the app's own OpenTelemetry tracer provider, if any")
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     sse: SSESettings = field(default_factory=SSESettings)
@@ -399,6 +409,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def load(

@@ -59,7 +59,8 @@ def test_importing_the_core_loads_no_io_module() -> None:
 # they validate bus URLs.
 LAYERS: list[tuple[str, ...]] = [
     ("gateway.core",),
-    ("gateway.bus", "gateway.commands", "gateway.metrics", "gateway.logs", "gateway.supervisor", "gateway.devcert"),
+    ("gateway.bus", "gateway.commands", "gateway.metrics", "gateway.logs", "gateway.supervisor", "gateway.devcert",
+     "gateway.tracing"),
     ("gateway.config",),
     ("gateway.web",),
     ("gateway.api", "gateway.datastar"),

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import orjson
 
@@ -58,6 +59,7 @@ class Frame:
     id: str = ""
     patch: PatchInfo | None = None  # a hub frame holding one Datastar patch: what conflation may fold
     origin: float | None = None  # wall clock when the change it carries began (gateway.core.stamps), if known
+    trace: Any = None  # gateway.tracing.TraceHandle of a traced version (one for all its subscribers), or None
 
 
 class State(Enum):
@@ -407,4 +409,5 @@ class SSEStream:
 def _merged_signals(newest: Frame, folded: Fold) -> tuple[Frame, int]:
     """The frame that replaces queued signal patches: their fold, with the newest one's version and id."""
     data = encode_signals_fold(folded, newest.id)
-    return Frame(newest.key, newest.version, data, newest.id, PatchInfo(signals=folded), newest.origin), len(data)
+    return (Frame(newest.key, newest.version, data, newest.id, PatchInfo(signals=folded), newest.origin,
+                  newest.trace), len(data))

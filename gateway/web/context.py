@@ -26,6 +26,7 @@ from gateway.core.quic_admission import RetryMode
 from gateway.core.slowclient import HubLimits, Overflow, SlowClientPolicy, ViewLimits, hub_limits, view_limits
 from gateway.core.stream import CloseReason
 from gateway.metrics import Metrics
+from gateway.tracing import NO_TRACING, Tracing
 from gateway.web.asgi_util import StreamRequest
 from gateway.web.auth import Authenticator, AuthorizeHook
 from gateway.web.compression import CompressionEngine
@@ -80,6 +81,7 @@ class AppContext:
     views: dict[str, ViewSpec] = field(default_factory=dict)
     authorizers: dict[str, AuthorizeHook] = field(default_factory=dict)  # by path: the app's authorize hooks
     hub_compression: RouteCompression = field(default_factory=RouteCompression)
+    tracing: Tracing = NO_TRACING  # gateway.tracing: every hook is behind ``tracing.on``
     streams: set[OpenStream] = field(default_factory=set)
     draining: bool = False
     started: bool = False

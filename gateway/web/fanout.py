@@ -45,6 +45,7 @@ from gateway.core.stream import Frame
 from gateway.core.topics import Namespace, hub_key, parse_key, view_key
 from gateway.core.versions import ZERO, VersionKey, latest, version_key
 from gateway.metrics import Metrics
+from gateway.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger("gateway.fanout")
 
@@ -87,6 +88,8 @@ class ViewChannel:
     stale: bool = True
     version: str = ZERO
     origin: float | None = None  # when the change of ``version`` began (wall clock), if its notification said
+    trace: str | None = None  # the traceparent of the publish of ``version``, when traced (gateway.tracing)
+    tracing: Tracing = NO_TRACING
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
 
@@ -96,11 +99,18 @@ class ViewChannel:
             if self.render is None:
                 return Frame(version_key(self.version), self.version, None, origin=self.origin)
             if self.stale or self.current is None:
-                version, origin = self.version, self.origin
+                version, origin, trace = self.version, self.origin, self.trace
+                handle = None
                 try:
                     started = time.perf_counter()
-                    rendered = await self.render()
-                    data = encode_rendered(rendered, version)
+                    if trace is not None and self.tracing.on:
+                        with self.tracing.render_span(self.path, version, trace):
+                            rendered = await self.render()
+                            data = encode_rendered(rendered, version)
+                            handle = self.tracing.handle(self.path)
+                    else:
+                        rendered = await self.render()
+                        data = encode_rendered(rendered, version)
                     metrics.render_seconds.labels(self.path).observe(time.perf_counter() - started)
                 except Exception:
                     metrics.renders.labels(self.path, "error").inc()
@@ -110,7 +120,7 @@ class ViewChannel:
                     self.stale = False  # keep serving the last good render; the next change retries
                     return self.current
                 metrics.renders.labels(self.path, "ok").inc()
-                self.current = Frame(version_key(version), version, data, origin=origin)
+                self.current = Frame(version_key(version), version, data, origin=origin, trace=handle)
                 if self.observe is not None:
                     self.observe(len(self.current.data or b""))
                 self.stale = self.version != version
@@ -121,8 +131,10 @@ class Fanout:
     """Routes bus notifications to this process's streams."""
 
     def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None,
-                 on_flushed: Callable[[], None] | None = None, *, shrink_delay: float = SHRINK_DELAY) -> None:
+                 on_flushed: Callable[[], None] | None = None, *, shrink_delay: float = SHRINK_DELAY,
+                 tracing: Tracing = NO_TRACING) -> None:
         self._bus = bus
+        self._tracing = tracing
         self._metrics = metrics
         self._observe_hub = observe_hub
         self._on_flushed = on_flushed
@@ -142,7 +154,7 @@ class Fanout:
 
     def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None,
                  observe: Observer | None = None) -> ViewChannel:
-        channel = ViewChannel(path, topics, render, observe)
+        channel = ViewChannel(path, topics, render, observe, tracing=self._tracing)
         self.views[path] = channel
         for topic in topics:
             self._views_by_topic.setdefault(view_key(topic), []).append(channel)
@@ -231,8 +243,9 @@ class Fanout:
             origin, published = stamps.read(item.payload)
             if published is not None:
                 self._metrics.bus_lag.labels("view").observe(max(0.0, time.time() - published))
+            trace = stamps.trace(item.payload) if self._tracing.on else None
             for channel in self._views_by_topic.get(item.topic, ()):
-                self._view_changed(channel, item.version, key, origin or published)
+                self._view_changed(channel, item.version, key, origin or published, trace)
             return
         sinks = self._hub.get(item.topic)
         if not sinks:
@@ -296,9 +309,11 @@ class Fanout:
 
     # -- views ------------------------------------------------------------------------------------------------
 
-    def _view_changed(self, channel: ViewChannel, version: str, key: VersionKey, origin: float | None) -> None:
+    def _view_changed(self, channel: ViewChannel, version: str, key: VersionKey, origin: float | None,
+                      trace: str | None = None) -> None:
         channel.version = version
         channel.origin = origin
+        channel.trace = trace
         channel.stale = True
         if channel.render is None:
             frame = Frame(key, version, None, origin=origin)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import orjson
@@ -107,10 +107,11 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"
 def command_context(runtime: AppContext, request: StreamRequest, identity: Identity | None) -> dict[str, Any]:
     """What travels with a command besides its body, as JSON: the client's address (trusted-proxy aware), the
     headers and cookies without the credentials, the verified token's claims, the path template's values, and
-    when it was accepted (wall clock: the origin its view changes are timed from, in whichever process)."""
+    when it was accepted (wall clock: the origin its view changes are timed from, in whichever process); when
+    traced, the ``traceparent`` of the request's span (``gateway.tracing``)."""
     headers = request.headers
     cookie_name = runtime.settings.auth.cookie
-    return {
+    context: dict[str, Any] = {
         "accepted": time.time(),
         "client": client_address(request.client, headers.get("x-forwarded-for"), runtime.trusted_proxies),
         "headers": {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS},
@@ -118,6 +119,9 @@ def command_context(runtime: AppContext, request: StreamRequest, identity: Ident
         "identity": dict(identity.claims) if identity is not None else None,
         "path": dict(request.path_params),
     }
+    if runtime.tracing.on and (traceparent := runtime.tracing.current_traceparent()) is not None:
+        context["traceparent"] = traceparent  # the POST span's: the handler's span continues it, anywhere
+    return context
 
 
 async def accept_command(runtime: AppContext, spec: CommandSpec, request: StreamRequest, identity: Identity | None,
@@ -184,7 +188,32 @@ def _authorize(runtime: AppContext, headers: Mapping[str, str]) -> Identity:
 async def serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scope, receive: Receive,
                      send: Send) -> None:
     """One command (``spec``) or hub publish (``spec`` None), answered 204 or with the JSON error that says what
-    is wrong."""
+    is wrong; inside a SERVER span ``POST <route>`` when traced (``gateway.tracing``)."""
+    if runtime.tracing.on:
+        await _serve_traced(runtime, spec, scope, receive, send)
+    else:
+        await _serve_post(runtime, spec, scope, receive, send)
+
+
+async def _serve_traced(runtime: AppContext, spec: CommandSpec | None, scope: Scope, receive: Receive,
+                        send: Send) -> None:
+    tracing = runtime.tracing
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+               if k.lower() in (b"traceparent", b"tracestate")}
+    route = spec.path if spec is not None else "/hub/publish"
+    with tracing.server_span(f"POST {route}", headers) as span:
+        span.set_attribute("http.route", route)
+
+        async def traced_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                tracing.set_status_code(span, message["status"])
+            await send(message)
+
+        await _serve_post(runtime, spec, scope, receive, traced_send)
+
+
+async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scope, receive: Receive,
+                      send: Send) -> None:
     path = scope["path"]
     if scope["method"] != "POST":
         await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}", ("POST",)))

@@ -186,6 +186,8 @@ class Stream:
         for frame in frames:
             if frame.origin is not None:
                 observe(max(0.0, now - frame.origin))
+            if frame.trace is not None:  # a traced version: its first delivery here is a span (gateway.tracing)
+                self.runtime.tracing.delivered(frame.trace, self.kind)
 
     def end(self, reason: CloseReason) -> None:
         """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
