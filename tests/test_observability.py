@@ -16,6 +16,7 @@ from tests.support.redis import drop_namespace, redis_namespace
 from tests.support.server import HUB_TOKEN, start_server
 from tests.support.sse_client import SSEReader
 from tests.support.wait import wait_until
+from tests.support.workers import METRICS_ENV, per_worker
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
@@ -80,11 +81,17 @@ async def test_delivery_is_timed_from_the_command_to_the_socket_per_protocol(tmp
         assert srv.stop() == 0
 
 
-async def test_workers_report_process_series_each_and_readiness(tmp_path: Path, certs: tuple[Path, Path]) -> None:
-    """Under --workers each worker samples its own process numbers (a pid label per worker), summed by a query;
-    readiness is the lowest of the workers'."""
+async def test_workers_report_process_and_latency_series_each_summed(tmp_path: Path,
+                                                                   certs: tuple[Path, Path]) -> None:
+    """Under --workers each worker samples its own process numbers (a pid label per worker) and records its own
+    deliveries; a scrape of either worker returns their sum, equal to what the clients received. Readiness is
+    the lowest of the workers'."""
     url = redis_namespace()
-    srv = start_server(tmp_path, certs, args=[*APP, "--workers", "2"], env={"GATEWAY_BUS_URL": url})
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    srv = start_server(tmp_path, certs, args=[*APP, "--workers", "2"],
+                       env={"GATEWAY_BUS_URL": url, METRICS_ENV: str(metrics)})
+    streams: list[RawStream] = []
     try:
         async def pids() -> set[str]:
             async with httpx.AsyncClient(timeout=5) as client:
@@ -97,6 +104,35 @@ async def test_workers_report_process_series_each_and_readiness(tmp_path: Path, 
 
         await wait_until(both, 15, what="a process_resident_memory_bytes series from each of two workers")
         await wait_metric(srv.http, "gateway_ready", 1, timeout=10)
+
+        def streams_by_worker() -> dict[int, float]:
+            return {pid: n for pid, n in per_worker(metrics, "gateway_streams_active", kind="view").items() if n}
+
+        # Fresh connections until both workers hold view streams (the kernel spreads them; bounded).
+        for _ in range(40):
+            stream = await RawStream.open(srv.http_port, "/obs")
+            await stream.next_parsed()
+            streams.append(stream)
+            if len(streams) >= 4 and len(streams_by_worker()) == 2:
+                break
+        assert len(streams_by_worker()) == 2, "every stream landed on one worker"
+        async with httpx.AsyncClient(base_url=srv.http, timeout=10) as client:
+            for _ in range(3):
+                assert (await client.post("/slow", json={"ms": 1})).status_code == 204
+                for stream in streams:  # the app's counter is per process: only that a change arrives matters
+                    assert (await stream.next_parsed(10)).data.startswith("n=")
+        expected = 3 * len(streams)
+
+        async def summed() -> bool:  # each worker moves its batched counts into the files within 2 s
+            return await metric(srv.http, "gateway_delivery_seconds_count", route="/obs") == expected
+
+        await wait_until(summed, 10, what=f"gateway_delivery_seconds_count == {expected} on a scrape")
+        # A worker's file holds each bucket's own count (the scrape accumulates them): their sum is its count.
+        own = per_worker(metrics, "gateway_delivery_seconds_bucket", route="/obs")
+        assert sum(own.values()) == expected
+        assert len([v for v in own.values() if v]) == 2, own  # both workers delivered and recorded their share
     finally:
+        for stream in streams:
+            stream.close()
         assert srv.stop() == 0
         await drop_namespace(url)
