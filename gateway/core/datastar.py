@@ -276,16 +276,12 @@ class _TopLevelIds(HTMLParser):
         self.ok = True
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.depth == 0:
-            element_id = dict(attrs).get("id")
-            if element_id:
-                self.ids.append(element_id)
-            else:
-                self.ok = False
+        self.handle_startendtag(tag, attrs)
         if tag not in _VOID:
             self.depth += 1
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """A tag that opens no content (``<br/>``); ``handle_starttag`` also notes its tags' ids here."""
         if self.depth == 0:
             element_id = dict(attrs).get("id")
             if element_id:

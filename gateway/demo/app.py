@@ -17,7 +17,7 @@ changing the list and announcing it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +25,7 @@ from pydantic import Field, StringConstraints
 from quart import Response, send_from_directory
 
 from gateway.api import Gateway
-from gateway.commands import CommandContext
+from gateway.commands import CommandContext, Extra
 from gateway.demo.render import render_todos
 from gateway.demo.store import MAX_TEXT, Todos, todos_for
 
@@ -43,6 +43,23 @@ def create_app(store: Todos | None = None) -> Gateway:
     owner's to close.
     """
     gw = Gateway(static_folder=str(STATIC), name="gateway.demo")
+    current = todo_commands(gw, store)
+
+    @gw.route("/")
+    async def index() -> Response:
+        return await no_cache(STATIC, "index.html")
+
+    @gw.view("/todos/updates", topics=["todos"])
+    async def updates() -> str:
+        return render_todos(await current().snapshot())
+
+    return gw
+
+
+def todo_commands(gw: Gateway, store: Todos | None, *, extra: Extra = "forbid") -> Callable[[], Todos]:
+    """Register the todo list's store (opened from the bus URL at startup unless ``store`` is given) and its four
+    commands on ``gw``; return the accessor of the open store, for the views. Both demos share them: the
+    Datastar one passes ``extra="ignore"`` (its page posts all its signals)."""
     todos: Todos | None = store
 
     @gw.lifespan
@@ -63,37 +80,34 @@ def create_app(store: Todos | None = None) -> Gateway:
             raise RuntimeError("the demo's todo store opens when the gateway starts")
         return todos
 
-    @gw.route("/")
-    async def index() -> Response:
-        response: Response = await send_from_directory(STATIC, "index.html")
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
-    @gw.command("/todos/add")
+    @gw.command("/todos/add", extra=extra)
     async def add(text: TodoText, ctx: CommandContext) -> None:
         await current().add(text, command_id=ctx.command_id)
         await gw.publish("todos")
 
-    @gw.command("/todos/toggle")
+    @gw.command("/todos/toggle", extra=extra)
     async def toggle(id: TodoId, ctx: CommandContext) -> None:
         if await current().toggle(id, command_id=ctx.command_id) or ctx.delivery > 1:
             await gw.publish("todos")
 
-    @gw.command("/todos/delete")
+    @gw.command("/todos/delete", extra=extra)
     async def delete(id: TodoId, ctx: CommandContext) -> None:
         if await current().delete(id) or ctx.delivery > 1:
             await gw.publish("todos")
 
-    @gw.command("/todos/clear-completed")
+    @gw.command("/todos/clear-completed", extra=extra)
     async def clear_completed(ctx: CommandContext) -> None:
         if await current().clear_completed() or ctx.delivery > 1:
             await gw.publish("todos")
 
-    @gw.view("/todos/updates", topics=["todos"])
-    async def updates() -> str:
-        return render_todos(await current().snapshot())
+    return current
 
-    return gw
+
+async def no_cache(directory: Path, name: str) -> Response:
+    """A static file the browser revalidates each time (the page and what it loads change with the code)."""
+    response: Response = await send_from_directory(directory, name)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 app = create_app()

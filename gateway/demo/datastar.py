@@ -13,20 +13,16 @@ once per version for every subscriber and compressed per connection, as any view
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import Field, StringConstraints
-from quart import Response, send_from_directory
+from quart import Response
 
 from gateway.api import Gateway
-from gateway.commands import CommandContext
 from gateway.datastar import PatchElements
 from gateway.demo import fetch_datastar
+from gateway.demo.app import no_cache, todo_commands
 from gateway.demo.render import render_todos
-from gateway.demo.store import MAX_TEXT, Todos, todos_for
+from gateway.demo.store import Todos
 
 __all__ = ["app", "create_app", "render_view"]
 
@@ -34,8 +30,6 @@ STATIC = Path(__file__).parent / "datastar_static"
 STYLES = Path(__file__).parent / "static"
 """The first demo's stylesheet fits this page too (the same ids and structure): one look, kept in one file."""
 
-TodoText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT)]
-TodoId = Annotated[int, Field(ge=1)]
 
 
 def render_view(html: str) -> PatchElements:
@@ -56,77 +50,30 @@ def create_app(store: Todos | None = None) -> Gateway:
     """The Datastar demo on ``store``, or, by default, on the store its bus calls for (``todos_for``), opened
     when the gateway starts and closed when it stops; a ``store`` given here stays its owner's to close."""
     gw = Gateway(static_folder=str(STATIC), name="gateway.demo.datastar")
-    todos: Todos | None = store
+    current = todo_commands(gw, store, extra="ignore")  # the first demo's commands, ignoring other signals
 
     @gw.on_startup
     async def client_present() -> None:
         _require_client()
 
-    @gw.lifespan
-    @contextlib.asynccontextmanager
-    async def todo_store() -> AsyncIterator[None]:
-        nonlocal todos
-        opened = store if store is not None else todos_for(gw.settings.bus.url, timeout=gw.settings.bus.timeout)
-        todos = opened
-        try:
-            yield
-        finally:
-            todos = store
-            if store is None:
-                await opened.aclose()
-
-    def current() -> Todos:
-        if todos is None:
-            raise RuntimeError("the demo's todo store opens when the gateway starts")
-        return todos
-
     @gw.route("/")
     async def index() -> Response:
-        return await _no_cache(STATIC, "index.html")
+        return await no_cache(STATIC, "index.html")
 
     @gw.route("/datastar.js")
     async def client() -> Response:
         # Revalidated rather than cached for good: a new pin changes the file under the same URL.
-        return await _no_cache(fetch_datastar.TARGET.parent, fetch_datastar.TARGET.name)
+        return await no_cache(fetch_datastar.TARGET.parent, fetch_datastar.TARGET.name)
 
     @gw.route("/style.css")
     async def style() -> Response:
-        return await _no_cache(STYLES, "style.css")
-
-    # The handlers are the first demo's (gateway.demo.app): one atomic step on the store with the command id (a
-    # Redis bus may run a command twice), then a publish, again on a redelivery, whose first run may have died
-    # between the change and the announcement.
-    @gw.command("/todos/add", extra="ignore")
-    async def add(text: TodoText, ctx: CommandContext) -> None:
-        await current().add(text, command_id=ctx.command_id)
-        await gw.publish("todos")
-
-    @gw.command("/todos/toggle", extra="ignore")
-    async def toggle(id: TodoId, ctx: CommandContext) -> None:
-        if await current().toggle(id, command_id=ctx.command_id) or ctx.delivery > 1:
-            await gw.publish("todos")
-
-    @gw.command("/todos/delete", extra="ignore")
-    async def delete(id: TodoId, ctx: CommandContext) -> None:
-        if await current().delete(id) or ctx.delivery > 1:
-            await gw.publish("todos")
-
-    @gw.command("/todos/clear-completed", extra="ignore")
-    async def clear_completed(ctx: CommandContext) -> None:
-        if await current().clear_completed() or ctx.delivery > 1:
-            await gw.publish("todos")
+        return await no_cache(STYLES, "style.css")
 
     @gw.view("/todos/updates", topics=["todos"])
     async def updates() -> PatchElements:
         return render_view(render_todos(await current().snapshot()))
 
     return gw
-
-
-async def _no_cache(directory: Path, name: str) -> Response:
-    response: Response = await send_from_directory(directory, name)
-    response.headers["Cache-Control"] = "no-cache"
-    return response
 
 
 app = create_app()
