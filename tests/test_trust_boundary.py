@@ -31,18 +31,25 @@ def _raise_fd_limit(need: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, need)), hard))
 
 
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and body of the next response (status 0 when the connection closed without one)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return 0, {}, b""
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status.split()[1]), headers, body
+
+
 async def _read_answer(reader: asyncio.StreamReader, timeout: float) -> tuple[int, dict[str, str], bytes]:
     """The status, headers and body of the one response on a connection, then its end (0 when closed silently)."""
     async with asyncio.timeout(timeout):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return 0, {}, b""
-        status, *lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        assert await reader.read() == b""  # and the server closed it
-        return int(status.split()[1]), headers, body
+        status, headers, body = await _read_response(reader)
+        if status:
+            assert await reader.read() == b""  # and the server closed it
+        return status, headers, body
 
 
 async def _drip(port: int, prefix: bytes, drip: bytes, timeout: float) -> tuple[int, bytes, float]:
@@ -125,6 +132,46 @@ async def test_slow_headers_and_bodies_are_cut_by_deadlines(tmp_path: Path, cert
                               headers={"Authorization": f"Bearer {HUB_TOKEN}"})
         assert (await hub.next_event(timeout=5))[0] == "after"
         hub.close()
+    finally:
+        assert srv.stop() == 0
+
+
+async def test_a_pipelined_head_is_cut_by_the_deadline(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """One complete request and, in the same write, the start of a second whose rest is dribbled slower than the
+    deadline: the second head gets 408 within limits.header_timeout of the first response. Its first bytes were
+    read before that response was out, so no later read armed the deadline: without the correction the first
+    dribbled byte armed it (here 4 s later), and a client that said nothing more was held until the keep-alive
+    timeout (75 s)."""
+    header_timeout, drip = 1.5, 4.0
+    srv = start_server(tmp_path, certs, env={"GATEWAY_LIMITS_HEADER_TIMEOUT": str(header_timeout)})
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", srv.http_port), 5)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        async with asyncio.timeout(5):
+            status, _, _ = await _read_response(reader)
+        answered = time.monotonic()
+        assert status == 200
+
+        async def dribble() -> None:
+            for byte in b"X-Slow: aaaa":
+                await asyncio.sleep(drip)  # the slow sender's pause IS the behaviour under test
+                writer.write(bytes([byte]))
+                await writer.drain()
+
+        dripper = asyncio.create_task(dribble())
+        try:
+            status, _, body = await _read_answer(reader, header_timeout + 2.0)
+        finally:
+            dripper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await dripper
+            writer.close()
+        took = time.monotonic() - answered
+        print(f"\npipelined head cut {took:.2f} s after the first response")
+        assert status == 408
+        assert orjson.loads(body)["error"] == "request_timeout"
+        assert header_timeout - 0.1 <= took < drip
+        assert await metric(srv.http, "gateway_request_deadlines_total", stage="header") == 1
     finally:
         assert srv.stop() == 0
 

@@ -8,9 +8,10 @@ connections for those 75 s.
 
 Correction: an HTTP/1.1 connection must complete a request head within ``limits.header_timeout`` of being
 accepted, and a later request on it within ``header_timeout`` of its first byte (the idle time between requests
-stays ``keep_alive_timeout``'s), as nginx's ``client_header_timeout`` does. Past it, a connection that sent part of
-a head gets ``408`` with the JSON error body and ``Connection: close``; one that sent nothing is closed silently
-(there is no request to answer, and browsers retry an idle pre-connection). Counted in
+stays ``keep_alive_timeout``'s), as nginx's ``client_header_timeout`` does; the first byte of a pipelined request,
+read before the response to the one ahead of it was out, counts from the moment that response is done. Past it, a
+connection that sent part of a head gets ``408`` with the JSON error body and ``Connection: close``; one that sent
+nothing is closed silently (there is no request to answer, and browsers retry an idle pre-connection). Counted in
 ``gateway_request_deadlines_total{stage="header"|"connect"}``. A connection that turns into h2 (prior knowledge or
 ``Upgrade: h2c``) leaves the deadline behind: an h2 HEADERS frame arrives whole, and a connection that never sends
 one is idle, governed by ``keep_alive_timeout``. An SSE response is never touched: the deadline ends at the head.
@@ -18,7 +19,8 @@ one is idle, governed by ``keep_alive_timeout``. An SSE response is never touche
 Upstream: no Hypercorn issue; the upstream fix would be a ``header_timeout`` config in ``H11Protocol`` armed on
 connection and on the first byte of a request, cleared by ``h11.Request``.
 
-Test that fails without it: ``tests/test_trust_boundary.py::test_slow_headers_and_bodies_are_cut_by_deadlines``.
+Tests that fail without it: ``tests/test_trust_boundary.py::test_slow_headers_and_bodies_are_cut_by_deadlines``
+and, for the pipelined head, ``::test_a_pipelined_head_is_cut_by_the_deadline``.
 
 Remove it when Hypercorn has a request-head deadline: map ``limits.header_timeout`` onto it.
 """
@@ -98,6 +100,18 @@ def install() -> None:
         except (H2ProtocolAssumedError, H2CProtocolRequiredError):
             disarm(self)  # the connection is h2 from here on
             raise
+        if isinstance(event, RawData) and pipelined_head(self):
+            arm(self, spoke=True)
+
+    def pipelined_head(self: Any) -> bool:
+        """A new cycle began with part of the next head already read. Pipelined bytes are read with the request
+        before them, and ``handle`` returns only once that request's response is out; the cycle then starts with
+        them buffered and no new read to arm the deadline, so a client could send one request and the start of
+        another, then dribble or say nothing, and be held until ``keep_alive_timeout``."""
+        connection = self.connection
+        return (getattr(self, "_head_timer", None) is None and isinstance(connection, h11.Connection)
+                and connection.their_state is h11.IDLE and connection.our_state is h11.IDLE
+                and bool(connection.trailing_data[0]))
 
     async def _create_stream(self: Any, request: Any) -> None:
         disarm(self)
