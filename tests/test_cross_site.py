@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from tests.support.metrics import metric, wait_metric
@@ -228,3 +231,118 @@ async def test_a_reconnect_storm_is_refused_and_a_healthy_stream_keeps_its_event
         assert await metric(limited.http, "gateway_rate_limited_total", kind="stream") >= 9_000
     finally:
         healthy.close()
+
+
+# -- refusals readable by an allowed origin ---------------------------------------------------------------------
+
+SECRET = "cors-secret-" + "s" * 32
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[Server]:
+    """A CORS origin, private hub topics, two streams per process and one per client (told apart by the trusted
+    loopback proxy's X-Forwarded-For), and a command rate limit of a burst of one."""
+    srv = start_server(tmp_path_factory.mktemp("cors-refusals"), certs, args=["--app", "tests.apps:gw"],
+                       env={"GATEWAY_SECURITY_CORS_ORIGINS": APP, "GATEWAY_HUB_PUBLIC_TOPICS": "public.*",
+                            "GATEWAY_AUTH_JWT_KEY": SECRET, "GATEWAY_LIMITS_MAX_STREAMS": "2",
+                            "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "1",
+                            "GATEWAY_LIMITS_TRUSTED_PROXIES": "127.0.0.1",
+                            "GATEWAY_RATE_LIMITS_COMMANDS": "0.01", "GATEWAY_RATE_LIMITS_COMMANDS_BURST": "1"})
+    yield srv
+    srv.stop()
+
+
+def _readable_by_app(headers: dict[str, str] | httpx.Headers, *exposed: str) -> None:
+    """The answer carries exactly the CORS headers a success would: the listed origin echoed (never ``*``),
+    credentials allowed, ``Vary: Origin``, and ``exposed`` readable by the page."""
+    assert headers["access-control-allow-origin"] == APP
+    assert headers["access-control-allow-credentials"] == "true"
+    assert "origin" in headers["vary"].lower()
+    names = [n.strip().lower() for n in headers["access-control-expose-headers"].split(",")]
+    for name in exposed:
+        assert name.lower() in names, names
+
+
+def _not_readable(headers: dict[str, str] | httpx.Headers) -> None:
+    assert not any(name.lower().startswith("access-control-") for name in headers)
+    assert "origin" in headers["vary"].lower()
+
+
+async def test_hub_refusals_carry_cors_headers_for_an_allowed_origin_only(strict: Server) -> None:
+    wrong_scope = jwt.encode({"exp": int(time.time()) + 300, "mercure": {"subscribe": ["other"]}}, SECRET,
+                             algorithm="HS256")
+    no_token = await RawStream.open(strict.http_port, "/hub/subscribe?topic=secret", headers={"origin": APP})
+    scoped = await RawStream.open(strict.http_port, "/hub/subscribe?topic=secret",
+                                  headers={"origin": APP, "authorization": f"Bearer {wrong_scope}"})
+    foreign = await RawStream.open(strict.http_port, "/hub/subscribe?topic=secret", headers={"origin": EVIL})
+    assert (no_token.status, scoped.status, foreign.status) == (401, 403, 401)
+    _readable_by_app(no_token.headers, "WWW-Authenticate")
+    _readable_by_app(scoped.headers, "WWW-Authenticate")
+    assert 'error="insufficient_scope"' in scoped.headers["www-authenticate"]
+    _not_readable(foreign.headers)  # never reflected beyond the list
+    assert json.loads(foreign.body)["error"] == "unauthorized"  # the same refusal, only unreadable in a browser
+
+
+async def test_stream_limit_refusals_carry_cors_headers(strict: Server) -> None:
+    """429 over the per-client cap and 503 over the process's: what a page needs to back off (the status and
+    Retry-After) is readable."""
+    ann, bob, cat = ({"origin": APP, "x-forwarded-for": address} for address in
+                     ("198.51.100.1", "198.51.100.2", "198.51.100.3"))
+    opened = [await RawStream.open(strict.http_port, "/hub/subscribe?topic=public.a", headers=ann)]
+    try:
+        opened.append(over_cap := await RawStream.open(strict.http_port, "/both", headers=ann))
+        opened.append(await RawStream.open(strict.http_port, "/hub/subscribe?topic=public.a", headers=bob))
+        opened.append(full := await RawStream.open(strict.http_port, "/hub/subscribe?topic=public.a", headers=cat))
+        assert [s.status for s in opened] == [200, 429, 200, 503]
+        for refused in (over_cap, full):
+            assert int(refused.headers["retry-after"]) >= 1
+            _readable_by_app(refused.headers, "Retry-After")
+        _readable_by_app(opened[0].headers)  # as the stream that was served
+    finally:
+        for stream in opened:
+            stream.close()
+
+
+async def test_command_and_publish_refusals_carry_cors_headers(strict: Server) -> None:
+    browser = {"origin": APP, "sec-fetch-site": "cross-site", **JSON}
+    async with httpx.AsyncClient(base_url=strict.http, timeout=10) as client:
+        accepted = await client.post("/tick", content=b"{}", headers=browser)
+        limited = await client.post("/tick", content=b"{}", headers=browser)
+        invalid = await client.post("/tick", content=b"[", headers=browser)
+        publish = await client.post("/hub/publish", json={"topic": "x", "data": 1}, headers=browser)
+        wrong_method = await client.put("/both", headers={"origin": APP})
+        foreign = await client.post("/tick", content=b"{}", headers={**browser, "origin": EVIL})
+    assert accepted.status_code == 204
+    assert limited.status_code == 429
+    assert invalid.status_code in (400, 429)  # refused either way: both answers must be readable
+    assert publish.status_code in (401, 403)
+    assert wrong_method.status_code == 405
+    _readable_by_app(accepted.headers)
+    _readable_by_app(limited.headers, "Retry-After")
+    for refused in (invalid, publish, wrong_method):
+        _readable_by_app(refused.headers)
+        assert refused.json()["error"]
+    assert foreign.status_code == 403
+    _not_readable(foreign.headers)
+
+
+async def test_a_draining_gateway_refuses_streams_readably(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """After SIGTERM new streams get 503 with Retry-After, readable by an allowed origin. Open streams keep the
+    draining process alive for the drain window, so the refusal is seen before it exits."""
+    srv = start_server(tmp_path, certs, args=["--app", "tests.apps:gw"],
+                       env={"GATEWAY_SECURITY_CORS_ORIGINS": APP, "GATEWAY_SERVER_DRAIN_TIMEOUT": "4"})
+    streams = [await RawStream.open(srv.http_port, "/both") for _ in range(20)]
+    try:
+        srv.proc.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient(base_url=srv.http, timeout=5) as client, asyncio.timeout(5):
+            while (await client.get("/readyz")).status_code != 503:
+                pass  # each request is the wait: readiness is the other process's to flip
+        refused = await RawStream.open(srv.http_port, "/both", headers={"origin": APP})
+        assert refused.status == 503
+        assert json.loads(refused.body)["error"] == "unavailable"
+        assert int(refused.headers["retry-after"]) >= 1
+        _readable_by_app(refused.headers, "Retry-After")
+    finally:
+        for stream in streams:
+            stream.close()
+        assert srv.stop() == 0, srv.output()

@@ -40,7 +40,7 @@ REASONS = ("origin_not_allowed", "same_site", "cross_site")
 
 CORS_METHODS = "GET, HEAD, POST"
 CORS_HEADERS = "Content-Type, Idempotency-Key, Last-Event-ID, Authorization"
-CORS_EXPOSE = "Command-Id, Event-Id, Event-Version, Retry-After"
+CORS_EXPOSE = "Command-Id, Event-Id, Event-Version, Retry-After, WWW-Authenticate"
 
 
 class CrossSiteRefused(Forbidden):

@@ -10,7 +10,7 @@ from quart import Quart
 from gateway.commands import CommandSpec
 from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.core.paths import PathTemplate, first_match, is_template
-from gateway.web.asgi_util import Receive, Scope, Send, scope_headers, send_error
+from gateway.web.asgi_util import Receive, Scope, Send, answering_with_cors, scope_headers, send_error
 from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.hypercorn import install as install_corrections
 from gateway.web.posts import serve_post
@@ -54,35 +54,40 @@ class Dispatcher:
         if kind == "http":
             path = scope["path"]
             route = self._route(scope)
-            if scope["method"] == "OPTIONS" and self._cross_origin_route(path, route):
+            if not self._cross_origin_route(path, route):
+                await self.quart(scope, receive, send)  # type: ignore[arg-type]
+                return
+            if scope["method"] == "OPTIONS":
                 headers = scope_headers(scope)
                 if "access-control-request-method" in headers:
                     await self.runtime.guard.serve_preflight(headers, send)
                     return
-            spec = route if isinstance(route, ViewSpec) else None
-            if spec is not None or path == HUB_ROUTE:
-                if scope["method"] not in ("GET", "HEAD"):
-                    await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
-                                                            ("GET", "HEAD")))
-                elif not self.runtime.started:
-                    await send_error(send, Unavailable("the gateway is starting", 1))
-                elif spec is not None:
-                    await serve_view(self.runtime, spec, scope, receive, send)
-                else:
-                    await serve_hub(self.runtime, scope, receive, send)
-                return
-            command = route if isinstance(route, CommandSpec) else None
-            if command is not None or path == HUB_PUBLISH_ROUTE:
-                if not self.runtime.started:
-                    await send_error(send, Unavailable("the gateway is starting", 1))
-                else:
-                    await serve_post(self.runtime, command, scope, receive, send)
-                return
-            await self.quart(scope, receive, send)  # type: ignore[arg-type]
+            # Every refusal of a stream, command or publish carries the CORS headers its success would.
+            with answering_with_cors(self.runtime.guard.cors_of(scope)):
+                await self._serve_cross_origin(path, route, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.quart(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _serve_cross_origin(self, path: str, route: CommandSpec | ViewSpec | None, scope: Scope,
+                                  receive: Receive, send: Send) -> None:
+        """A stream (view or hub) or a post (command or hub publish)."""
+        spec = route if isinstance(route, ViewSpec) else None
+        if spec is not None or path == HUB_ROUTE:
+            if scope["method"] not in ("GET", "HEAD"):
+                await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
+                                                        ("GET", "HEAD")))
+            elif not self.runtime.started:
+                await send_error(send, Unavailable("the gateway is starting", 1))
+            elif spec is not None:
+                await serve_view(self.runtime, spec, scope, receive, send)
+            else:
+                await serve_hub(self.runtime, scope, receive, send)
+        elif not self.runtime.started:
+            await send_error(send, Unavailable("the gateway is starting", 1))
+        else:
+            await serve_post(self.runtime, route if isinstance(route, CommandSpec) else None, scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -15,6 +17,16 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Headers = Sequence[tuple[bytes, bytes]]
+
+# The CORS headers of the request being answered (``gateway.web.guard.Guard.cors_of``), for ``send_error``. A
+# refusal is decided in many places (draining, admission limits, rate limits, tokens, hooks, bodies) and a page on
+# an allowed origin must be able to read every one of them (the status, ``Retry-After``, ``WWW-Authenticate``):
+# without the headers the browser hides the answer behind an opaque network error. The dispatcher sets them once
+# per request; handing them to every refusal site instead would thread them through every layer, and wrapping
+# ``send`` would hide the transport that fan-out writes to directly. Per task: Hypercorn runs each request in a
+# task of its own, which copies the context.
+_request_cors: ContextVar[Headers] = ContextVar("gateway_request_cors", default=())
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:
@@ -59,8 +71,18 @@ class StreamRequest:
         return values[-1] if values else None
 
 
+@contextmanager
+def answering_with_cors(headers: Headers) -> Iterator[None]:
+    """While the request is served, ``send_error`` adds ``headers`` (its CORS headers) to any refusal."""
+    token = _request_cors.set(headers)
+    try:
+        yield
+    finally:
+        _request_cors.reset(token)
+
+
 async def send_error(send: Send, error: GatewayError, extra: Mapping[str, str] | None = None) -> None:
-    """Answer with the gateway's JSON error body."""
+    """Answer with the gateway's JSON error body, and the request's CORS headers (``answering_with_cors``)."""
     body = orjson.dumps(error.body())
     headers = [
         (b"content-type", b"application/json"),
@@ -68,5 +90,7 @@ async def send_error(send: Send, error: GatewayError, extra: Mapping[str, str] |
         (b"cache-control", b"no-store"),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**error.headers(), **(extra or {})}.items()]
+    given = {name for name, _ in headers}
+    headers += [(name, value) for name, value in _request_cors.get() if name not in given]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -72,6 +72,14 @@ class Guard:
     def cors_headers(self, headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
         return self.policy.cors_headers(headers.get("origin"))
 
+    def cors_of(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """``cors_headers`` read straight off the scope's raw headers (its refusals need them before, or without,
+        the parsed ``StreamRequest``); nothing to read when no CORS list is configured."""
+        if not self.policy.cors:
+            return []
+        origins = [value.decode("latin-1") for name, value in scope.get("headers", ()) if name.lower() == b"origin"]
+        return self.policy.cors_headers(", ".join(origins) if origins else None)  # two Origins: neither is listed
+
     async def serve_preflight(self, headers: Mapping[str, str], send: Send) -> None:
         """Answer a CORS preflight: 204 with the allow headers for a listed origin, 403 without them otherwise."""
         allowed = self.policy.preflight_headers(headers.get("origin"))

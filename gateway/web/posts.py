@@ -221,7 +221,6 @@ async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scop
     metrics = runtime.metrics
     request = StreamRequest.from_scope(scope)
     headers = request.headers
-    cors = runtime.guard.cors_headers(headers)
     try:
         runtime.guard.check_post("command" if spec else "publish", scope, headers)  # 403 cross-site, 429
         grant = NOBODY
@@ -245,10 +244,11 @@ async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scop
     except GatewayError as exc:
         if spec is not None:
             metrics.commands.labels(spec.path, exc.code).inc()
-        await send_error(send, exc, {k.decode(): v.decode() for k, v in cors})
+        await send_error(send, exc)  # with the CORS headers, as every refusal (asgi_util.answering_with_cors)
         return
     if spec is not None:
         metrics.commands.labels(spec.path, "accepted").inc()
+    cors = runtime.guard.cors_headers(headers)
     await send({"type": "http.response.start", "status": 204, "headers": extra + cors})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
