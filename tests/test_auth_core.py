@@ -102,6 +102,19 @@ def test_leeway_accepts_small_clock_skew() -> None:
     assert hs_verifier(leeway=10).verify(token).subject == "ann"
 
 
+def test_a_stream_may_live_until_exp_plus_the_leeway() -> None:
+    """As long as the token verifies: ``exp`` read as PyJWT reads it, plus ``auth.leeway``."""
+    exp = int(time.time()) + 60
+    identity = hs_verifier(leeway=5).verify(jwt.encode(_claims(exp=exp), SECRET, algorithm="HS256"))
+    assert identity.expires == exp
+    auth = Authenticator(AuthSettings(jwt_key=SECRET, leeway=5))
+    assert 64 < (auth.valid_for(identity) or 0) <= 65
+    assert auth.valid_for(None) is None  # no token
+    assert auth.valid_for(Identity("ann", {"sub": "ann"})) is None  # no exp: only sse.max_lifetime ends it
+    assert Identity("ann", {"exp": "1767225600"}).expires == 1767225600  # PyJWT accepts a numeric string
+    assert Identity("ann", {"exp": "soon"}).expires is None  # never verified as it is: no deadline
+
+
 def test_audience_and_issuer_are_required_when_configured() -> None:
     verifier = hs_verifier(audience="gw", issuer="https://idp")
     good = jwt.encode(_claims(aud="gw", iss="https://idp"), SECRET, algorithm="HS256")

@@ -16,6 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.metrics import metric, wait_metric
+from tests.support.raw_stream import RawStream
 from tests.support.server import HUB_TOKEN, Server, start_server
 from tests.support.sse_client import SSEReader
 from tests.support.tokens import hs256_by_hand
@@ -220,3 +222,101 @@ async def _stream_opens(srv: Server, token: str) -> bool:
             "GET", srv.http + "/hub/subscribe", params={"topic": "news"},
             headers={"authorization": f"Bearer {token}"}) as response:
         return response.status_code == 200
+
+
+# -- streams end when their token expires -----------------------------------------------------------------------
+
+LEEWAY = 0.5  # seconds of auth.leeway for the expiry tests: a stream lives until exp + leeway
+
+
+@pytest.fixture(scope="module")
+def expiring(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[Server]:
+    env = {"GATEWAY_AUTH_JWT_KEY": SECRET, "GATEWAY_AUTH_AUDIENCE": AUDIENCE, "GATEWAY_AUTH_LEEWAY": str(LEEWAY),
+           "GATEWAY_HUB_PUBLIC_TOPICS": "public.*"}
+    srv = start_server(tmp_path_factory.mktemp("expiry"), certs, env=env,
+                       args=["--app", "tests.support.auth_app:gw"])
+    yield srv
+    assert srv.stop() == 0, srv.output()
+
+
+async def _until_token_expiry(stream: RawStream, exp: int) -> float:
+    """Read ``stream`` to its end, which must come at its token's expiry (exp + leeway, wall clock); when it came."""
+    await stream.until_end(timeout=exp + LEEWAY + 5 - time.time())
+    return time.time()
+
+
+def _said_token_expired(stream: RawStream) -> None:
+    """The goodbye: a retry hint, then a comment that says why, so the client reconnects with a fresh token."""
+    assert stream.ended  # the final chunk: ended on purpose, not cut
+    assert stream.decoded.endswith(b": token expired: reconnect with a fresh token\n\n"), stream.decoded[-200:]
+    assert stream.parser.retry is not None
+
+
+async def test_a_hub_stream_ends_when_its_token_expires(expiring: Server) -> None:
+    """Events flow until the token's exp (+ leeway); then the stream says goodbye. The same token is refused on
+    reconnect, a fresh one is served: a token's holder never reads past its expiry."""
+    topic = _topic()
+    exp = int(time.time()) + 3
+    auth = {"authorization": f"Bearer {_reader([topic], exp=exp)}"}
+    before = await metric(expiring.http, "gateway_streams_closed_total", kind="hub", reason="token_expired")
+    stream = await RawStream.open(expiring.http_port, f"/hub/subscribe?topic={topic}", headers=auth)
+    try:
+        assert stream.status == 200
+        assert (await _publish(expiring.http, topic, "before")).status_code == 204
+        data, _ = await stream.next_event(timeout=5)
+        assert "before" in data
+        ended = await _until_token_expiry(stream, exp)
+    finally:
+        stream.close()
+    _said_token_expired(stream)
+    assert exp + LEEWAY - 0.2 <= ended < exp + LEEWAY + 2, (exp, ended)
+    again = await _get(expiring.http, "/hub/subscribe", auth, [("topic", topic)])
+    assert again.status_code == 401
+    assert 'error="invalid_token"' in _challenge(again)
+    fresh = await RawStream.open(expiring.http_port, f"/hub/subscribe?topic={topic}",
+                                 headers={"authorization": f"Bearer {_reader([topic])}"})
+    fresh.close()
+    assert fresh.status == 200
+    await wait_metric(expiring.http, "gateway_streams_closed_total", before + 1, kind="hub", reason="token_expired")
+
+
+async def test_a_view_stream_authorized_by_a_hook_ends_when_its_token_expires(expiring: Server) -> None:
+    exp = int(time.time()) + 3
+    admin = {"authorization": f"Bearer {_token(role='admin', exp=exp)}"}
+    stream = await RawStream.open(expiring.http_port, "/admin/panel", headers=admin)
+    try:
+        assert stream.status == 200
+        data, _ = await stream.next_event(timeout=5)
+        assert "admin panel" in data
+        ended = await _until_token_expiry(stream, exp)
+    finally:
+        stream.close()
+    _said_token_expired(stream)
+    assert exp + LEEWAY - 0.2 <= ended < exp + LEEWAY + 2, (exp, ended)
+    assert await metric(expiring.http, "gateway_streams_closed_total", kind="view", reason="token_expired") >= 1
+
+
+async def test_streams_without_an_expiring_token_are_not_ended(expiring: Server) -> None:
+    """A public topic (no token looked at) and a token without exp: both streams outlive the others' tokens, and
+    still deliver."""
+    topic = _topic()
+    forever = {"authorization": f"Bearer {jwt.encode({'aud': AUDIENCE, 'mercure': {'subscribe': [topic]}}, SECRET)}"}
+    public = await RawStream.open(expiring.http_port, "/hub/subscribe?topic=public.x", headers=forever)
+    private = await RawStream.open(expiring.http_port, f"/hub/subscribe?topic={topic}", headers=forever)
+    # A token that expires now, on a third stream, is the clock: when it has ended, the others were due too.
+    exp = int(time.time()) + 2
+    clock = await RawStream.open(expiring.http_port, f"/hub/subscribe?topic={topic}",
+                                 headers={"authorization": f"Bearer {_reader([topic], exp=exp)}"})
+    try:
+        assert (public.status, private.status, clock.status) == (200, 200, 200)
+        await _until_token_expiry(clock, exp)
+        _said_token_expired(clock)
+        assert (await _publish(expiring.http, "public.x", "p")).status_code == 204
+        assert (await _publish(expiring.http, topic, "q")).status_code == 204
+        assert "p" in (await public.next_event(timeout=5))[0]
+        assert "q" in (await private.next_event(timeout=5))[0]
+        assert not public.ended
+        assert not private.ended
+    finally:
+        for stream in (public, private, clock):
+            stream.close()

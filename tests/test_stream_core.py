@@ -250,11 +250,21 @@ def test_a_client_that_left_gets_no_goodbye_and_its_reason_wins() -> None:
     assert s.state is State.CLOSED
 
 
+def test_a_lifetime_set_by_a_token_ends_with_its_own_reason_and_goodbye() -> None:
+    s = SSEStream(ConflatingMailbox(), create_encoder("identity"),
+                  Timing(heartbeat=15.0, lifetime=4.0, ends=CloseReason.TOKEN_EXPIRED), 0.0)
+    s.start(b"", 0.0)
+    s.written(None, 0.5)
+    assert s.poll(1.0) == Wait(4.0)  # woken for the expiry, before the heartbeat
+    assert s.poll(4.0) == End(CloseReason.TOKEN_EXPIRED)
+    assert s.goodbye(1000) == b"retry: 1000\n\n: token expired: reconnect with a fresh token\n\n"
+
+
 def test_close_reasons_are_the_metric_labels() -> None:
     assert {r.value for r in CloseReason} == {"client_closed", "drain", "slow_consumer", "write_timeout",
-                                              "send_failed", "lifetime", "cancelled"}
+                                              "send_failed", "lifetime", "token_expired", "cancelled"}
     assert {r for r in CloseReason if r.goodbye} == {CloseReason.DRAIN, CloseReason.SLOW_CONSUMER,
-                                                     CloseReason.LIFETIME}
+                                                     CloseReason.LIFETIME, CloseReason.TOKEN_EXPIRED}
 
 
 def test_timing_is_validated() -> None:

@@ -73,6 +73,16 @@ class Identity:
             raise _invalid("the sub claim must be a string")
         return cls(subject, dict(claims), _selectors(mercure, "subscribe"), _selectors(mercure, "publish"))
 
+    @property
+    def expires(self) -> float | None:
+        """The token's ``exp`` in seconds since the epoch, read as PyJWT read it to verify the token (``int()``
+        of a number or a numeric string); None without one."""
+        exp = self.claims.get("exp")
+        try:
+            return None if exp is None else float(int(exp))
+        except (TypeError, ValueError, OverflowError):
+            return None  # never verified as it is (a hand-made Identity): it sets no deadline
+
     def may_subscribe(self, topic: str) -> bool:
         return matches(self.subscribe, topic)
 

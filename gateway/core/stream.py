@@ -89,6 +89,7 @@ class CloseReason(Enum):
     WRITE_TIMEOUT = "write_timeout"
     SEND_FAILED = "send_failed"
     LIFETIME = "lifetime"
+    TOKEN_EXPIRED = "token_expired"  # the token the stream was authorized with expired: reconnect with a new one
     CANCELLED = "cancelled"
 
     @property
@@ -99,7 +100,8 @@ class CloseReason(Enum):
 
 _GOODBYES = {CloseReason.DRAIN: "draining",
              CloseReason.SLOW_CONSUMER: "slow consumer: reconnect with Last-Event-ID",
-             CloseReason.LIFETIME: "stream lifetime reached: reconnect"}
+             CloseReason.LIFETIME: "stream lifetime reached: reconnect",
+             CloseReason.TOKEN_EXPIRED: "token expired: reconnect with a fresh token"}
 
 _LIVE = (State.OPEN, State.IDLE, State.PENDING, State.WRITING)
 
@@ -186,6 +188,7 @@ class Timing:
     write_timeout: float = 10.0
     grace: float = 10.0
     lifetime: float | None = None  # None: no limit; else the instant (caller's clock) the stream must end
+    ends: CloseReason = CloseReason.LIFETIME  # why it ends at ``lifetime`` (its token's expiry, or the maximum)
 
     def __post_init__(self) -> None:
         if self.heartbeat <= 0 or self.write_timeout <= 0 or self.grace < 0:
@@ -250,8 +253,8 @@ class SSEStream:
             raise IllegalTransition(self.state, Input.TAKE)  # the task polls only between its writes
         lifetime = self.timing.lifetime
         if lifetime is not None and now >= lifetime:
-            self.end(CloseReason.LIFETIME)
-            return End(CloseReason.LIFETIME)
+            self.end(self.timing.ends)
+            return End(self.timing.ends)
         if self.state is State.PENDING:
             step = self._take()
             if step is not None:

@@ -85,6 +85,14 @@ class Authenticator:
             raise Unauthorized("this gateway verifies no tokens (auth.jwt_key is not set)", error="invalid_token")
         return verifier.verify(token)
 
+    def valid_for(self, identity: Identity | None) -> float | None:
+        """Seconds from now until ``identity``'s token stops verifying (its ``exp`` plus ``auth.leeway``, as the
+        verifier judges it), None when it never does (no token, no ``exp``). A stream it authorized ends then:
+        ending at ``exp`` itself would let the same token reconnect within the leeway, onto a stream that would
+        end at once, again and again."""
+        expires = identity.expires if identity is not None else None
+        return None if expires is None else expires + self._settings.leeway - time.time()
+
     def authorize_subscribe(self, headers: Mapping[str, str], topics: Iterable[str],
                             public: Iterable[str]) -> Identity | None:
         """Refuse (401/403) unless every topic is public or covered by the request's token. A subscription to

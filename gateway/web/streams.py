@@ -85,9 +85,10 @@ class Stream:
     @classmethod
     def open(cls, runtime: AppContext, kind: str, route: RouteState, scope: Scope, send: Send,
              mailbox: ConflatingMailbox[Frame] | BoundedMailbox[Frame], grace: float,
-             cap: int | None = None) -> Stream:
+             cap: int | None = None, valid_for: float | None = None) -> Stream:
         """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder; ``grace`` and
-        ``cap`` are its slow-client limits (``gateway.core.slowclient``)."""
+        ``cap`` are its slow-client limits (``gateway.core.slowclient``); ``valid_for``: the seconds the token it
+        was authorized with stays valid (``Authenticator.valid_for``), None without one that expires."""
         request = StreamRequest.from_scope(scope)
         client = runtime.admit(request)
         try:
@@ -98,7 +99,11 @@ class Stream:
         sse = runtime.settings.sse
         now = asyncio.get_running_loop().time()
         lifetime = now + sse.max_lifetime * random.uniform(0.9, 1.1) if sse.max_lifetime > 0 else None
-        timing = Timing(sse.heartbeat, sse.write_timeout, grace, lifetime)
+        ends = CloseReason.LIFETIME
+        if valid_for is not None and (lifetime is None or now + valid_for < lifetime):
+            # A stream lives no longer than its authorization: the reconnect must bring a token that verifies.
+            lifetime, ends = now + valid_for, CloseReason.TOKEN_EXPIRED
+        timing = Timing(sse.heartbeat, sse.write_timeout, grace, lifetime, ends)
         counts = runtime.metrics.tally(kind, route.path, lease.encoder.name).counts
         core = SSEStream(mailbox, lease.encoder, timing, now, counts=counts)
         policy = mailbox.limits.policy if isinstance(mailbox, BoundedMailbox) else "conflate"
@@ -354,15 +359,17 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
     if await _refuse_if_draining(runtime, "view", send):
         return
     channel: ViewChannel = runtime.fanout.views[spec.path]
+    identity = None
     try:
         if (hook := runtime.authorizers.get(spec.path)) is not None:  # before anything is admitted or rendered
             request = StreamRequest.from_scope(scope)
-            await run_hook(hook, runtime.auth.identify(request.headers), request)
+            identity = runtime.auth.identify(request.headers)
+            await run_hook(hook, identity, request)
         if spec.path_model is not None:  # 422 naming a bad path value, before the stream opens
             validate_path_values(spec.path_model, scope.get("path_params", {}))
         limits = runtime.limits_of_view(spec)
         stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
-                             ConflatingMailbox(), limits.grace, limits.max_bytes)
+                             ConflatingMailbox(), limits.grace, limits.max_bytes, runtime.auth.valid_for(identity))
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("view", exc.code).inc()
         await send_error(send, exc)
@@ -441,7 +448,7 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
         request = StreamRequest.from_scope(scope)
         topics = _topics(request, runtime.settings.hub.max_topics)
         # Before the stream exists, so before any replay: history is authorized exactly like live events.
-        runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
+        identity = runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
@@ -449,7 +456,7 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
     limits = runtime.limits_of_hub(topics)
     try:
         stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send,
-                             BoundedMailbox(limits.mailbox), limits.grace)
+                             BoundedMailbox(limits.mailbox), limits.grace, valid_for=runtime.auth.valid_for(identity))
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
