@@ -316,7 +316,8 @@ class Gateway:
         compression = runtime.compression
         hub_route = compression.route(HUB_ROUTE, runtime.hub_compression)
         fanout = Fanout(runtime.bus, runtime.metrics, lambda size: compression.observe(hub_route, size),
-                        runtime.metrics.report_tallies, tracing=runtime.tracing)
+                        runtime.metrics.report_tallies, tracing=runtime.tracing,
+                        heartbeat=runtime.settings.sse.heartbeat)
         for spec in runtime.views.values():
             fanout.add_view(spec.path, spec.topics, spec.shared_render,
                             partial(compression.observe, compression.route(spec.path, spec.compression)))

@@ -238,7 +238,8 @@ class Metrics:
             "patch).", ["kind", "patch"], registry=r)
         self.stream_writes = Counter(
             "gateway_stream_writes", "Writes to SSE streams, by kind and path: direct (fan-out wrote to an idle "
-            "HTTP/1.1 socket itself) or task (the stream's own task sent through ASGI).", ["kind", "path"],
+            "HTTP/1.1 socket or framed an idle h2 stream's DATA itself) or task (the stream's own task sent through "
+            "ASGI).", ["kind", "path"],
             registry=r)
         self.heartbeats_sent = Counter(
             "gateway_heartbeats_sent", "Heartbeat comments written to clients.", registry=r)
@@ -254,6 +255,12 @@ class Metrics:
         self.compression_memory = Gauge(
             "gateway_compression_memory_bytes", "Estimated memory of all live compressors.", registry=r,
             multiprocess_mode="livesum")
+        self.cohorts = Gauge(
+            "gateway_compression_cohorts", "Compression cohorts: shared encoders, each compressing a view's renders "
+            "once for all its member streams.", registry=r, multiprocess_mode="livesum")
+        self.cohort_streams = Gauge(
+            "gateway_compression_cohort_streams", "View streams writing a cohort's chunks instead of compressing "
+            "their own.", registry=r, multiprocess_mode="livesum")
         self.compression_budget = Gauge(
             "gateway_compression_memory_budget_bytes", "The compressor memory budget.", registry=r,
             multiprocess_mode="livesum")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 
 from pydantic import BaseModel
 
@@ -90,6 +91,22 @@ async def sized_view() -> str:
     return f"<p>tick {sized['tick']}</p><div>{_filler[size]}</div>"
 
 
+noise = {"tick": 0, "bytes": 0}
+
+
+@gw.command("/noise/set")
+async def set_noise(bytes: int) -> None:
+    noise["tick"] += 1
+    noise["bytes"] = bytes
+    await gw.publish("noise")
+
+
+@gw.view("/noise", topics=["noise"])
+async def noise_view() -> str:
+    """A render that does not compress at all past its tick: ``bytes`` of fresh hex each version."""
+    return f"<p>tick {noise['tick']}</p><pre>{os.urandom(noise['bytes'] // 2).hex()}</pre>"
+
+
 @gw.view("/secret", topics=["a"], compression=RouteCompression(encodings=()))
 async def secret() -> str:
     return "token=s3cr3t; comment=user text here"
@@ -103,7 +120,6 @@ async def gzip_only() -> str:
 # -- drain: accepted commands must run before the process exits ------------------------------------------------
 
 import asyncio  # noqa: E402
-import os  # noqa: E402
 
 
 @gw.command("/record")

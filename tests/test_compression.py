@@ -126,12 +126,17 @@ async def test_window_grows_when_renders_outgrow_it(app_server: Server) -> None:
     assert "renders of /sized reach" in app_server.output()
 
 
-async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("cohorts", [False, True], ids=["own-encoders", "cohorts"])
+async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, certs: tuple[Path, Path],
+                                                             cohorts: bool) -> None:
+    """Without cohorts each stream has its own compressor and the budget downgrades the later ones; with cohorts
+    (the default) the 1,000 streams, all opened on the same version, share one and nobody is downgraded."""
     budget = 64 * 1024 * 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     env = {"GATEWAY_COMPRESSION_MEMORY_BUDGET": str(budget), "GATEWAY_SSE_HEARTBEAT": "55",
-           "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0"}  # every test stream comes from 127.0.0.1
+           "GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0",  # every test stream comes from 127.0.0.1
+           "GATEWAY_COMPRESSION_COHORTS": str(cohorts).lower()}
     srv = start_server(tmp_path, certs, env=env)
     streams: list[RawStream] = []
     try:
@@ -149,8 +154,15 @@ async def test_memory_budget_holds_under_1000_brotli_streams(tmp_path: Path, cer
               f"RSS +{(rss_after - rss_before) / 2**20:.1f} MiB, encodings {counts}, downgrades {downgrades:.0f}")
         assert accounted <= budget
         assert encodings[0] == "br"  # the first connections got the configured encoder
-        assert downgrades > 0
-        assert counts.get("br", 0) < 1000  # the later ones were served by the downgrade path
+        if cohorts:
+            assert counts == {"br": 1000}
+            assert downgrades == 0
+            assert accounted < budget / 50  # one cohort's encoder, not a thousand
+            assert await metric(srv.http, "gateway_compression_cohorts") == 1
+            assert await metric(srv.http, "gateway_compression_cohort_streams") == 1000
+        else:
+            assert downgrades > 0
+            assert counts.get("br", 0) < 1000  # the later ones were served by the downgrade path
         # The estimate is conservative: real growth stays within the budget plus per-socket costs.
         assert rss_after - rss_before < budget + 1000 * 64 * 1024
         # A change reaches every one of them, each decoding its own encoding.

@@ -39,9 +39,11 @@ from typing import Protocol
 
 from gateway.bus.base import Bus, Gap, Notification
 from gateway.core import hub, stamps
+from gateway.core.cohort import Cohort
 from gateway.core.datastar import Rendered, describe, encode_rendered
+from gateway.core.encoders import StreamEncoder
 from gateway.core.errors import Unavailable
-from gateway.core.stream import Frame
+from gateway.core.stream import HEARTBEAT, Frame
 from gateway.core.topics import Namespace, hub_key, parse_key, view_key
 from gateway.core.versions import ZERO, VersionKey, latest, version_key
 from gateway.metrics import Metrics
@@ -76,6 +78,16 @@ Observer = Callable[[int], None]  # told the size of every frame, so windows can
 
 
 @dataclass(eq=False)
+class Members:
+    """A compression cohort of a view (``gateway.core.cohort``) and the streams that write its chunks."""
+
+    cohort: Cohort
+    sinks: set[Sink]
+    release: Callable[[], None]  # gives back the memory its encoder is accounted for, when the last member leaves
+    encode_seconds: Callable[[float], None]  # where the time of its encodes is counted
+
+
+@dataclass(eq=False)
 class ViewChannel:
     """A view's shared state: its current version and (for shared views) the rendered frame."""
 
@@ -90,6 +102,9 @@ class ViewChannel:
     origin: float | None = None  # when the change of ``version`` began (wall clock), if its notification said
     trace: str | None = None  # the traceparent of the publish of ``version``, when traced (gateway.tracing)
     tracing: Tracing = NO_TRACING
+    cohorts: list[Members] = field(default_factory=list)
+    member_of: dict[Sink, Members] = field(default_factory=dict)
+    _beat: asyncio.TimerHandle | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
 
@@ -132,8 +147,9 @@ class Fanout:
 
     def __init__(self, bus: Bus, metrics: Metrics, observe_hub: Observer | None = None,
                  on_flushed: Callable[[], None] | None = None, *, shrink_delay: float = SHRINK_DELAY,
-                 tracing: Tracing = NO_TRACING) -> None:
+                 tracing: Tracing = NO_TRACING, heartbeat: float = 15.0) -> None:
         self._bus = bus
+        self._heartbeat = heartbeat
         self._tracing = tracing
         self._metrics = metrics
         self._observe_hub = observe_hub
@@ -185,6 +201,8 @@ class Fanout:
         for channel in self.views.values():
             if channel._task is not None:
                 channel._task.cancel()
+            if channel._beat is not None:
+                channel._beat.cancel()
 
     # -- subscription management ------------------------------------------------------------------------------
 
@@ -320,12 +338,12 @@ class Fanout:
             now = asyncio.get_running_loop().time()
             for sink in channel.subscribers:
                 sink.feed(frame, now)
-        elif channel.subscribers and (channel._task is None or channel._task.done()):
+        elif (channel.subscribers or channel.cohorts) and (channel._task is None or channel._task.done()):
             channel._task = asyncio.create_task(self._rerender(channel), name=f"gateway-render {channel.path}")
 
     async def _rerender(self, channel: ViewChannel) -> None:
         """Render until the channel is no longer stale: changes during a render are folded into the next one."""
-        while channel.stale and channel.subscribers:
+        while channel.stale and (channel.subscribers or channel.cohorts):
             try:
                 frame = await channel.snapshot(self._metrics)
             except Exception:
@@ -334,12 +352,90 @@ class Fanout:
             for sink in list(channel.subscribers):
                 if not self._offer(sink, frame, conflate=True):
                     sink.feed(frame, now)
+            for members in list(channel.cohorts):
+                cohort = members.cohort
+                last = cohort.frame
+                if isinstance(last, Frame) and frame.key <= last.key:
+                    continue  # the cohort opened on this render (or a newer one): its members have it
+                assert frame.data is not None
+                self._advance(members, frame, frame.data, now)
 
     def attach_view(self, channel: ViewChannel, sink: Sink) -> None:
         channel.subscribers.add(sink)
 
     def detach_view(self, channel: ViewChannel, sink: Sink) -> None:
         channel.subscribers.discard(sink)
+        members = channel.member_of.pop(sink, None)
+        if members is not None:
+            members.sinks.discard(sink)
+            if not members.sinks:
+                channel.cohorts.remove(members)
+                members.release()
+                self._metrics.cohorts.dec()
+            self._metrics.cohort_streams.dec()
+
+    # -- compression cohorts (gateway.core.cohort) --------------------------------------------------------------
+
+    def join_cohort(self, channel: ViewChannel, sink: Sink, frame: Frame, opening: bytes, encoder: StreamEncoder,
+                    settings: object, release: Callable[[], None],
+                    encode_seconds: Callable[[float], None]) -> tuple[Cohort, bool]:
+        """Make ``sink`` (a view stream that has written nothing yet and whose first bytes are ``opening``, the
+        state ``frame``) a member of a cohort of ``channel``: one that opened on the same frame with the same codec
+        settings, or a new one compressing with ``encoder``. True when a new cohort was made: it then owns
+        ``encoder`` and calls ``release`` when its last member leaves (a member joining one calls its own at once).
+        From now on fan-out feeds ``sink`` the cohort's chunks instead of renders."""
+        now = asyncio.get_running_loop().time()
+        channel.subscribers.discard(sink)
+        for members in channel.cohorts:
+            if members.cohort.joinable(encoder.name, settings, frame):
+                release()
+                created = False
+                break
+        else:
+            started = time.perf_counter()
+            members = Members(Cohort(encoder, settings, frame, opening, now), set(), release, encode_seconds)
+            encode_seconds(time.perf_counter() - started)
+            channel.cohorts.append(members)
+            self._metrics.cohorts.inc()
+            created = True
+            if channel._beat is None:
+                channel._beat = asyncio.get_running_loop().call_later(self._heartbeat / 2, self._beat, channel)
+        members.sinks.add(sink)
+        channel.member_of[sink] = members
+        self._metrics.cohort_streams.inc()
+        return members.cohort, created
+
+    def _advance(self, members: Members, frame: Frame, data: bytes, now: float, *, heartbeat: bool = False) -> None:
+        """Encode ``data`` once in the cohort and hand the chunk to every member, in the cohort's order (never
+        conflated: each member must write every chunk)."""
+        cohort = members.cohort
+        started = time.perf_counter()
+        chunk = cohort.append(data, now, heartbeat=heartbeat)
+        members.encode_seconds(time.perf_counter() - started)
+        if not heartbeat:
+            cohort.frame = frame
+        shared = Frame((cohort.position - 1, 0), frame.version, chunk, frame.id, None, frame.origin, frame.trace,
+                       len(data))
+        for sink in list(members.sinks):
+            if not self._offer(sink, shared, conflate=False):
+                sink.feed(shared, now)
+        if heartbeat:
+            self._metrics.heartbeats_sent.inc(len(members.sinks))
+
+    def _beat(self, channel: ViewChannel) -> None:
+        """The cohorts' heartbeats: a cohort that wrote nothing for half a heartbeat interval writes one comment,
+        encoded once for all its members (so every member hears from the server at least once an interval)."""
+        channel._beat = None
+        if not channel.cohorts:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        half = self._heartbeat / 2
+        beat = Frame((0, 0), "", HEARTBEAT)
+        for members in list(channel.cohorts):
+            if now - members.cohort.last_write >= half:
+                self._advance(members, beat, HEARTBEAT, now, heartbeat=True)
+        channel._beat = loop.call_later(half, self._beat, channel)
 
     # -- hub --------------------------------------------------------------------------------------------------
 

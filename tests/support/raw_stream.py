@@ -25,12 +25,13 @@ class RawStream:
         self.parser = SSEParser()
         self.decoder: Decoder | None = None
         self.ended = False
+        self.wire: bytearray | None = None  # the body's content-coded bytes, unchunked, when kept (keep_wire)
         self._pending: list[ParsedEvent] = []
 
     @classmethod
     async def open(cls, port: int, path: str, accept_encoding: str = "identity", *,
                    headers: dict[str, str] | None = None, rcvbuf: int | None = None,
-                   mss: int | None = None, timeout: float = 10) -> RawStream:
+                   mss: int | None = None, timeout: float = 10, keep_wire: bool = False) -> RawStream:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect, so the advertised TCP window is small from the start
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -55,6 +56,8 @@ class RawStream:
                 return stream
         assert stream.headers.get("transfer-encoding") == "chunked"
         stream.decoder = Decoder(stream.headers.get("content-encoding"))
+        if keep_wire:
+            stream.wire = bytearray()
         return stream
 
     async def read_frames(self, count: int, timeout: float = 60) -> list[ParsedEvent]:
@@ -83,6 +86,8 @@ class RawStream:
             self.ended = True
             return False
         assert self.decoder is not None
+        if self.wire is not None:
+            self.wire += chunk[:-2]
         text = self.decoder.decode(chunk[:-2])
         self.decoded += text
         self._pending.extend(self.parser.feed(text))

@@ -47,6 +47,15 @@ class Decoder:
             return b"".join(parts)
         return bytes(self._d.decompress(chunk))
 
+    @property
+    def finished(self) -> bool:
+        """The compressed stream was ended properly (its last block came); identity has no end of its own."""
+        if self.encoding == "br":
+            return bool(self._d.is_finished())
+        if self.encoding in ("gzip", "zstd"):
+            return bool(self._d.eof)
+        return True
+
 
 class SSEReader:
     """Events from an async iterator of raw (still encoded) body chunks."""
