@@ -5,19 +5,25 @@ layers, a send lock and a drain: about 60 µs of CPU per delivered event, whatev
 is out, an HTTP/1.1 body with chunked framing is nothing more than ``<hex length>\\r\\n<bytes>\\r\\n`` pieces, and
 the transport's ``write`` never blocks (it buffers). So when a stream's writer task is parked with nothing queued
 and the socket's buffer is nearly empty, fan-out frames the event and writes it to the transport itself; everything
-else (a busy or slow client, h2, HTTP/3, heartbeats, the goodbye) keeps the task-and-``send`` path, with its write
+else (a busy or slow client, HTTP/3, heartbeats, the goodbye) keeps the task-and-``send`` path, with its write
 deadline. A reverse proxy speaks HTTP/1.1 to its upstreams, so this is the path production traffic takes.
 
-Reaching the transport means walking Hypercorn's objects: ``h1_transport`` lives with the Hypercorn corrections
-(``gateway.web.hypercorn.transport``), which say what it relies on and trust it only on the verified versions. When
-anything differs it answers None and the stream simply stays on the ASGI path.
+HTTP/2 streams share a connection, so their events are not chunks of a socket of their own: there fan-out has h2's
+own connection state frame each ready stream's event as DATA, within the flow-control windows, and writes what h2
+holds for the connection once per round (``h2_writer``; a window too small keeps the task path).
+
+Reaching the transport means walking Hypercorn's objects: ``h1_transport`` and ``h2_writer`` live with the
+Hypercorn corrections (``gateway.web.hypercorn.transport`` and ``gateway.web.hypercorn.h2_direct``), which say
+what they rely on and trust it only on the verified versions. When anything differs they answer None and the
+stream simply stays on the ASGI path.
 """
 
 from __future__ import annotations
 
+from gateway.web.hypercorn.h2_direct import H2Link, H2Writer, h2_writer
 from gateway.web.hypercorn.transport import h1_transport
 
-__all__ = ["HIGH_WATER", "chunk", "h1_transport"]
+__all__ = ["HIGH_WATER", "H2Link", "H2Writer", "chunk", "h1_transport", "h2_writer"]
 
 # Bytes a transport may already hold for the client before fan-out stops writing to it directly and lets the
 # stream's own task (and its write deadline) take over. Small: a healthy client drains its socket between events.

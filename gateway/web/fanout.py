@@ -69,8 +69,16 @@ class Sink(Protocol):
     def direct_ready(self) -> bool:
         """True when a write now would neither block nor overtake anything the stream's task holds."""
 
-    def direct_write(self, frames: list[Frame], now: float) -> None:
-        """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time."""
+    def direct_write(self, frames: list[Frame], now: float) -> Flush | None:
+        """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time. An HTTP/2 stream
+        returns its connection, whose bytes leave in one write when the round is over (``Flush``)."""
+
+
+class Flush(Protocol):
+    """A connection whose streams' direct writes of a round leave together (``gateway.web.hypercorn.h2_direct``)."""
+
+    def flush(self) -> None:
+        """Write what the round's direct writes left with the connection."""
 
 
 Renderer = Callable[[], Awaitable[Rendered]]
@@ -307,19 +315,28 @@ class Fanout:
         return True
 
     def _flush(self) -> None:
-        """Write this round's batches; a stream no longer ready gets its batch in the mailbox instead."""
+        """Write this round's batches; a stream no longer ready gets its batch in the mailbox instead. HTTP/2
+        streams' writes gather in their connection, written once each after the streams (one write per round)."""
         batch, self._batch = self._batch, {}
         loop = asyncio.get_running_loop()
         now = loop.time()
+        connections: dict[Flush, None] = {}
         for sink, frames in batch.items():
             try:
                 if sink.direct_ready():
-                    sink.direct_write(frames, now)  # a stream whose write fails ends itself
+                    connection = sink.direct_write(frames, now)  # a stream whose write fails ends itself
+                    if connection is not None:
+                        connections[connection] = None
                     continue
                 for frame in frames:
                     sink.feed(frame, now)
             except Exception:  # one broken stream must not cost the rest of the round their events
                 log.exception("fan-out could not hand a stream its events")
+        for connection in connections:
+            try:
+                connection.flush()
+            except Exception:  # the connection's own tasks see it closed; the other connections still get theirs
+                log.exception("fan-out could not write a connection's events")
         if self._on_flushed is not None:
             self._on_flushed()
         self._flushed_at = loop.time()

@@ -19,8 +19,9 @@
 
 In parentheses: the packages whose internals each one relies on.
 
-``transport`` is not a correction: it is the one seam through which fan-out writes to an idle HTTP/1.1 socket
-(``gateway.web.direct``), and it trusts Hypercorn's and h11's objects only once ``install`` found them verified.
+``transport`` and ``h2_direct`` are not corrections: they are the seams through which fan-out writes to an idle
+HTTP/1.1 socket and frames DATA for idle HTTP/2 streams (``gateway.web.direct``), and they trust Hypercorn's, h11's
+and h2's objects only once ``install`` found them verified.
 
 Each module reads or replaces private parts of the package it corrects, so the corrections are only known to be
 right on the versions in ``VERIFIED`` (pinned exactly in ``pyproject.toml``). ``install`` refuses any other version
