@@ -1,0 +1,596 @@
+"""The I/O of one SSE response: it moves the bytes a ``gateway.core.stream.SSEStream`` decides on.
+
+Every rule of a stream's life (what to write next, heartbeats, the write deadline, conflation and cut-offs, the
+goodbye, close reasons) is in the sans-IO ``SSEStream``. This module only does what needs the event loop: one task
+per stream (the ASGI request) that sleeps on one ``asyncio.Event`` and writes through ASGI ``send`` under the
+stream's deadline; a watcher task that reads ``receive()``, because Hypercorn reports a disconnect there and not
+by failing ``send``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
+stream, fan-out's direct write (``gateway.web.direct``): into the transport on HTTP/1.1, into the connection's h2
+state on HTTP/2, which fan-out flushes once per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from gateway.commands import validate_path_values
+from gateway.core import hub
+from gateway.core.cohort import SHAREABLE, Seat
+from gateway.core.datastar import encode_rendered
+from gateway.core.errors import BadRequest, GatewayError, Unavailable
+from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox
+from gateway.core.sse import Event, parse_last_event_id, retry_frame
+from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State, Timing, Wait, Write
+from gateway.core.topics import check_topic, hub_key
+from gateway.core.versions import VersionKey, try_version_key
+from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
+from gateway.web.auth import run_hook
+from gateway.web.compression import Lease, RouteState
+from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
+from gateway.web.direct import HIGH_WATER, chunk, h1_transport
+from gateway.web.fanout import ViewChannel, hub_frame
+
+log = logging.getLogger("gateway.streams")
+
+NO_CAP = 1 << 62  # the cap on bytes behind of a stream that has none: no buffer ever reaches it
+
+_HEAD = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
+         (b"x-accel-buffering", b"no"), (b"vary", b"accept-encoding")]
+
+
+class StreamClosed(Exception):
+    """A write could not complete (client gone, deadline passed): the stream's reason says why."""
+
+
+PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_version: the protocol label
+
+
+class Stream:
+    """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
+
+    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_loop", "_socket", "_timer", "_wake", "_watcher",
+                 "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request", "route", "runtime",
+                 "send", "transport")
+
+    def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
+                 client: str, core: SSEStream, policy: str, cap: int | None) -> None:
+        self.runtime = runtime
+        self.kind = kind
+        self.request = request
+        self.send = send
+        self.lease = lease
+        self.route = lease.route.path
+        self.client = client
+        self.core = core
+        self.policy = policy  # what a full mailbox does (disconnect, drop-oldest, conflate): a metric label
+        self.transport: Any = None  # set when fan-out may write to this stream directly
+        self._socket: Any = None  # the HTTP/1.1 transport, when known: its write buffer counts as bytes behind
+        self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
+        self._behind = runtime.metrics.behind(kind)
+        self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Timeout | None = None
+        # This stream's own totals, for its access line (the core's counts are shared by the route's streams).
+        self.bytes_out = 0
+        self.events = 0
+
+    @classmethod
+    def open(cls, runtime: AppContext, kind: str, route: RouteState, scope: Scope, send: Send,
+             mailbox: ConflatingMailbox[Frame] | BoundedMailbox[Frame], grace: float,
+             cap: int | None = None, valid_for: float | None = None) -> Stream:
+        """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder; ``grace`` and
+        ``cap`` are its slow-client limits (``gateway.core.slowclient``); ``valid_for``: the seconds the token it
+        was authorized with stays valid (``Authenticator.valid_for``), None without one that expires."""
+        request = StreamRequest.from_scope(scope)
+        client = runtime.admit(request)
+        try:
+            lease = runtime.compression.open(route, request.headers.get("accept-encoding"), client)
+        except BaseException:
+            runtime.release_client(client)
+            raise
+        sse = runtime.settings.sse
+        now = asyncio.get_running_loop().time()
+        lifetime = now + sse.max_lifetime * random.uniform(0.9, 1.1) if sse.max_lifetime > 0 else None
+        ends = CloseReason.LIFETIME
+        if valid_for is not None and (lifetime is None or now + valid_for < lifetime):
+            # A stream lives no longer than its authorization: the reconnect must bring a token that verifies.
+            lifetime, ends = now + valid_for, CloseReason.TOKEN_EXPIRED
+        timing = Timing(sse.heartbeat, sse.write_timeout, grace, lifetime, ends)
+        counts = runtime.metrics.tally(kind, route.path, lease.encoder.name).counts
+        core = SSEStream(mailbox, lease.encoder, timing, now, counts=counts)
+        policy = mailbox.limits.policy if isinstance(mailbox, BoundedMailbox) else "conflate"
+        return cls(runtime, kind, request, send, lease, client, core, policy, cap)
+
+    @property
+    def last_event_id(self) -> str | None:
+        return parse_last_event_id(self.request.headers.get("last-event-id") or self.request.arg("lastEventId"))
+
+    # -- fan-out's side (never awaits) ---------------------------------------------------------------------------
+
+    def feed(self, frame: Frame, now: float) -> None:
+        size = len(frame.data or b"")
+        result = self.core.feed(frame, size, now)
+        if result is Feed.WAKE:
+            self._wake.set()
+        elif result is Feed.CONFLATED:
+            self.runtime.metrics.conflated.labels(self.route).inc()
+        elif result is Feed.DROPPED_OLDEST:
+            self.runtime.metrics.events_dropped.labels(self.kind).inc()
+        elif result is Feed.CUT:
+            self._cut(self._behind_by(size))
+            return
+        if self._cap is not NO_CAP and result is not Feed.IGNORED:
+            behind = self._behind_by(size)
+            # Never before the start (a stream ended with its head unsent could not start): a later feed decides.
+            if behind > self._cap and self.core.started_at is not None and self.core.end(CloseReason.SLOW_CONSUMER):
+                self._cut(behind)
+
+    def _behind_by(self, size: int) -> int:
+        """The bytes this stream has been handed and not delivered: its mailbox's (a view's holds the frame of
+        ``size`` bytes just put) and its socket buffer's. The kernel's own send queue is not counted: asking for
+        it is a system call."""
+        box, socket = self.core.mailbox, self._socket
+        queued = box.bytes if isinstance(box, BoundedMailbox) else size
+        return queued + socket.get_write_buffer_size() if socket is not None else queued
+
+    def _cut(self, behind: int) -> None:
+        """The stream was just ended as a slow consumer, ``behind`` bytes behind (its peak: observed): count it
+        now (its close may wait for the goodbye) and give up a write stuck on this client now rather than at its
+        deadline."""
+        self._behind.observe(behind)
+        self.runtime.metrics.slow_consumers_cut.labels(self.kind, self.policy).inc()
+        if self._deadline is not None:
+            self._deadline.reschedule(self._loop.time())
+        self._wake.set()
+
+    def direct_ready(self) -> bool:
+        """The task sleeps with nothing queued (nothing can be overtaken, the encoder is free) and the socket
+        holds little (the write cannot pile up memory)."""
+        transport = self.transport
+        return (transport is not None and self.core.state is State.IDLE
+                and transport.get_write_buffer_size() < HIGH_WATER and not transport.is_closing())
+
+    def direct_write(self, frames: list[Frame], now: float) -> None:
+        """Encode ``frames`` with one flush and write them as one chunk, without waking the task."""
+        data = self.core.write_direct(frames, now)
+        if data is None:
+            return
+        transport = self.transport
+        try:
+            transport.write(chunk(data))
+        except Exception:
+            log.exception("direct write failed: the stream is ended and its client resumes")
+            self.transport = None  # its encoder may hold half a write: nothing more goes to it
+            self.core.write_failed(CloseReason.SEND_FAILED)
+            self._wake.set()
+            return
+        self._delivered(frames)
+        self.bytes_out += len(data)
+        self.events += len(frames)
+        behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
+        if not behind:
+            self._behind.zeros += 1  # the common case, counted without a call (metrics.Spread)
+        elif behind > self._cap and self.core.end(CloseReason.SLOW_CONSUMER):
+            self._cut(behind)
+        else:
+            self._behind.observe(behind)
+        return None
+
+    def _h2_write(self, h2: H2Writer, frames: list[Frame], now: float) -> H2Link | None:
+        """The h2 direct write: when the flow-control windows are too small for ``frames`` they go to the mailbox
+        (the task's path, with its write deadline), in order, before anything is encoded."""
+        if not h2.room(sum(len(f.data or b"") for f in frames)):
+            for frame in frames:
+                self.feed(frame, now)
+            return None
+        data = self.core.write_direct(frames, now)
+        if data is None:
+            return None
+        try:
+            link = h2.write(data)
+        except Exception:
+            log.exception("direct h2 write failed: the stream is ended and its client resumes")
+            self._h2 = None  # its encoder may hold half a write: nothing more goes to it
+            self.core.write_failed(CloseReason.SEND_FAILED)
+            self._wake.set()
+            return None
+        self._delivered(frames)
+        self.bytes_out += len(data)
+        self.events += len(frames)
+        self._behind.zeros += 1  # the gateway holds nothing: the bytes are h2's and the socket's (metrics.Spread)
+        return link
+
+    def _delivered(self, frames: list[Frame]) -> None:
+        """Each frame's delivery latency: from when its change began (``Frame.origin``) to now, its bytes handed
+        to the socket (wall clock; a clock stepped back counts as 0)."""
+        now = time.time()
+        observe = self._delivery.observe
+        for frame in frames:
+            if frame.origin is not None:
+                observe(max(0.0, now - frame.origin))
+            if frame.trace is not None:  # a traced version: its first delivery here is a span (gateway.tracing)
+                self.runtime.tracing.delivered(frame.trace, self.kind)
+
+    def end(self, reason: CloseReason) -> None:
+        """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
+        sees the reason and says goodbye."""
+        self.core.end(reason)
+        self._wake.set()
+
+    # -- the task's side -----------------------------------------------------------------------------------------
+
+    async def start(self, receive: Receive, first: bytes, events: int = 0, raw: int = -1) -> None:
+        """Send the headers and the first frames (``events`` of them: the state, or a replay) together, then watch
+        for the client leaving (``raw``: the uncompressed size of a cohort member's ``first``, compressed
+        already)."""
+        headers = list(_HEAD) + self.runtime.guard.cors_headers(self.request.headers)
+        if self.lease.encoder.name != "identity":
+            headers.append((b"content-encoding", self.lease.encoder.name.encode()))
+        encoded = self.core.start(first, self._loop.time())
+        metrics = self.runtime.metrics
+        metrics.streams_opened.labels(self.kind, self.lease.encoder.name).inc()
+        metrics.streams_active.labels(self.kind).inc()
+        self.runtime.stream_opened(self)
+        self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._socket = h1_transport(self.send)  # the head is out: from the first body on, its buffer is measured
+        sse = self.runtime.settings.sse
+        if self._socket is None and sse.direct_writes and sse.h2_direct_writes:
+            self._h2 = h2_writer(self.send, HIGH_WATER)
+        await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        self.bytes_out += len(encoded)
+        self.events += events
+        self.core.written(None, self._loop.time())
+        if self.runtime.settings.sse.direct_writes:
+            self.transport = self._socket
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.core.end(CloseReason.CLIENT_CLOSED)
+                self._wake.set()
+                return
+
+    async def _send(self, message: dict[str, object]) -> None:
+        deadline = self.core.write_deadline
+        if deadline is None:
+            deadline = self._loop.time() + self.core.timing.write_timeout
+        try:
+            async with asyncio.timeout_at(deadline) as cm:
+                self._deadline = cm
+                await self.send(message)
+        except TimeoutError:
+            self.core.write_failed(CloseReason.WRITE_TIMEOUT)
+            raise StreamClosed from None
+        except (OSError, RuntimeError) as exc:  # the transport is gone under us
+            self.core.write_failed(CloseReason.SEND_FAILED)
+            raise StreamClosed from exc
+        finally:
+            self._deadline = None
+
+    async def next_write(self) -> Write | None:
+        """Sleep until there is something to write (a ``Write``), or the stream must end (None).
+
+        One event wakes the task for everything: fan-out, the disconnect watcher, a drain, a cut-off, and the one
+        timer, armed for the next heartbeat or the end of the lifetime. The timer is not moved on every write
+        (``call_at`` and ``cancel`` on each event cost more than the rest of a direct write): when a write has
+        pushed the heartbeat later, the timer fires early, finds nothing due and is armed again, once per
+        heartbeat interval at most."""
+        core, wake = self.core, self._wake
+        while True:
+            step = core.poll(self._loop.time())
+            if isinstance(step, Write):
+                return step
+            if isinstance(step, End):
+                return None
+            assert isinstance(step, Wait)
+            timer = self._timer
+            if timer is None or timer.when() > step.until:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(step.until, self._on_timer)
+            await wake.wait()
+            wake.clear()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def write(self, step: Write, frames: list[Frame]) -> None:
+        """Write one step: its prefix and ``frames`` (rendered), with one encoder flush and one ``send``."""
+        data = step.prefix + b"".join(f.data or b"" for f in frames) if frames else step.prefix
+        if not data:  # a per-request render failed: nothing to send, the next change tries again
+            self.core.written(None, self._loop.time())
+            return
+        events = len(frames) + (1 if step.prefix and not step.heartbeat else 0)
+        if events:  # bytes behind: what it takes from the mailbox, and what its socket still holds
+            socket = self._socket
+            self._behind.observe(len(data) + socket.get_write_buffer_size() if socket is not None else len(data))
+        encoded = self.core.encode(data, events)
+        await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
+        self.bytes_out += len(encoded)
+        self.events += events
+        if frames:
+            self._delivered(frames)
+        self.core.written(frames[-1].key if frames else None, self._loop.time())
+        if step.heartbeat:
+            self.runtime.metrics.heartbeats_sent.inc()
+
+    async def finish(self, cancelled: bool) -> None:
+        """Close the response: a graceful end first tells the client when to come back (jittered, so that
+        reconnects spread out); a stream whose client is gone, or whose write failed, is just released."""
+        if cancelled:
+            self.core.end(CloseReason.CANCELLED)  # nothing more is written
+        elif self.core.live:
+            self.core.end(CloseReason.CLIENT_CLOSED)
+        base = self.runtime.settings.sse.retry
+        goodbye = None if cancelled else self.core.goodbye(int(base + random.uniform(0, base)))
+        if goodbye is not None:
+            with contextlib.suppress(StreamClosed):
+                await self._send({"type": "http.response.body", "body": goodbye, "more_body": False})
+                self.bytes_out += len(goodbye)
+        self.close()
+
+    def close(self) -> None:
+        """Release the stream's resources once; a disconnect and a server-side end can race."""
+        core = self.core
+        if not core.close():
+            return
+        self.runtime.compression.release(self.lease)
+        self.runtime.release_client(self.client)
+        self.transport = self._socket = self._h2 = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if core.started_at is not None:
+            reason = core.reason or CloseReason.CLIENT_CLOSED
+            self.runtime.stream_closed(self)
+            self.runtime.metrics.streams_active.labels(self.kind).dec()
+            self.runtime.metrics.streams_closed.labels(self.kind, reason.value).inc()
+            if self.runtime.settings.server.access_log:
+                self._log_close(reason)
+
+    def _log_close(self, reason: CloseReason) -> None:
+        """The stream's access line, once, when it closes: how long it lived, why it ended, what it carried
+        (bytes on the wire, after compression). Fields in ``extra`` for server.log_format = json."""
+        started = self.core.started_at
+        duration_ms = round((self._loop.time() - started) * 1000, 3) if started is not None else 0.0
+        protocol = PROTOCOLS.get(self.request.http_version, "h1")
+        encoding = self.lease.encoder.name
+        log.info("%s stream %s closed: %s after %.1f ms (%s, %s, %d bytes, %d events)", self.kind, self.route,
+                 reason.value, duration_ms, protocol, encoding, self.bytes_out, self.events,
+                 extra={"kind": self.kind, "route": self.route, "reason": reason.value, "duration_ms": duration_ms,
+                        "protocol": protocol, "encoding": encoding, "bytes_out": self.bytes_out,
+                        "events": self.events})
+
+
+async def _refuse_if_draining(runtime: AppContext, kind: str, send: Send) -> bool:
+    if runtime.draining:
+        runtime.metrics.streams_refused.labels(kind, "draining").inc()
+        await send_error(send, Unavailable("the gateway is shutting down; reconnect elsewhere", 2))
+        return True
+    return False
+
+
+async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive: Receive, send: Send) -> None:
+    """A persistent query: the complete state now, then the latest state after every change."""
+    if await _refuse_if_draining(runtime, "view", send):
+        return
+    channel: ViewChannel = runtime.fanout.views[spec.path]
+    identity = None
+    try:
+        if (hook := runtime.authorizers.get(spec.path)) is not None:  # before anything is admitted or rendered
+            request = StreamRequest.from_scope(scope)
+            identity = runtime.auth.identify(request.headers)
+            await run_hook(hook, identity, request)
+        if spec.path_model is not None:  # 422 naming a bad path value, before the stream opens
+            validate_path_values(spec.path_model, scope.get("path_params", {}))
+        limits = runtime.limits_of_view(spec)
+        stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
+                             ConflatingMailbox(), limits.grace, limits.max_bytes, runtime.auth.valid_for(identity))
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("view", exc.code).inc()
+        await send_error(send, exc)
+        return
+    runtime.fanout.attach_view(channel, stream)
+    cancelled = False
+    try:
+        try:
+            frame = await channel.snapshot(runtime.metrics)
+            if frame.data is None:
+                frame = await _render_for(spec, stream.request, frame, runtime)
+        except Exception:
+            runtime.metrics.streams_refused.labels("view", "render_failed").inc()
+            await send_error(send, GatewayError(f"the view {spec.path} failed to render; see the server log"))
+            return
+        first = retry_frame(runtime.settings.sse.retry)
+        if stream.last_event_id != frame.version:
+            first += frame.data or b""
+            events = 1
+        else:
+            events = 0  # the client already holds this version: nothing until the next change
+        stream.core.last_key = frame.key
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        raw = -1
+        if (events and channel.render is not None and runtime.settings.compression.cohorts
+                and stream.lease.encoder.name in SHAREABLE):
+            first, raw = _join_cohort(runtime, channel, stream, frame, limits.max_bytes)
+        await stream.start(receive, first, events, raw)
+        if events:
+            runtime.metrics.events_sent.labels("view").inc()
+        await _view_loop(runtime, spec, stream)
+    except StreamClosed:
+        pass
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
+    finally:
+        runtime.fanout.detach_view(channel, stream)
+        await stream.finish(cancelled)
+
+
+async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runtime: AppContext) -> Frame:
+    """Render a per-request view (it receives the request) for ``frame.version``."""
+    assert spec.per_request_render is not None
+    try:
+        rendered = await spec.per_request_render(request)
+        data = encode_rendered(rendered, frame.version)
+    except Exception:
+        runtime.metrics.renders.labels(spec.path, "error").inc()
+        log.exception("view %s failed to render for a request", spec.path)
+        raise
+    runtime.metrics.renders.labels(spec.path, "ok").inc()
+    runtime.compression.observe(runtime.compression.route(spec.path), len(data))
+    return Frame(frame.key, frame.version, data)
+
+
+async def _view_loop(runtime: AppContext, spec: ViewSpec, stream: Stream) -> None:
+    depth = runtime.metrics.mailbox_depth.labels("view")
+    while (step := await stream.next_write()) is not None:
+        frames = step.frames
+        if frames:
+            depth.observe(1)
+            if frames[0].data is None:
+                try:
+                    frames = [await _render_for(spec, stream.request, frames[0], runtime)]
+                except Exception:
+                    frames = []  # keep the stream; the next change tries again
+        await stream.write(step, frames)
+
+
+async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /hub/subscribe?topic=a&topic=b``: published events, with replay after Last-Event-ID."""
+    if await _refuse_if_draining(runtime, "hub", send):
+        return
+    try:
+        request = StreamRequest.from_scope(scope)
+        topics = _topics(request, runtime.settings.hub.max_topics)
+        # Before the stream exists, so before any replay: history is authorized exactly like live events.
+        identity = runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("hub", exc.code).inc()
+        await send_error(send, exc)
+        return
+    limits = runtime.limits_of_hub(topics)
+    try:
+        stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send,
+                             BoundedMailbox(limits.mailbox), limits.grace, valid_for=runtime.auth.valid_for(identity))
+    except GatewayError as exc:
+        runtime.metrics.streams_refused.labels("hub", exc.code).inc()
+        await send_error(send, exc)
+        return
+    runtime.fanout.attach_hub(topics, stream)
+    cancelled = False
+    try:
+        first = retry_frame(runtime.settings.sse.retry)
+        replayed = 0
+        last_id = stream.last_event_id
+        if last_id is not None:
+            (replay, replayed), stream.core.last_key = await _replay(runtime, topics, last_id)
+            first += replay
+        else:
+            stream.core.last_key = try_version_key(await runtime.bus.head())
+        await stream.start(receive, first, replayed)
+        if replayed:
+            runtime.metrics.events_sent.labels("hub").inc(replayed)
+        await _hub_loop(runtime, stream)
+    except StreamClosed:
+        pass
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
+    finally:
+        runtime.fanout.detach_hub(topics, stream)
+        await stream.finish(cancelled)
+
+
+def _topics(request: StreamRequest, limit: int) -> tuple[str, ...]:
+    topics = tuple(dict.fromkeys(request.query.get("topic", [])))
+    if not topics:
+        raise BadRequest("name at least one topic: /hub/subscribe?topic=NAME")
+    if len(topics) > limit:
+        raise BadRequest(f"at most {limit} topics per subscription, got {len(topics)}")
+    for topic in topics:
+        try:
+            check_topic(topic)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    return topics
+
+
+async def _replay(
+    runtime: AppContext, topics: tuple[str, ...], last_id: str
+) -> tuple[tuple[bytes, int], VersionKey]:
+    """Frames after ``last_id`` from the history, preceded by a ``gap`` event when some are gone."""
+    keys = [hub_key(t) for t in topics]
+    after_key = try_version_key(last_id)
+    found, gaps = await runtime.bus.history(keys, None)
+    after: str | None = None
+    reason: str | None = None
+    # A publisher-chosen id is found by looking it up; a bus version is used as it is.
+    for item in found:
+        if hub.event_id(item.payload, item.version) == last_id:
+            after = item.version
+            break
+    head_key = try_version_key(await runtime.bus.head())
+    if after is None and after_key is not None and head_key is not None and after_key <= head_key:
+        after = last_id
+        found, gaps = await runtime.bus.history(keys, after)
+        if gaps:
+            reason = "history_evicted"
+    elif after is None:
+        # Not an id of this bus: malformed, or ahead of it (the bus was reset). Everything kept is replayed.
+        reason = "unknown_last_event_id"
+    else:
+        found, gaps = await runtime.bus.history(keys, after)
+    frames: list[bytes] = []
+    if reason is not None:
+        data = orjson.dumps({"reason": reason, "lastEventId": last_id}).decode()
+        frames.append(Event(data=data, event="gap").encode())
+    last_key = try_version_key(after) or (0, 0)
+    for item in found:
+        try:
+            frame = hub_frame(item)
+        except ValueError:
+            runtime.metrics.notifications_skipped.labels("payload").inc()
+            continue
+        frames.append(frame.data or b"")
+        last_key = max(last_key, frame.key)
+    if not found:
+        head = try_version_key(await runtime.bus.head())
+        last_key = max(last_key, head or (0, 0))
+    return (b"".join(frames), len(frames)), last_key
+
+
+async def _hub_loop(runtime: AppContext, stream: Stream) -> None:
+    metrics = runtime.metrics
+    depth, queued = metrics.mailbox_depth.labels("hub"), metrics.mailbox_bytes.labels("hub")
+    while (step := await stream.next_write()) is not None:
+        if step.frames:
+            depth.observe(len(step.frames))
+            queued.observe(sum(len(f.data or b"") for f in step.frames))
+        await stream.write(step, step.frames)  # everything pending in one write: one flush, one send
+    box = stream.core.mailbox
+    if stream.core.reason is CloseReason.SLOW_CONSUMER and isinstance(box, BoundedMailbox):
+        limits = box.limits
+        log.info("hub subscriber %s cut off: %d events, %d bytes queued (%s at %d events or %d bytes, grace %g s)",
+                 stream.client, len(box), box.bytes, limits.policy, limits.max_items, limits.max_bytes,
+                 stream.core.timing.grace)
