@@ -73,7 +73,7 @@ async def test_http1_streams_take_direct_writes_in_every_encoding(tmp_path: Path
 
 
 @pytest.mark.asyncio
-async def test_h2_streams_and_the_off_switch_use_the_task_path(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+async def test_the_off_switches_use_the_task_path(tmp_path: Path, certs: tuple[Path, Path]) -> None:
     srv = start_server(tmp_path, certs, env={"GATEWAY_SSE_DIRECT_WRITES": "false"})
     try:
         h1 = await RawStream.open(srv.http_port, "/hub/subscribe?topic=off", "identity")
@@ -92,8 +92,8 @@ async def test_h2_streams_and_the_off_switch_use_the_task_path(tmp_path: Path, c
         h1.close()
     finally:
         assert srv.stop() == 0
-    # h2c with direct writes on: still the task path (HTTP/2 frames are not chunks of a socket of one's own)
-    srv = start_server(tmp_path, certs)
+    # h2c with direct writes on but sse.h2_direct_writes off: the task path (gateway.web.hypercorn.h2_direct)
+    srv = start_server(tmp_path, certs, env={"GATEWAY_SSE_H2_DIRECT_WRITES": "false"})
     try:
         async with httpx.AsyncClient(http1=False, http2=True, timeout=10) as client, client.stream(
             "GET", f"{srv.http}/hub/subscribe?topic=h2", headers={"Accept-Encoding": "identity"}

@@ -35,7 +35,7 @@ from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_erro
 from gateway.web.auth import run_hook
 from gateway.web.compression import Lease, RouteState
 from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
-from gateway.web.direct import HIGH_WATER, chunk, h1_transport
+from gateway.web.direct import HIGH_WATER, H2Link, H2Writer, chunk, h1_transport, h2_writer
 from gateway.web.fanout import ViewChannel, hub_frame
 
 log = logging.getLogger("gateway.streams")
@@ -56,9 +56,9 @@ PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_versio
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_loop", "_socket", "_timer", "_wake", "_watcher",
-                 "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request", "route", "runtime",
-                 "send", "transport")
+    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_loop", "_socket", "_timer", "_wake",
+                 "_watcher", "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request", "route",
+                 "runtime", "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
                  client: str, core: SSEStream, policy: str, cap: int | None) -> None:
@@ -73,6 +73,7 @@ class Stream:
         self.policy = policy  # what a full mailbox does (disconnect, drop-oldest, conflate): a metric label
         self.transport: Any = None  # set when fan-out may write to this stream directly
         self._socket: Any = None  # the HTTP/1.1 transport, when known: its write buffer counts as bytes behind
+        self._h2: H2Writer | None = None  # set when fan-out may frame this h2 stream's events itself
         self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
         self._behind = runtime.metrics.behind(kind)
         self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
@@ -156,16 +157,23 @@ class Stream:
 
     def direct_ready(self) -> bool:
         """The task sleeps with nothing queued (nothing can be overtaken, the encoder is free) and the socket
-        holds little (the write cannot pile up memory)."""
+        holds little (the write cannot pile up memory); on h2, see ``H2Writer.ready``."""
         transport = self.transport
-        return (transport is not None and self.core.state is State.IDLE
+        if transport is None:
+            h2 = self._h2
+            return h2 is not None and self.core.state is State.IDLE and h2.ready()
+        return (self.core.state is State.IDLE
                 and transport.get_write_buffer_size() < HIGH_WATER and not transport.is_closing())
 
-    def direct_write(self, frames: list[Frame], now: float) -> None:
-        """Encode ``frames`` with one flush and write them as one chunk, without waking the task."""
+    def direct_write(self, frames: list[Frame], now: float) -> H2Link | None:
+        """Encode ``frames`` with one flush and write them as one chunk, without waking the task. On h2 the
+        chunk is framed into the connection's h2 state and the link returned, for fan-out to flush once per
+        round."""
+        if self._h2 is not None:
+            return self._h2_write(self._h2, frames, now)
         data = self.core.write_direct(frames, now)
         if data is None:
-            return
+            return None
         transport = self.transport
         try:
             transport.write(chunk(data))
@@ -174,7 +182,7 @@ class Stream:
             self.transport = None  # its encoder may hold half a write: nothing more goes to it
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake.set()
-            return
+            return None
         self._delivered(frames)
         self.bytes_out += len(data)
         self.events += len(frames)
