@@ -26,7 +26,7 @@ from gateway.core import hub
 from gateway.core.cohort import SHAREABLE, Seat
 from gateway.core.datastar import encode_rendered
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
-from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox
+from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
 from gateway.core.sse import Event, parse_last_event_id, retry_frame
 from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State, Timing, Wait, Write
 from gateway.core.topics import check_topic, hub_key
@@ -245,7 +245,7 @@ class Stream:
         headers = list(_HEAD) + self.runtime.guard.cors_headers(self.request.headers)
         if self.lease.encoder.name != "identity":
             headers.append((b"content-encoding", self.lease.encoder.name.encode()))
-        encoded = self.core.start(first, self._loop.time())
+        encoded = self.core.start(first, self._loop.time(), raw)
         metrics = self.runtime.metrics
         metrics.streams_opened.labels(self.kind, self.lease.encoder.name).inc()
         metrics.streams_active.labels(self.kind).inc()
@@ -326,7 +326,7 @@ class Stream:
         if events:  # bytes behind: what it takes from the mailbox, and what its socket still holds
             socket = self._socket
             self._behind.observe(len(data) + socket.get_write_buffer_size() if socket is not None else len(data))
-        encoded = self.core.encode(data, events)
+        encoded = self.core.encode(data, events, frames)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         self.bytes_out += len(encoded)
         self.events += events
@@ -453,6 +453,31 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
     finally:
         runtime.fanout.detach_view(channel, stream)
         await stream.finish(cancelled)
+
+
+def _join_cohort(runtime: AppContext, channel: ViewChannel, stream: Stream, frame: Frame,
+                 cap: int | None) -> tuple[bytes, int]:
+    """Make ``stream`` a member of a compression cohort of its view (``gateway.core.cohort``): the cohort's
+    opening replaces its first bytes, and its own encoder is either the new cohort's or given back at once. Returns
+    the (compressed) first bytes and their uncompressed size. No await: nothing can be rendered in between."""
+    current = channel.current
+    if current is not None and current.data is not None and current.key >= frame.key:
+        frame = current  # a newer render went out while this stream waited for its snapshot: open on it
+    assert frame.data is not None
+    opening = retry_frame(runtime.settings.sse.retry) + frame.data
+    lease, engine, counts = stream.lease, runtime.compression, stream.core.counts
+
+    def encode_seconds(seconds: float) -> None:
+        counts.encode_seconds += seconds
+
+    seat = Seat(lease.encoder.name)
+    cohort, _ = runtime.fanout.join_cohort(channel, stream, frame, opening, lease.encoder, lease.decision.settings,
+                                           lambda: engine.release(lease), encode_seconds)
+    stream.lease = replace(lease, encoder=seat, released=True)  # the cohort accounts for its encoder now
+    limit = Limits(max_items=10_000, max_bytes=cap or 4 * 1024 * 1024)
+    stream.core.join(seat, BoundedMailbox(limit), (cohort.position - 1, 0))
+    stream.policy = limit.policy
+    return cohort.opened(), len(opening)
 
 
 async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runtime: AppContext) -> Frame:
