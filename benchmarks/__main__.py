@@ -39,7 +39,7 @@ def _plan(quick: bool) -> dict[str, Any]:
         return {"burst_n": (100, 300), "burst_publishes": 200, "broadcast_n": 1000, "broadcast_publishes": 5,
                 "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4}
     return {"burst_n": (100, 1000), "burst_publishes": 1000, "broadcast_n": 10_000, "broadcast_publishes": 20,
-            "idle_br_n": 500, "view_n": 100, "view_commands": 200, "profile_seconds": 8}
+            "idle_br_n": 500, "view_n": 1000, "view_commands": 200, "profile_seconds": 8}
 
 
 def _versions() -> dict[str, str]:
@@ -140,12 +140,19 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                     entry["bytes"] = await _guard("bytes", sc.bytes_per_event(target))
             if is_gateway and "view" in wanted:
                 entry["view"] = {}
-                for encoding in ("identity", "br"):
-                    with _started(peer, work) as target:
-                        _log(f"gateway: view re-render, {encoding}")
-                        entry["view"][encoding] = await _guard("view", sc.view_rerender(
+                # br: compression cohorts (the default); br_own: every stream compressing for itself, the baseline
+                for key, encoding, env in (("identity", "identity", None), ("br", "br", None),
+                                           ("br_own", "br", {"GATEWAY_COMPRESSION_COHORTS": "false"})):
+                    with _started(peer, work, env) as target:
+                        _log(f"gateway: view re-render, {key}")
+                        entry["view"][key] = await _guard("view", sc.view_rerender(
                             target, plan["view_n"], plan["view_commands"], encoding=encoding))
-                        _log(f"  -> {entry['view'][encoding]}")
+                        _log(f"  -> {entry['view'][key]}")
+                    with _started(peer, work, env) as target:
+                        _log(f"gateway: idle view streams, {key}")
+                        entry["view"][key]["idle"] = await _guard("idle", sc.idle_view_memory(
+                            target, plan["view_n"], encoding=encoding))
+                        _log(f"  -> {entry['view'][key]['idle']}")
             if is_gateway and "profile" in wanted:
                 for encoding, key in (("identity", "profile"), ("br", "profile_br")):
                     _log(f"gateway: py-spy during a burst, {encoding}")
