@@ -132,11 +132,11 @@ def _latency(recorder: LatencyRecorder) -> dict[str, Any]:
 
 
 async def burst(target: Target, subscribers: int, publishes: int, *, concurrency: int = 8,
-                encoding: str = "identity", timeout: float = 180.0) -> dict[str, Any]:
+                encoding: str = "identity", protocol: str = "h1", timeout: float = 180.0) -> dict[str, Any]:
     """``publishes`` events as fast as the server accepts them (``concurrency`` keep-alive publishers, each sending
     its next event when the previous was answered) to ``subscribers`` streams: delivered events/s and server CPU
-    per delivered event."""
-    fleet = await _open(target, subscribers, encoding=encoding)
+    per delivered event. ``protocol`` h2 carries 100 streams on each connection."""
+    fleet = await _open(target, subscribers, encoding=encoding, protocol=protocol)
     publishers = await _publishers(target, concurrency)
     try:
         await _warm_up(target, fleet, publishers[0])
@@ -159,6 +159,7 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
         delivered = recorder.delivered
         return {
             "subscribers": subscribers, "publishes": publishes, "publishers": concurrency, "encoding": encoding,
+            "protocol": protocol,
             "content_encoding": fleet.streams[0].headers.get("content-encoding", "identity"),
             "complete": complete, "delivered": delivered, "expected": recorder.expected,
             "out_of_order": recorder.out_of_order,
@@ -234,31 +235,6 @@ async def idle_memory(target: Target, subscribers: int, *, encoding: str) -> dic
                 "rss_per_stream_kib": round((rss - rss_before) / subscribers / 1024, 1)}
     finally:
         await fleet.close(timeout=30)
-
-
-async def idle_view_memory(target: Target, subscribers: int, *, encoding: str, todos: int = 50) -> dict[str, Any]:
-    """RSS per idle stream of the demo's todo view (``todos`` items, ~15 KB per render) after two changes: what a
-    view stream costs when it holds its own compressor, or shares its cohort's."""
-    publisher = (await _publishers(target, 1))[0]
-    try:
-        for i in range(todos):
-            await publisher.post("/todos/add", orjson.dumps({"text": f"Task number {i} of the bench"}))
-        rss_before = rss_bytes(target.pids)
-        counter = RenderCounter()
-        fleet = await _open(target, subscribers, encoding=encoding, path="/todos/updates", sink=counter)
-        try:
-            for todo in (1, 2):  # compressors allocate on first use: every stream encodes two changes
-                await publisher.post("/todos/toggle", orjson.dumps({"id": todo}))
-            converged = await _converged(fleet, counter)
-            await asyncio.sleep(2.0)  # allocator settling before a memory reading
-            rss = rss_bytes(target.pids)
-            return {"subscribers": subscribers, "encoding": encoding, "converged": converged,
-                    "content_encoding": fleet.streams[0].headers.get("content-encoding", "identity"),
-                    "rss_per_stream_kib": round((rss - rss_before) / subscribers / 1024, 1)}
-        finally:
-            await fleet.close(timeout=30)
-    finally:
-        publisher.close()
 
 
 # -- bytes per event by encoding (the gateway only) ---------------------------------------------------------------
