@@ -148,16 +148,21 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
     if _get(g, "view", "identity") and "error" not in g["view"]["identity"]:
         add("## The view re-render stream (the demo's todo list under commands)\n")
         add("Fifty todos (~16 KB per render); toggles every 20 ms; every subscriber re-receives the whole list. "
-            "Renders are done once per version and shared; only compression is per connection.\n")
+            "Renders are done once per version and shared. With compression cohorts (the default) the streams "
+            "opened on one version share one Brotli encoder, so a render is compressed once per cohort; "
+            "`br, own encoders` is the same run with `compression.cohorts = false`, one compression per stream. "
+            "Idle KiB/stream: RSS per stream of the same view, held idle after two changes.\n")
         add("| encoding | streams | renders delivered | first render B | bytes per render on the wire | "
-            "CPU/render µs | converged |\n|---|---|---|---|---|---|---|")
-        for enc in ("identity", "br"):
+            "CPU/render µs | idle KiB/stream | converged |\n|---|---|---|---|---|---|---|---|")
+        for enc, label in (("identity", "identity"), ("br", "br, cohorts"), ("br_own", "br, own encoders")):
             row = g["view"].get(enc)
             if not row or "error" in row:
                 continue
-            add(f"| {row['content_encoding']} | {row['subscribers']} | {row['renders_delivered']:,} | "
+            idle = row.get("idle", {}).get("rss_per_stream_kib")
+            add(f"| {label} | {row['subscribers']:,} | {row['renders_delivered']:,} | "
                 f"{_num(row['first_render_bytes'])} | **{_num(row['wire_bytes_per_render'])}** | "
-                f"{_num(row['server_cpu_us_per_render'])} | {row['converged']} |")
+                f"{_num(row['server_cpu_us_per_render'])} | {_num(idle) if idle is not None else '-'} | "
+                f"{row['converged']} |")
         add("")
 
     add("## Targets\n")
@@ -305,6 +310,16 @@ def _targets(r: dict[str, Any]) -> str:
         lines.append(f"| Brotli ≥ 100× fewer bytes than identity on the todo view | {vi['wire_bytes_per_render']:,.0f}"
                      f" vs {vb['wire_bytes_per_render']:,.1f} B per render = {ratio:.0f}× | "
                      f"{'met' if ratio >= 100 else 'not met'} |")
+        ci, cb = vi.get("server_cpu_us_per_render"), vb.get("server_cpu_us_per_render")
+        if ci and cb:
+            lines.append(f"| todo view, {vb['subscribers']:,} subscribers: br CPU per delivered render ≤ 2× "
+                         f"identity's | {cb:,.1f} vs {ci:,.1f} µs = {cb / ci:.2f}× | "
+                         f"{'met' if cb <= 2 * ci else 'not met'} |")
+        kib = (vb.get("idle") or {}).get("rss_per_stream_kib")
+        if kib is not None:
+            lines.append(f"| ≤ 100 KB per Brotli view connection at ≥ 200× fewer bytes than identity | {kib:,.1f} KiB "
+                         f"per stream, {ratio:.0f}× fewer bytes | "
+                         f"{'met' if kib * 1024 <= 100_000 and ratio >= 200 else 'not met'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -237,6 +237,31 @@ async def idle_memory(target: Target, subscribers: int, *, encoding: str) -> dic
         await fleet.close(timeout=30)
 
 
+async def idle_view_memory(target: Target, subscribers: int, *, encoding: str, todos: int = 50) -> dict[str, Any]:
+    """RSS per idle stream of the demo's todo view (``todos`` items, ~15 KB per render) after two changes: what a
+    view stream costs when it holds its own compressor, or shares its cohort's."""
+    publisher = (await _publishers(target, 1))[0]
+    try:
+        for i in range(todos):
+            await publisher.post("/todos/add", orjson.dumps({"text": f"Task number {i} of the bench"}))
+        rss_before = rss_bytes(target.pids)
+        counter = RenderCounter()
+        fleet = await _open(target, subscribers, encoding=encoding, path="/todos/updates", sink=counter)
+        try:
+            for todo in (1, 2):  # compressors allocate on first use: every stream encodes two changes
+                await publisher.post("/todos/toggle", orjson.dumps({"id": todo}))
+            converged = await _converged(fleet, counter)
+            await asyncio.sleep(2.0)  # allocator settling before a memory reading
+            rss = rss_bytes(target.pids)
+            return {"subscribers": subscribers, "encoding": encoding, "converged": converged,
+                    "content_encoding": fleet.streams[0].headers.get("content-encoding", "identity"),
+                    "rss_per_stream_kib": round((rss - rss_before) / subscribers / 1024, 1)}
+        finally:
+            await fleet.close(timeout=30)
+    finally:
+        publisher.close()
+
+
 # -- bytes per event by encoding (the gateway only) ---------------------------------------------------------------
 
 
