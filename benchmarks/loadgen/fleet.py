@@ -15,16 +15,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from benchmarks.loadgen.h1 import H1Stream, open_h1_stream
 from benchmarks.loadgen.h2 import H2Client, open_h2_connection
+from benchmarks.loadgen.h3 import H3Client, client_quic_configuration, open_h3_connection
 from benchmarks.loadgen.latency import LatencyRecorder
 from benchmarks.loadgen.stream import Sink, StreamState
 
+if TYPE_CHECKING:
+    from aioquic.quic.configuration import QuicConfiguration
+
 __all__ = ["Fleet", "FleetReport", "LatencyRecorder", "cpu_seconds", "pin_to_cpu", "raise_fd_limit", "run"]
 
-Protocol = Literal["h1", "h2"]
+Protocol = Literal["h1", "h2", "h3"]
+PROTOCOLS: tuple[Protocol, ...] = ("h1", "h2", "h3")
 T = TypeVar("T")
 
 
@@ -85,8 +90,11 @@ class FleetReport:
 
 
 class Fleet:
-    """N SSE streams against one server, over HTTP/1.1 (a connection each) or HTTP/2 (``streams_per_connection``
-    on each connection, capped by the server's MAX_CONCURRENT_STREAMS).
+    """N SSE streams against one server, over HTTP/1.1 (a connection each), HTTP/2 or HTTP/3
+    (``streams_per_connection`` on each connection, capped by the server's MAX_CONCURRENT_STREAMS or MAX_STREAMS).
+
+    HTTP/3 goes to ``port`` over UDP with ``quic`` (``client_quic_configuration()``, verifying against the system's
+    CAs, when not given); ``ssl`` is for h1 and h2 over TLS.
 
     ``path`` may be a function of the stream's index, for per-stream topics. ``sink`` receives the events of every
     stream; by default a ``LatencyRecorder`` (``fleet.recorder`` when it is one).
@@ -103,6 +111,7 @@ class Fleet:
         streams_per_connection: int = 100,
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        quic: QuicConfiguration | None = None,
         headers: Iterable[tuple[str, str]] = (),
         last_event_id: str | None = None,
         sink: Sink | None = None,
@@ -110,8 +119,8 @@ class Fleet:
         concurrency: int = 64,
         connect_timeout: float = 10.0,
     ) -> None:
-        if protocol not in ("h1", "h2"):
-            raise ValueError(f"protocol must be 'h1' or 'h2', not {protocol!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
         self.host, self.port = host, port
         self._path = path
         self.protocol: Protocol = protocol
@@ -119,6 +128,8 @@ class Fleet:
         self.streams_per_connection = max(1, streams_per_connection)
         self.ssl = ssl
         self.server_hostname = server_hostname
+        self.quic = quic if quic is not None or protocol != "h3" else client_quic_configuration(
+            server_name=server_hostname)
         self.headers = list(headers)
         self.last_event_id = last_event_id
         self.sink: Sink = sink if sink is not None else LatencyRecorder()
@@ -126,7 +137,7 @@ class Fleet:
         self.concurrency = max(1, concurrency)
         self.connect_timeout = connect_timeout
         self.streams: list[StreamState] = []
-        self.connections: list[H1Stream | H2Client] = []
+        self.connections: list[H1Stream | H2Client | H3Client] = []
         self.report = FleetReport()
 
     @property
@@ -152,7 +163,7 @@ class Fleet:
                 if self.protocol == "h1":
                     await self._open_h1(group[0])
                 else:
-                    await self._open_h2(group)
+                    await self._open_multiplexed(group)
 
         async with asyncio.TaskGroup() as tasks:
             for _ in range(min(self.concurrency, max(1, -(-count // size)))):
@@ -188,15 +199,20 @@ class Fleet:
         if connection is not None and state.error is not None and state.status in (0, 200):
             connection.close()  # no answer in time, or a 200 we cannot decode (a refusal ends by itself)
 
-    async def _open_h2(self, group: list[StreamState]) -> None:
+    async def _connect(self) -> H2Client | H3Client:
+        if self.protocol == "h3":
+            return await open_h3_connection(self.host, self.port, configuration=self.quic)
+        return await open_h2_connection(self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname)
+
+    async def _open_multiplexed(self, group: list[StreamState]) -> None:
+        """HTTP/2 or HTTP/3: one connection for the group, or more when the server allows fewer streams on one."""
         pending = group
-        while pending:  # more connections when the server allows fewer streams on one than asked for
-            client: H2Client | None = None
+        while pending:
+            client: H2Client | H3Client | None = None
             opening: dict[int, StreamState] = {}
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    client = await open_h2_connection(self.host, self.port, ssl=self.ssl,
-                                                      server_hostname=self.server_hostname)
+                    client = await self._connect()
                     self.connections.append(client)
                     take = min(len(pending), client.capacity)
                     if not take:
