@@ -3,13 +3,15 @@
 The parser, the decoders and the chunked-body parser are fed byte streams whole, split in two at every byte and
 one byte at a time, since a network read can end anywhere. The parser is also checked against the gateway's own
 parser on random streams (the two were written independently, so agreement means something). Then the whole
-generator runs against a real gateway: h1, h2c and h2 over TLS, Brotli and identity, every event accounted for.
+generator runs against a real gateway: h1, h2c, h2 over TLS and HTTP/3, Brotli and identity, every event accounted
+for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import uuid
 import zlib
 from collections.abc import Callable
@@ -17,8 +19,11 @@ from typing import Any
 
 import brotli
 import orjson
+import pylsqpack
 import pytest
 import zstandard
+from aioquic.h3.connection import FrameType, encode_frame
+from aioquic.quic.events import StreamDataReceived
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from hypothesis import given, settings
@@ -29,6 +34,7 @@ from benchmarks.loadgen.decoders import DECODERS, make_decoder
 from benchmarks.loadgen.fleet import Fleet, LatencyRecorder, cpu_seconds, pin_to_cpu, raise_fd_limit, run
 from benchmarks.loadgen.h1 import ChunkedParser, H1Stream, build_request
 from benchmarks.loadgen.h2 import DEFAULT_STREAM_WINDOW, H2Client, client_ssl_context
+from benchmarks.loadgen.h3 import H3Client, client_quic_configuration, open_h3_connection
 from benchmarks.loadgen.latency import StreamStats, stamp
 from benchmarks.loadgen.publisher import Publisher
 from benchmarks.loadgen.sse import SSEEvent, SSEParser
@@ -490,6 +496,85 @@ async def test_h2_client_goaway_and_protocol_errors(fast: bool) -> None:
     assert client.lost.done()
 
 
+def _h3_client(fast_data: bool) -> tuple[H3Client, StreamState, int, list[SSEEvent]]:
+    """A client with one request sent (no socket: the server's bytes are handed in as QUIC events)."""
+    client = H3Client("h", client_quic_configuration(verify=False), fast_data=fast_data)
+    got: list[SSEEvent] = []
+    state = StreamState(0, lambda stream, events, t_ns: got.extend(events))
+    stream_id = client.quic.get_next_available_stream_id()
+    client.http.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"h"),
+                                         (b":path", b"/")], end_stream=True)
+    client.streams[stream_id] = state
+    return client, state, stream_id, got
+
+
+def _h3_answer(stream_id: int) -> tuple[bytes, int]:
+    """A response on one request stream: head, events in DATA frames (one split over two), an unknown frame type
+    (which aioquic.h3 must skip), and more DATA; plus where the head ends."""
+    head = encode_frame(FrameType.HEADERS, pylsqpack.Encoder().encode(
+        stream_id, [(b":status", b"200"), (b"content-type", b"text/event-stream")])[1])
+    body = b"".join(encode_frame(FrameType.DATA, event) for event in EVENTS[:3])
+    body += encode_frame(FrameType.DATA, EVENTS[3] + EVENTS[4][:5]) + encode_frame(FrameType.DATA, EVENTS[4][5:])
+    body += encode_frame(0x21, b"grease") + encode_frame(FrameType.DATA, b"data: last\n\n" * 40)
+    return head + body, len(head)
+
+
+@pytest.mark.unit
+@pytest.mark.asyncio
+async def test_h3_client_fast_path_matches_aioquic_h3() -> None:
+    """DATA frames read outside aioquic.h3 give exactly what aioquic.h3 gives, however QUIC cuts the stream; an
+    unknown frame goes back to aioquic.h3, and the stream comes back to the fast path after it."""
+    _, _, stream_id, _ = _h3_client(True)
+    answer, head_end = _h3_answer(stream_id)
+    expected = _feed([*EVENTS, b"data: last\n\n" * 40])[0]
+    for fast in (True, False):
+        for cut, second in itertools.product(range(0, len(answer) + 1, 3), (None, head_end + 7)):
+            client, state, stream_id, got = _h3_client(fast)
+            cuts = sorted({0, cut, len(answer), *((second,) if second else ())})
+            for a, b in itertools.pairwise(cuts):
+                client.quic._events.append(StreamDataReceived(data=answer[a:b], end_stream=b == len(answer),
+                                                              stream_id=stream_id))
+                client._process(0)
+                if fast and a >= head_end and b < len(answer):
+                    assert stream_id in client._fast or stream_id in client._headed
+            assert got == expected, (fast, cut, second)
+            assert (state.status, state.closed.done() and state.closed.result(), state.error) == (200, "end", None)
+            assert client.error is None
+            assert not client.streams
+            assert not client._fast
+
+
+@pytest.mark.unit
+@pytest.mark.asyncio
+async def test_h3_client_truncated_frame_is_a_stream_error() -> None:
+    client, state, stream_id, got = _h3_client(True)
+    answer, head_end = _h3_answer(stream_id)
+    client.quic._events.append(StreamDataReceived(data=answer[:head_end], end_stream=False, stream_id=stream_id))
+    client._process(0)
+    assert stream_id in client._fast
+    client.quic._events.append(StreamDataReceived(data=answer[head_end:head_end + 9], end_stream=True,
+                                                  stream_id=stream_id))
+    client._process(0)
+    assert state.closed.result() == "error"
+    assert state.error == "HTTP/3 frame truncated by the end of the stream"
+    assert got == []
+
+
+@pytest.mark.unit
+@pytest.mark.asyncio
+async def test_h3_receive_queue_keeps_a_burst_of_datagrams() -> None:
+    """Hypercorn's UDP listener dropped every datagram past ten waiting (see ``h3_receive_queue``)."""
+    from hypercorn.asyncio.udp_server import UDPServer
+
+    from gateway.web import hypercorn as corrections
+
+    corrections.install(accept_unverified=False)
+    server = UDPServer(None, asyncio.get_running_loop(), None, None, {})  # type: ignore[arg-type]
+    for i in range(500):
+        server.datagram_received(b"x" * 1200, ("127.0.0.1", 40000 + i))  # type: ignore[arg-type]
+    assert server.protocol_queue.qsize() == 500
+
+
 # --- the latency recorder ------------------------------------------------------------------------------------
 
 
@@ -670,6 +755,88 @@ def test_fleet_on_uvloop(server: Server) -> None:
 
 @pytest.mark.live
 @pytest.mark.asyncio
+async def test_fleet_h3_against_the_gateway(server: Server) -> None:
+    """HTTP/3: several streams on each QUIC connection (through the gateway's Retry), Brotli and identity, every
+    event in order; the DATA fast path carries them; a refusal is counted by its status; closing ends it all."""
+    topic = f"loadgen-h3-{uuid.uuid4().hex}"
+    recorder = LatencyRecorder()
+    quic = client_quic_configuration(cafile=str(server.certfile))
+    fleets = [Fleet("127.0.0.1", server.tls_port, f"/hub/subscribe?topic={topic}", protocol="h3", quic=quic,
+                    accept_encoding=encoding, streams_per_connection=4, sink=recorder, connect_timeout=5)
+              for encoding in ("br", "identity")]
+    refused = Fleet("127.0.0.1", server.tls_port, "/hub/subscribe", protocol="h3", quic=quic, connect_timeout=5)
+    publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+    try:
+        async with asyncio.timeout(20):
+            for fleet in fleets:
+                report = await fleet.open(6)
+                assert (report.opened, report.failed) == (6, 0), report
+            report = await refused.open(2)
+            await asyncio.gather(*(s.closed for s in refused.streams))  # (the body may come after the head)
+            assert (report.opened, dict(report.statuses)) == (0, {400: 2}), report
+            recorder.expect(4 * 12)
+            await _publish(publisher, topic, 4)
+            assert await recorder.wait_all(10), recorder.percentiles()
+        for fleet in fleets:
+            assert [len(c.streams) for c in fleet.connections] == [4, 2]  # type: ignore[union-attr]
+            assert all(len(c._fast) == len(c.streams) for c in fleet.connections)  # type: ignore[union-attr]
+            for stream in fleet.streams:
+                assert recorder.stream_stats(stream) == StreamStats(4, 3, 0)
+                assert stream.headers.get("content-encoding", "identity") == fleet.accept_encoding
+                assert stream.ok
+        assert fleets[0].streams[0].wire_bytes < fleets[0].streams[0].decoded_bytes
+        assert recorder.out_of_order == recorder.unparsed == 0
+    finally:
+        publisher.close()
+        for fleet in (*fleets, refused):
+            await fleet.close()
+    for fleet in fleets:
+        assert {s.closed.result() for s in fleet.streams} == {"closed"}
+        assert all(connection.lost.done() for connection in fleet.connections)
+
+
+@pytest.mark.live
+@pytest.mark.asyncio
+async def test_h3_client_without_fast_path_and_connect_errors(server: Server) -> None:
+    """``fast_data=False`` reads the same events through aioquic.h3; a port where nothing listens over UDP is an
+    error, never a hang; a connection that fails the handshake says why."""
+    topic = f"loadgen-h3-slow-{uuid.uuid4().hex}"
+    publisher = Publisher("127.0.0.1", server.http_port, timeout=5)
+    recorder = LatencyRecorder()
+    async with asyncio.timeout(20):
+        client = await open_h3_connection("127.0.0.1", server.tls_port, fast_data=False,
+                                          configuration=client_quic_configuration(verify=False))
+        try:
+            states = [StreamState(i, recorder) for i in range(3)]
+            for state in states:
+                client.open_stream(state, f"/hub/subscribe?topic={topic}")
+            await asyncio.gather(*(s.opened for s in states))
+            recorder.expect(3 * 3)
+            await _publish(publisher, topic, 3)
+            assert await recorder.wait_all(10)
+            assert not client._fast
+            assert [recorder.stream_stats(s) for s in states] == [StreamStats(3, 2, 0)] * 3
+        finally:
+            publisher.close()
+            client.close()
+        await asyncio.wait_for(client.lost, 5)
+        with pytest.raises(ConnectionError, match=r"(?i)certificate|verify"):
+            await open_h3_connection("127.0.0.1", server.tls_port)  # (the system's CAs do not know ours)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # a UDP port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    fleet = Fleet("127.0.0.1", port, "/", protocol="h3", quic=client_quic_configuration(verify=False),
+                  connect_timeout=3)
+    async with asyncio.timeout(10):
+        report = await fleet.open(2)
+        await fleet.close()
+    assert report.opened == 0
+    assert sum(report.errors.values()) == 2, report.errors
+
+
+@pytest.mark.live
+@pytest.mark.asyncio
 async def test_fleet_records_refusals(server: Server) -> None:
     """A 400 (no topic) is counted by status for both protocols, never raised."""
     for protocol in ("h1", "h2"):
@@ -687,8 +854,6 @@ async def test_fleet_records_refusals(server: Server) -> None:
 @pytest.mark.unit
 @pytest.mark.asyncio
 async def test_fleet_connect_errors_are_counted() -> None:
-    import socket
-
     with socket.socket() as sock:  # a port with nothing listening on it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -15,7 +15,8 @@
 - ``tcp_eof_close``: a connection closed by its client keeps its socket until the keep-alive timeout (hypercorn);
 - ``accept_backoff``: out of descriptors, asyncio's accept loop spins and logs without bound (Python 3.11's asyncio);
 - ``quic_retry``: HTTP/3 answers every Initial without a Retry and with no connection cap (hypercorn, aioquic); it
-  wraps ``QuicProtocol._handle_events`` as ``h3_backpressure`` does, each independently of the other.
+  wraps ``QuicProtocol._handle_events`` as ``h3_backpressure`` does, each independently of the other;
+- ``h3_receive_queue``: HTTP/3 drops every datagram past ten waiting to be handled (hypercorn).
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -49,6 +50,7 @@ from gateway.web.hypercorn import (
     h2_rapid_reset,
     h3_backpressure,
     h3_disconnects,
+    h3_receive_queue,
     header_deadline,
     quic_retry,
     quic_shutdown,
@@ -103,6 +105,7 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("tcp_eof_close", ("hypercorn",), tcp_eof_close.install),
     Correction("accept_backoff", (), accept_backoff.install),
     Correction("quic_retry", ("hypercorn", "aioquic"), quic_retry.install),
+    Correction("h3_receive_queue", ("hypercorn",), h3_receive_queue.install),
 )
 
 _installed: list[str] = []
