@@ -5,7 +5,9 @@ process pinned to CPU 1, writes ``benchmarks/results/comparison.json`` and then 
 ``docs/benchmarks.md``. ``report`` redraws the docs from the last JSON. The other names run the older single-topic
 benchmarks (each has its own ``--help``).
 
-Single scenarios: ``python -m benchmarks comparison --peers gateway,nchan --scenarios burst``.
+Single scenarios: ``python -m benchmarks comparison --peers gateway,nchan --scenarios burst``. The gateway's burst
+(identity), broadcast and idle memory also run over h2 and HTTP/3 (100 streams a connection): ``--protocols h1,h3``
+picks which.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 from benchmarks import RESULTS_DIR, ROOT, machine_info, write_json
 from benchmarks import scenarios as sc
 from benchmarks.loadgen import pin_to_cpu, raise_fd_limit
-from benchmarks.loadgen.fleet import run
+from benchmarks.loadgen.fleet import PROTOCOLS, run
 from benchmarks.peers import PEERS, GatewayPeer, Peer, Target
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
@@ -117,23 +119,36 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                             entry["burst"][f"{encoding}-{n}"] = await _guard(
                                 "burst", sc.burst(target, n, plan["burst_publishes"], encoding=encoding))
                             _log(f"  -> {_brief(entry['burst'][f'{encoding}-{n}'])}")
+                for protocol in _multiplexed(args) if is_gateway else ():
+                    runs = entry[f"burst_{protocol}"] = {}
+                    for n in plan["burst_n"]:
+                        with _started(peer, work) as target:
+                            _log(f"{peer.name}: burst N={n} identity over {protocol}")
+                            runs[f"identity-{n}"] = await _guard("burst", sc.burst(
+                                target, n, plan["burst_publishes"], protocol=protocol))
+                            _log(f"  -> {_brief(runs[f'identity-{n}'])}")
             if "broadcast" in wanted and peer.name not in ("naive-quart-br", "gateway-uvloop"):
                 with _started(peer, work) as target:
                     _log(f"{peer.name}: broadcast N={plan['broadcast_n']}")
                     entry["broadcast"] = await _guard("broadcast", sc.broadcast(
                         target, plan["broadcast_n"], plan["broadcast_publishes"]))
                     _log(f"  -> {_brief(entry['broadcast'])}")
-            if "broadcast" in wanted and is_gateway:
+            for protocol in _multiplexed(args) if is_gateway and "broadcast" in wanted else ():
                 with _started(peer, work) as target:
-                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over h2")
-                    entry["broadcast_h2"] = await _guard("broadcast", sc.broadcast(
-                        target, plan["broadcast_n"], plan["broadcast_publishes"], protocol="h2"))
-                    _log(f"  -> {_brief(entry['broadcast_h2'])}")
+                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over {protocol}")
+                    entry[f"broadcast_{protocol}"] = await _guard("broadcast", sc.broadcast(
+                        target, plan["broadcast_n"], plan["broadcast_publishes"], protocol=protocol))
+                    _log(f"  -> {_brief(entry[f'broadcast_{protocol}'])}")
             if "idle" in wanted and peer.name in ("gateway", "naive-quart-br"):
                 with _started(peer, work) as target:
                     _log(f"{peer.name}: idle memory, br")
                     entry["idle_br"] = await _guard("idle", sc.idle_memory(target, plan["idle_br_n"],
                                                                            encoding="br"))
+            for protocol in _multiplexed(args) if is_gateway and "idle" in wanted else ():
+                with _started(peer, work) as target:
+                    _log(f"{peer.name}: idle memory, br over {protocol}")
+                    entry[f"idle_br_{protocol}"] = await _guard("idle", sc.idle_memory(
+                        target, plan["idle_br_n"], encoding="br", protocol=protocol))
             if is_gateway and "bytes" in wanted:
                 with _started(peer, work) as target:
                     _log("gateway: bytes per event by encoding")
@@ -161,6 +176,11 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def _multiplexed(args: argparse.Namespace) -> list[str]:
+    """The protocols besides HTTP/1.1 that the gateway's scenarios also run over (``--protocols``)."""
+    return [p for p in args.protocols.split(",") if p != "h1"]
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -242,9 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every scenario")
     parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
     parser.add_argument("--scenarios", help=f"comma-separated subset of {', '.join(ALL_SCENARIOS)}")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS),
+                        help=f"comma-separated subset of {', '.join(PROTOCOLS)}: besides HTTP/1.1 (every peer), the "
+                             "gateway's burst, broadcast and idle memory also run over these (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "comparison.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
+    if unknown := set(args.protocols.split(",")) - set(PROTOCOLS):
+        parser.error(f"--protocols: {', '.join(sorted(unknown))} is not one of {', '.join(PROTOCOLS)}")
     from benchmarks import report
 
     if command == "report":

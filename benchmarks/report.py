@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 PEER_ORDER = ("gateway", "gateway-uvloop", "nchan", "sse-starlette", "naive-quart", "naive-quart-br")
+MULTIPLEXED = ("h2", "h3")  # the gateway's rows over these protocols follow its HTTP/1.1 row in each table
 
 
 def _get(d: dict[str, Any], *keys: str) -> Any:
@@ -71,7 +72,7 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
         "`/proc/<pid>/stat` (on loopback, the kernel's TCP work for the receiver is charged to the sender); RSS "
         "from `/proc/<pid>/status`.")
     add("- **Load generator**: `benchmarks/loadgen`, one asyncio process on uvloop: HTTP/1.1 (a connection per "
-        "stream; h2 where said), "
+        "stream; h2 and HTTP/3, 100 streams a connection, where said), "
         "every event parsed by a WHATWG SSE parser and decoded (br/zstd/gzip), each event's `{\"seq\", \"t\"}` "
         "checked for order and timed publish→receipt on one clock. Its own CPU share (1.0 = one core busy) is "
         "in every table: near 1.0 it, not the server, bounds the delivery rate and the latencies, while the "
@@ -92,9 +93,11 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
         "subscribers. *CPU/event* is server CPU per delivered event.\n")
     add("| peer | encoding | N | delivered | events/s | CPU/event µs | p50 ms | p99 ms | generator CPU |\n"
         "|---|---|---|---|---|---|---|---|---|")
-    for name in peers:
+    bursts = [(name, _get(p[name], "burst")) for name in peers]
+    bursts[1:1] = [(f"gateway over {proto}", _get(p.get("gateway", {}), f"burst_{proto}")) for proto in MULTIPLEXED]
+    for name, runs in bursts:
         order = {"identity": 0, "br": 1, "zstd": 2, "gzip": 3}
-        for key, row in sorted((_get(p[name], "burst") or {}).items(),
+        for key, row in sorted((runs or {}).items(),
                                key=lambda kv: (order.get(kv[0].split("-")[0], 9), int(kv[0].split("-")[1]))):
             enc, n = key.split("-")
             if "error" in row:
@@ -110,7 +113,8 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
     add("| peer | delivered | p50 ms | p99 ms | max ms | CPU/event µs | RSS per idle stream KiB | time to open s |"
         " generator CPU |\n|---|---|---|---|---|---|---|---|---|")
     rows = [(name, _get(p[name], "broadcast")) for name in peers]
-    rows.insert(1, ("gateway over h2 (100 streams a connection)", _get(p.get("gateway", {}), "broadcast_h2")))
+    rows[1:1] = [(f"gateway over {proto} (100 streams a connection)", _get(p.get("gateway", {}), f"broadcast_{proto}"))
+                 for proto in MULTIPLEXED]
     for name, row in rows:
         if row is None:
             continue
@@ -123,7 +127,10 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
             f"**{_num(row['rss_per_idle_stream_kib'])}** | {_num(row['open_seconds'])} | "
             f"{_num(row['generator_cpu_share'], 2)} |")
     add("")
-    idle_rows = [(name, _get(p[name], "idle_br")) for name in peers if _get(p[name], "idle_br")]
+    idle_rows = [(name, _get(p[name], "idle_br")) for name in peers]
+    idle_rows[1:1] = [(f"gateway over {proto}", _get(p.get("gateway", {}), f"idle_br_{proto}"))
+                      for proto in MULTIPLEXED]
+    idle_rows = [(name, row) for name, row in idle_rows if row]
     if idle_rows:
         add("Memory per idle stream with a Brotli compressor (after two events, so each compressor has allocated):\n")
         add("| peer | streams | negotiated | RSS per stream KiB |\n|---|---|---|---|")
@@ -250,6 +257,17 @@ def _reading(r: dict[str, Any]) -> str:
                      "a hundred events, while h2's own framing costs about what HTTP/1.1's per-stream `send` does. "
                      "Each event waits for the round's last connection to be framed, so the median is higher; "
                      f"h2 holds streams cheaply ({h2['rss_per_idle_stream_kib']:.1f} KiB each).")
+    h3 = _get(p.get("gateway", {}), "broadcast_h3")
+    if h3 and h1 and "error" not in h3 and "error" not in h1:
+        lost = h3["expected"] - h3["delivered"]
+        lines.append(f"- **Over HTTP/3** (100 streams a QUIC connection: p99 {h3['latency']['p99_ms']:.0f} ms, "
+                     f"{h3['server_cpu_us_per_event']:.1f} µs per event, {lost:,} events not delivered in time) "
+                     "each delivery takes the task path, and Hypercorn then has aioquic build and send packets "
+                     "for that one event: building packets walks every stream of the connection, and the "
+                     "connection's timer task is replaced after each send, so a delivery costs in proportion to "
+                     "the streams sharing its connection. Fan-out that coalesces a connection's sends per round, "
+                     "as h2 does, is what would bring it near h2; "
+                     f"idle, a stream holds {h3['rss_per_idle_stream_kib']:.1f} KiB.")
     lines.append("- **Broadcast tails vary from run to run** on this 2-core VM: over the full runs made while "
                  "building this page, the gateway's p99 ranged 222-553 ms and nchan's 177-270 ms (the 553 ms run "
                  "was before the load generator moved to uvloop). One run's p99 is "

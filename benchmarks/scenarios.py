@@ -21,7 +21,15 @@ from typing import Any
 import orjson
 
 from benchmarks import ticker_frames
-from benchmarks.loadgen import Fleet, LatencyRecorder, Publisher, SSEEvent, StreamState, cpu_seconds
+from benchmarks.loadgen import (
+    Fleet,
+    LatencyRecorder,
+    Publisher,
+    SSEEvent,
+    StreamState,
+    client_quic_configuration,
+    cpu_seconds,
+)
 from benchmarks.loadgen.latency import LANE_BITS
 from benchmarks.peers import Target
 from benchmarks.procstat import cpu_seconds as server_cpu
@@ -87,8 +95,13 @@ class Clock:
 
 async def _open(target: Target, count: int, *, encoding: str = "identity", protocol: str = "h1",
                 path: str | None = None, sink: Any = None) -> Fleet:
-    fleet = Fleet(target.host, target.port, path or target.subscribe_path(TOPIC), protocol=protocol,  # type: ignore[arg-type]
-                  accept_encoding=encoding, headers=SSE_HEADERS, sink=sink, concurrency=64)
+    port, quic = target.port, None
+    if protocol == "h3":  # over UDP to the TLS port; h1 and h2 (h2c) use the plain one
+        if target.tls_port is None:
+            raise RuntimeError(f"{target.name} serves no HTTP/3")
+        port, quic = target.tls_port, client_quic_configuration(cafile=target.certfile)
+    fleet = Fleet(target.host, port, path or target.subscribe_path(TOPIC), protocol=protocol,  # type: ignore[arg-type]
+                  accept_encoding=encoding, headers=SSE_HEADERS, sink=sink, concurrency=64, quic=quic)
     report = await fleet.open(count)
     if report.opened != count:
         await fleet.close()
@@ -135,7 +148,7 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
                 encoding: str = "identity", protocol: str = "h1", timeout: float = 180.0) -> dict[str, Any]:
     """``publishes`` events as fast as the server accepts them (``concurrency`` keep-alive publishers, each sending
     its next event when the previous was answered) to ``subscribers`` streams: delivered events/s and server CPU
-    per delivered event. ``protocol`` h2 carries 100 streams on each connection."""
+    per delivered event. ``protocol`` h2 and h3 carry 100 streams on each connection."""
     fleet = await _open(target, subscribers, encoding=encoding, protocol=protocol)
     publishers = await _publishers(target, concurrency)
     try:
@@ -183,8 +196,8 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
 async def broadcast(target: Target, subscribers: int, publishes: int, *, interval: float = 0.5,
                     protocol: str = "h1", timeout: float = 120.0) -> dict[str, Any]:
     """``subscribers`` idle streams (RSS per stream measured before any event), then ``publishes`` events spaced
-    ``interval`` apart: publish-to-receipt latency over every delivery. ``protocol`` h2 carries 100 streams on
-    each connection, as a browser's tabs share one."""
+    ``interval`` apart: publish-to-receipt latency over every delivery. ``protocol`` h2 and h3 carry 100 streams
+    on each connection, as a browser's tabs share one."""
     rss_before = rss_bytes(target.pids)
     opened = time.perf_counter()
     fleet = await _open(target, subscribers, protocol=protocol)
@@ -220,17 +233,17 @@ async def broadcast(target: Target, subscribers: int, publishes: int, *, interva
         await fleet.close(timeout=30)
 
 
-async def idle_memory(target: Target, subscribers: int, *, encoding: str) -> dict[str, Any]:
-    """RSS per idle stream with ``encoding`` (a compressor's state is the cost being measured)."""
+async def idle_memory(target: Target, subscribers: int, *, encoding: str, protocol: str = "h1") -> dict[str, Any]:
+    """RSS per idle stream with ``encoding`` (a compressor's state is the cost being measured) over ``protocol``."""
     rss_before = rss_bytes(target.pids)
-    fleet = await _open(target, subscribers, encoding=encoding)
+    fleet = await _open(target, subscribers, encoding=encoding, protocol=protocol)
     try:
         publishers = await _publishers(target, 1)
         await _warm_up(target, fleet, publishers[0], events=2)  # compressors allocate on first use
         publishers[0].close()
         await asyncio.sleep(2.0)  # allocator settling before a memory reading
         rss = rss_bytes(target.pids)
-        return {"subscribers": subscribers, "encoding": encoding,
+        return {"subscribers": subscribers, "encoding": encoding, "protocol": protocol,
                 "content_encoding": fleet.streams[0].headers.get("content-encoding", "identity"),
                 "rss_per_stream_kib": round((rss - rss_before) / subscribers / 1024, 1)}
     finally:

@@ -42,6 +42,8 @@ class Target:
     subscribe_path: Callable[[str], str]  # topic -> path for GET (SSE)
     publish: Callable[[str, str], PublishRequest]  # (topic, data) -> the request publishing `data` as one event's data
     sse_id: str  # how the peer fills SSE ids, for the docs ("bus version", "nchan time:tag", "none")
+    tls_port: int | None = None  # HTTP/3 over UDP (and h2 over TCP) on this port, when the peer serves it
+    certfile: str | None = None  # the certificate to trust there (self-signed)
 
     @property
     def base_url(self) -> str:

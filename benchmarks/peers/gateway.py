@@ -1,4 +1,5 @@
-"""Our own gateway as a peer: ``python -m gateway serve`` on plain HTTP (HTTP/1.1 + h2c), driven through the hub."""
+"""Our own gateway as a peer: ``python -m gateway serve`` on plain HTTP (HTTP/1.1 + h2c), driven through the hub,
+and HTTP/3 (with h2 over TLS) on a second port with a development certificate made in the work directory."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from benchmarks.peers.base import PublishRequest, Target
-from benchmarks.peers.process import HOST, ServerSpec, free_port, serve
+from benchmarks.peers.process import HOST, ServerSpec, free_port, free_udp_port, serve
 
 __all__ = ["GatewayPeer"]
 
@@ -55,14 +56,19 @@ class GatewayPeer:
     def start(
         self, workdir: Path, *, cpu: int | None = None, env: Mapping[str, str] | None = None
     ) -> Iterator[Target]:
-        port = free_port()
+        from gateway import devcert
+
+        port, tls_port = free_port(), free_udp_port()
+        certfile, keyfile = devcert.create(workdir / f"{self.name}-certs")
         inherited = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **BASE_ENV, **(env or {})}
         token = full_env["GATEWAY_HUB_PUBLISH_TOKEN"]
         drain = float(full_env["GATEWAY_SERVER_DRAIN_TIMEOUT"])
         spec = ServerSpec(
             name=self.name,
-            argv=[sys.executable, "-m", "gateway", "serve", "--bind", f"{HOST}:{port}", *self.args],
+            argv=[sys.executable, "-m", "gateway", "serve", "--bind", f"{HOST}:{port}",
+                  "--tls-bind", f"{HOST}:{tls_port}", "--quic-bind", f"{HOST}:{tls_port}",
+                  "--certfile", str(certfile), "--keyfile", str(keyfile), *self.args],
             env=full_env,
             cwd=ROOT,
             log=workdir / f"{self.name}-{port}.log",
@@ -80,6 +86,8 @@ class GatewayPeer:
                 subscribe_path=_subscribe_path,
                 publish=functools.partial(_publish, token),
                 sse_id="bus version",
+                tls_port=tls_port,
+                certfile=str(certfile),
             )
 
 

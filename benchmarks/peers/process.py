@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import terminate
 
-__all__ = ["ServerSpec", "check_cpu", "descendants", "free_port", "serve"]
+__all__ = ["ServerSpec", "check_cpu", "descendants", "free_port", "free_udp_port", "serve"]
 
 HOST = "127.0.0.1"
 LOG_TAIL = 8000  # characters of each log quoted in a start-up failure
@@ -51,6 +51,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A port free on loopback for both TCP and UDP now: a TLS listener and a QUIC listener share its number."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP on loopback")
 
 
 def check_cpu(cpu: int | None) -> None:
