@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ import pytest
 
 from tests.support.metrics import metric
 from tests.support.raw_stream import RawStream
-from tests.support.server import Server, start_server
+from tests.support.server import HUB_TOKEN, Server, start_server
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
+AUTH = {"authorization": f"Bearer {HUB_TOKEN}"}
 ENV = {"GATEWAY_LIMITS_MAX_STREAMS_PER_CLIENT": "0", "GATEWAY_SSE_SLOW_CLIENT_GRACE": "1"}
 
 
@@ -133,4 +135,54 @@ async def test_a_drain_ends_every_members_stream_properly(tmp_path: Path, certs:
             assert stream.decoded.endswith(b": draining\n\n")
             assert re.search(rb"retry: \d+\n", stream.decoded[-40:])
     finally:
+        srv.stop()
+
+
+async def _publish(client: httpx.AsyncClient, topic: str, data: str) -> None:
+    response = await client.post("/hub/publish", json={"topic": topic, "data": data}, headers=AUTH)
+    assert response.status_code == 204, response.text
+
+
+async def test_hub_subscribers_share_an_encoder_from_the_same_point(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    """Subscriptions to the same topics that replay nothing share a cohort until its first event; one that resumes
+    with Last-Event-ID, or whose topic drops the oldest events when slow, keeps an encoder of its own; a two-topic
+    cohort gets both topics' events in the bus's order."""
+    rules = [{"topic": "lossy.*", "overflow": "drop-oldest", "max_events": 20}]
+    srv = start_server(tmp_path, certs, env={**ENV, "GATEWAY_HUB_SLOW_CLIENTS": json.dumps(rules)})
+    port = srv.http_port
+    streams: list[RawStream] = []
+    try:
+        async with httpx.AsyncClient(base_url=srv.http, timeout=10) as client:
+            await _publish(client, "news", "before")
+            ticker = [await RawStream.open(port, "/hub/subscribe?topic=news", name, keep_wire=True)
+                      for name in ("br", "zstd") * 6]
+            pair = [await RawStream.open(port, "/hub/subscribe?topic=news&topic=sport", "br", keep_wire=True)
+                    for _ in range(3)]
+            resumed = await RawStream.open(port, "/hub/subscribe?topic=news", "br", headers={"Last-Event-ID": "0"})
+            lossy = await RawStream.open(port, "/hub/subscribe?topic=lossy.a", "br")
+            streams = [*ticker, *pair, resumed, lossy]
+            assert await cohorts(srv.http) == (3, 15)  # news br, news zstd, news+sport br
+            sent = []
+            for n in range(20):
+                topic = "sport" if n % 3 == 0 else "news"
+                await _publish(client, topic, f"{topic} {n}")
+                sent.append((topic, f"{topic} {n}"))
+            news = [data for topic, data in sent if topic == "news"]
+            for stream in ticker:
+                assert [(await stream.next_parsed()).data for _ in news] == news
+            for stream in pair:
+                assert [(await stream.next_parsed()).data for _ in sent] == [data for _, data in sent]
+            assert [(await resumed.next_parsed()).data for _ in range(len(news) + 1)] == ["before", *news]
+            for group in (ticker[0::2], ticker[1::2], pair):  # each cohort's members: the same bytes
+                assert {bytes(s.wire or b"") for s in group} == {bytes(group[0].wire or b"")}
+            # A subscription made now, after the cohorts' first event, opens a new one.
+            late = await RawStream.open(port, "/hub/subscribe?topic=news", "br")
+            streams.append(late)
+            assert await cohorts(srv.http) == (4, 16)
+            await _publish(client, "news", "last")
+            for stream in [*ticker, late]:
+                assert (await stream.next_parsed()).data == "last"
+    finally:
+        for stream in streams:
+            stream.close()
         srv.stop()

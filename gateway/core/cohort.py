@@ -93,10 +93,11 @@ class Cohort:
         self.position = 1  # chunks encoded so far; a member's frames carry their chunk's position as key
 
     def joinable(self, name: str, settings: object, frame: object) -> bool:
-        """A new stream of codec ``name`` and ``settings`` whose opening is ``frame`` may join: this cohort has
-        encoded nothing but that same opening (and heartbeats) with the same settings."""
-        return (self.opening is not None and frame is self.frame and name == self.encoder.name
-                and settings == self.settings)
+        """A new stream of codec ``name`` and ``settings`` whose opening is ``frame`` (a view's render; for a hub
+        subscription, the bus version it starts after) may join: this cohort has encoded nothing but that same
+        opening (and heartbeats) with the same settings."""
+        return (self.opening is not None and (frame is self.frame or frame == self.frame)
+                and name == self.encoder.name and settings == self.settings)
 
     def opened(self) -> bytes:
         """What a newcomer is sent first: everything the cohort has produced (it then stands where all do)."""

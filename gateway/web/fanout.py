@@ -87,12 +87,28 @@ Observer = Callable[[int], None]  # told the size of every frame, so windows can
 
 @dataclass(eq=False)
 class Members:
-    """A compression cohort of a view (``gateway.core.cohort``) and the streams that write its chunks."""
+    """A compression cohort (``gateway.core.cohort``) and the streams that write its chunks. A hub cohort is
+    itself the sink its topics' events go to (``feed``): each is encoded here once, then handed to every member."""
 
     cohort: Cohort
     sinks: set[Sink]
     release: Callable[[], None]  # gives back the memory its encoder is accounted for, when the last member leaves
     encode_seconds: Callable[[float], None]  # where the time of its encodes is counted
+    fanout: Fanout | None = None  # a hub cohort's
+    topics: tuple[str, ...] = ()  # a hub cohort's subscription (sorted)
+    after: VersionKey | None = None  # a hub cohort's members want the events after this bus version (their head)
+
+    def feed(self, frame: Frame, now: float) -> None:
+        assert self.fanout is not None
+        if self.after is not None and frame.key <= self.after:
+            return  # older than what its members started after (a resubscription re-reads from fan-out's cursor)
+        self.fanout._advance(self, frame, frame.data or b"", now)
+
+    def direct_ready(self) -> bool:
+        return False  # fan-out feeds it at once; its members take the direct path
+
+    def direct_write(self, frames: list[Frame], now: float) -> Flush | None:
+        raise AssertionError("a cohort is fed, never written to")
 
 
 @dataclass(eq=False)
@@ -112,7 +128,6 @@ class ViewChannel:
     tracing: Tracing = NO_TRACING
     cohorts: list[Members] = field(default_factory=list)
     member_of: dict[Sink, Members] = field(default_factory=dict)
-    _beat: asyncio.TimerHandle | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _task: asyncio.Task[None] | None = None
 
@@ -175,6 +190,10 @@ class Fanout:
         self._shrink_delay = shrink_delay
         self._restart_handle: asyncio.TimerHandle | None = None  # one pending resubscription
         self._restart_prompt = False
+        self._cohorts: set[Members] = set()  # every cohort, views' and hub subscriptions' (for the heartbeats)
+        self._hub_cohorts: dict[tuple[str, ...], list[Members]] = {}  # by sorted topics
+        self._hub_member_of: dict[Sink, Members] = {}
+        self._beat_handle: asyncio.TimerHandle | None = None
 
     def add_view(self, path: str, topics: tuple[str, ...], render: Renderer | None,
                  observe: Observer | None = None) -> ViewChannel:
@@ -209,8 +228,8 @@ class Fanout:
         for channel in self.views.values():
             if channel._task is not None:
                 channel._task.cancel()
-            if channel._beat is not None:
-                channel._beat.cancel()
+        if self._beat_handle is not None:
+            self._beat_handle.cancel()
 
     # -- subscription management ------------------------------------------------------------------------------
 
@@ -383,13 +402,8 @@ class Fanout:
     def detach_view(self, channel: ViewChannel, sink: Sink) -> None:
         channel.subscribers.discard(sink)
         members = channel.member_of.pop(sink, None)
-        if members is not None:
-            members.sinks.discard(sink)
-            if not members.sinks:
-                channel.cohorts.remove(members)
-                members.release()
-                self._metrics.cohorts.dec()
-            self._metrics.cohort_streams.dec()
+        if members is not None and self._leave(members, sink):
+            channel.cohorts.remove(members)
 
     # -- compression cohorts (gateway.core.cohort) --------------------------------------------------------------
 
@@ -401,26 +415,64 @@ class Fanout:
         settings, or a new one compressing with ``encoder``. True when a new cohort was made: it then owns
         ``encoder`` and calls ``release`` when its last member leaves (a member joining one calls its own at once).
         From now on fan-out feeds ``sink`` the cohort's chunks instead of renders."""
-        now = asyncio.get_running_loop().time()
         channel.subscribers.discard(sink)
-        for members in channel.cohorts:
+        members, created = self._join(channel.cohorts, sink, frame, opening, encoder, settings, release,
+                                      encode_seconds)
+        channel.member_of[sink] = members
+        return members.cohort, created
+
+    def join_hub_cohort(self, topics: tuple[str, ...], sink: Sink, after: VersionKey, opening: bytes,
+                        encoder: StreamEncoder, settings: object, release: Callable[[], None],
+                        encode_seconds: Callable[[float], None]) -> tuple[Cohort, bool]:
+        """The same for a hub subscription to ``topics`` that replays nothing, has nothing queued and wants the
+        events after bus version ``after``: it joins a cohort of the same topics, settings and ``after`` that has
+        encoded no event yet (so both are to write exactly the same events from now on), or opens one, which takes
+        its place in the topics' sinks."""
+        key = tuple(sorted(topics))
+        cohorts = self._hub_cohorts.setdefault(key, [])
+        members, created = self._join(cohorts, sink, after, opening, encoder, settings, release, encode_seconds)
+        if created:
+            members.fanout, members.topics, members.after = self, key, after
+        for topic in topics:
+            sinks = self._hub[hub_key(topic)]  # attach_hub made it
+            sinks.discard(sink)
+            sinks.add(members)
+        self._hub_member_of[sink] = members
+        return members.cohort, created
+
+    def _join(self, cohorts: list[Members], sink: Sink, frame: object, opening: bytes, encoder: StreamEncoder,
+              settings: object, release: Callable[[], None],
+              encode_seconds: Callable[[float], None]) -> tuple[Members, bool]:
+        now = asyncio.get_running_loop().time()
+        for members in cohorts:
             if members.cohort.joinable(encoder.name, settings, frame):
-                release()
+                release()  # the joiner's own encoder is not needed
                 created = False
                 break
         else:
             started = time.perf_counter()
             members = Members(Cohort(encoder, settings, frame, opening, now), set(), release, encode_seconds)
             encode_seconds(time.perf_counter() - started)
-            channel.cohorts.append(members)
+            cohorts.append(members)
+            self._cohorts.add(members)
             self._metrics.cohorts.inc()
             created = True
-            if channel._beat is None:
-                channel._beat = asyncio.get_running_loop().call_later(self._heartbeat / 2, self._beat, channel)
+            if self._beat_handle is None:
+                self._beat_handle = asyncio.get_running_loop().call_later(self._heartbeat / 2, self._beat)
         members.sinks.add(sink)
-        channel.member_of[sink] = members
         self._metrics.cohort_streams.inc()
-        return members.cohort, created
+        return members, created
+
+    def _leave(self, members: Members, sink: Sink) -> bool:
+        """``sink`` leaves its cohort; True when it was the last member (the cohort is gone, its memory given back)."""
+        members.sinks.discard(sink)
+        self._metrics.cohort_streams.dec()
+        if members.sinks:
+            return False
+        self._cohorts.discard(members)
+        members.release()
+        self._metrics.cohorts.dec()
+        return True
 
     def _advance(self, members: Members, frame: Frame, data: bytes, now: float, *, heartbeat: bool = False) -> None:
         """Encode ``data`` once in the cohort and hand the chunk to every member, in the cohort's order (never
@@ -439,20 +491,20 @@ class Fanout:
         if heartbeat:
             self._metrics.heartbeats_sent.inc(len(members.sinks))
 
-    def _beat(self, channel: ViewChannel) -> None:
+    def _beat(self) -> None:
         """The cohorts' heartbeats: a cohort that wrote nothing for half a heartbeat interval writes one comment,
         encoded once for all its members (so every member hears from the server at least once an interval)."""
-        channel._beat = None
-        if not channel.cohorts:
+        self._beat_handle = None
+        if not self._cohorts:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
         half = self._heartbeat / 2
         beat = Frame((0, 0), "", HEARTBEAT)
-        for members in list(channel.cohorts):
+        for members in list(self._cohorts):
             if now - members.cohort.last_write >= half:
                 self._advance(members, beat, HEARTBEAT, now, heartbeat=True)
-        channel._beat = loop.call_later(half, self._beat, channel)
+        self._beat_handle = loop.call_later(half, self._beat)
 
     # -- hub --------------------------------------------------------------------------------------------------
 
@@ -463,6 +515,15 @@ class Fanout:
             self._restart_soon()
 
     def detach_hub(self, topics: tuple[str, ...], sink: Sink) -> None:
+        members = self._hub_member_of.pop(sink, None)
+        if members is not None:
+            if not self._leave(members, sink):
+                return  # its topics' sinks hold the cohort, not the stream
+            cohorts = self._hub_cohorts[members.topics]
+            cohorts.remove(members)
+            if not cohorts:
+                del self._hub_cohorts[members.topics]
+            sink = members  # the last member gone: the cohort leaves its topics' sinks
         for topic in topics:
             key = hub_key(topic)
             sinks = self._hub.get(key)

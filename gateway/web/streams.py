@@ -16,14 +16,16 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway.commands import validate_path_values
 from gateway.core import hub
-from gateway.core.cohort import SHAREABLE, Seat
+from gateway.core.cohort import SHAREABLE, Cohort, Seat
 from gateway.core.datastar import encode_rendered
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
@@ -465,19 +467,28 @@ def _join_cohort(runtime: AppContext, channel: ViewChannel, stream: Stream, fram
         frame = current  # a newer render went out while this stream waited for its snapshot: open on it
     assert frame.data is not None
     opening = retry_frame(runtime.settings.sse.retry) + frame.data
+    limit = Limits(max_items=10_000, max_bytes=cap or 4 * 1024 * 1024)
+    return _enter_cohort(runtime, stream, opening, partial(runtime.fanout.join_cohort, channel, stream, frame),
+                         limit), len(opening)
+
+
+def _enter_cohort(runtime: AppContext, stream: Stream, opening: bytes, join: Callable[..., tuple[Cohort, bool]],
+                  limit: Limits) -> bytes:
+    """The stream's side of joining a cohort (``join``: fan-out's, given the opening, the stream's encoder and
+    settings, how to release its lease and where to count encode time): its encoder becomes a ``Seat`` (its own is
+    the new cohort's, or given back at once), its mailbox an ordered one within ``limit``. Returns the compressed
+    first bytes: the cohort's output so far."""
     lease, engine, counts = stream.lease, runtime.compression, stream.core.counts
 
     def encode_seconds(seconds: float) -> None:
         counts.encode_seconds += seconds
 
     seat = Seat(lease.encoder.name)
-    cohort, _ = runtime.fanout.join_cohort(channel, stream, frame, opening, lease.encoder, lease.decision.settings,
-                                           lambda: engine.release(lease), encode_seconds)
+    cohort, _ = join(opening, lease.encoder, lease.decision.settings, lambda: engine.release(lease), encode_seconds)
     stream.lease = replace(lease, encoder=seat, released=True)  # the cohort accounts for its encoder now
-    limit = Limits(max_items=10_000, max_bytes=cap or 4 * 1024 * 1024)
     stream.core.join(seat, BoundedMailbox(limit), (cohort.position - 1, 0))
     stream.policy = limit.policy
-    return cohort.opened(), len(opening)
+    return cohort.opened()
 
 
 async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runtime: AppContext) -> Frame:
@@ -541,7 +552,16 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
             first += replay
         else:
             stream.core.last_key = try_version_key(await runtime.bus.head())
-        await stream.start(receive, first, replayed)
+        raw = -1
+        after = stream.core.last_key
+        if (last_id is None and after is not None and runtime.settings.compression.cohorts
+                and stream.lease.encoder.name in SHAREABLE and limits.mailbox.policy == "disconnect"
+                and not len(stream.core.mailbox)):
+            # Nothing replayed, nothing queued: it is to write exactly the events after ``after``, as the cohort.
+            raw = len(first)
+            first = _enter_cohort(runtime, stream, first,
+                                  partial(runtime.fanout.join_hub_cohort, topics, stream, after), limits.mailbox)
+        await stream.start(receive, first, replayed, raw)
         if replayed:
             runtime.metrics.events_sent.labels("hub").inc(replayed)
         await _hub_loop(runtime, stream)
