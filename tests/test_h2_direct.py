@@ -7,6 +7,11 @@ live; one of the stalled streams is reset with data still queued for it, the two
 late and must then receive everything, in order; one live stream is reset too; finally the client says GOAWAY and
 the gateway closes the connection and its streams, and goes on serving. The same run with
 ``sse.h2_direct_writes`` off must deliver the same and take no direct write: the counter tells the paths apart.
+
+The seam itself is then held to Hypercorn's own objects in process (``tests/support/h2harness.py``): one round is
+one transport write, a stream whose task-path bytes wait in Hypercorn's buffer (or a connection whose send lock is
+taken, or whose socket is full) is not written to, the windows decide, what an encoder overshoots waits for
+Hypercorn's send task, and a reset stream or a GOAWAY ends direct writes.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.web.direct import HIGH_WATER, H2Writer, h2_writer
+from tests.support.h2harness import H2Harness
 from tests.support.h2window import H2Window
 from tests.support.metrics import metric, wait_metric
 from tests.support.server import HUB_TOKEN, Server, start_server
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
@@ -108,3 +116,105 @@ async def test_flow_control_resets_and_goaway_lose_and_reorder_nothing(
 async def _closed(client: H2Window, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         await client.closed.wait()
+
+
+# -- the seam against Hypercorn's own objects, in process (tests/support/h2harness.py) ---------------------------
+
+
+@pytest.fixture
+def trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam walks Hypercorn's objects only once the versions were verified; these tests run on them."""
+    import gateway.web.hypercorn as corrections
+
+    assert not corrections.unverified()
+    monkeypatch.setattr(corrections, "_direct_writes", True)
+
+
+async def _drained(harness: H2Harness, writer: H2Writer) -> None:
+    """Hypercorn's send task has written what the task path queued for the stream."""
+    await wait_until(lambda: not writer.buffer.buffer, 5.0, what="Hypercorn's send task emptying the buffer")
+    harness.read()
+
+
+@pytest.mark.usefixtures("trusted")
+async def test_one_round_is_one_write_and_hypercorn_carries_on_in_order() -> None:
+    async with H2Harness() as harness:
+        (one, send_one), (two, send_two) = await harness.open(), await harness.open()
+        first, second = h2_writer(send_one, HIGH_WATER), h2_writer(send_two, HIGH_WATER)
+        assert first is not None
+        assert second is not None
+        assert first.link is second.link
+        assert first.ready()
+        assert second.ready()
+        assert first.room(100)
+        writes = len(harness.transport.writes)
+        link = first.write(b"a1")
+        second.write(b"b1")
+        assert len(harness.transport.writes) == writes, "a direct write left before the round's flush"
+        link.flush()
+        assert harness.read() == 1  # both streams' DATA in one transport write
+        # The task path queues behind it; while its bytes wait for Hypercorn's send task, fan-out may not write.
+        await send_one({"type": "http.response.body", "body": b"a2", "more_body": True})
+        assert not first.ready()
+        assert second.ready()
+        await _drained(harness, first)
+        assert first.ready()
+        first.write(b"a3").flush()
+        harness.read()
+        assert harness.received == {one: b"a1a2a3", two: b"b1"}
+
+
+@pytest.mark.usefixtures("trusted")
+async def test_not_ready_while_hypercorn_holds_bytes_or_the_socket_is_full() -> None:
+    async with H2Harness() as harness:
+        _, send = await harness.open()
+        writer = h2_writer(send, HIGH_WATER)
+        assert writer is not None
+        assert writer.ready()
+        async with harness.server.send_lock:  # bytes taken from h2 wait to be written
+            assert not writer.ready()
+        harness.transport.buffered = HIGH_WATER
+        assert not writer.ready()
+        harness.transport.buffered = 0
+        assert writer.ready()
+
+
+@pytest.mark.usefixtures("trusted")
+async def test_windows_decide_and_what_an_encoder_overshoots_waits_for_hypercorn() -> None:
+    async with H2Harness(initial_window=200) as harness:
+        stream_id, send = await harness.open()
+        writer = h2_writer(send, HIGH_WATER)
+        assert writer is not None
+        assert writer.room(100)
+        assert not writer.room(150)
+        # More than the window (an encoder past the margin): the window's worth goes out, the rest waits in
+        # Hypercorn's buffer, and the stream is not ready until Hypercorn's send task has sent it.
+        data = bytes(range(256)) * 2
+        writer.write(data).flush()
+        harness.read()
+        assert harness.received[stream_id] == data[:200]
+        assert not writer.ready()
+        harness.client.increment_flow_control_window(1 << 16, stream_id)
+        await harness.deliver()
+        await _drained(harness, writer)
+        assert harness.received[stream_id] == data
+        assert writer.ready()
+
+
+@pytest.mark.usefixtures("trusted")
+async def test_a_reset_stream_and_a_goaway_end_direct_writes() -> None:
+    async with H2Harness() as harness:
+        (one, send_one), (two, send_two) = await harness.open(), await harness.open()
+        first, second = h2_writer(send_one, HIGH_WATER), h2_writer(send_two, HIGH_WATER)
+        assert first is not None
+        assert second is not None
+        harness.client.reset_stream(one)
+        await harness.deliver()
+        assert not first.ready()
+        assert second.ready()
+        second.write(b"still here").flush()
+        harness.read()
+        assert harness.received[two] == b"still here"
+        harness.client.close_connection()
+        await harness.deliver()
+        assert not second.ready()
