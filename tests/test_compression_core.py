@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.compression import MemoryBudget, RouteCompression, WindowCaps, WindowSizer
 from gateway.core.encoder_memory import estimate_bytes, window_bytes
@@ -114,3 +116,17 @@ def test_acceptable_lists_what_the_client_takes() -> None:
     assert acceptable("gzip;q=0, *") == {"br", "zstd", "identity"}
     assert acceptable(None) == {"identity"}
     assert acceptable("br", preference=("gzip", "identity")) == {"identity"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(memory=st.integers(1, 8), sizes=st.lists(st.integers(0, 20), max_size=60))
+def test_the_sizer_tracks_the_largest_recent_size_and_says_when_it_changes(memory: int, sizes: list[int]) -> None:
+    """``observe`` keeps the largest of the last ``memory`` sizes without rescanning them, and returns True exactly
+    when that largest changed: the engine refits windows only then."""
+    sizer = WindowSizer(memory=memory)
+    for index, size in enumerate(sizes):
+        before = sizer.largest
+        changed = sizer.observe(size)
+        expected = max(sizes[max(0, index + 1 - memory):index + 1])
+        assert sizer.largest == expected
+        assert changed == (expected != before)

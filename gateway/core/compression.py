@@ -85,17 +85,29 @@ def _log2_at_least(n: int) -> int:
 class WindowSizer:
     """Tracks a route's recent render sizes and the window that holds one render."""
 
-    __slots__ = ("_sizes",)
+    __slots__ = ("_largest", "_sizes")
 
     def __init__(self, memory: int = 32) -> None:
         self._sizes: deque[int] = deque(maxlen=memory)
+        self._largest = 0
 
-    def observe(self, size: int) -> None:
-        self._sizes.append(size)
+    def observe(self, size: int) -> bool:
+        """Remember one more size; True when the largest recent size changed (only then can a window need
+        resizing: a hub observes every event, and refitting each time was a measurable share of small fan-outs)."""
+        sizes = self._sizes
+        evicted = sizes[0] if len(sizes) == sizes.maxlen else -1
+        sizes.append(size)
+        if size > self._largest:
+            self._largest = size
+            return True
+        if evicted == self._largest and size < evicted:
+            self._largest = max(sizes)
+            return self._largest != evicted
+        return False
 
     @property
     def largest(self) -> int:
-        return max(self._sizes, default=0)
+        return self._largest
 
     def needed_bytes(self) -> int:
         """Window bytes that hold the largest recent render with headroom (0 before any render)."""

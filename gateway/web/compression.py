@@ -74,7 +74,8 @@ class CompressionEngine:
 
     def observe(self, route: RouteState, size: int) -> None:
         """A render (or event) of ``size`` bytes went out on ``route``: grow the window of new connections."""
-        route.sizer.observe(size)
+        if not route.sizer.observe(size):
+            return  # the largest recent size is what it was: so are the windows
         if route.policy.pin_window:
             if not route.warned_pinned and route.sizer.needed_bytes() > window_bytes("br", route.settings):
                 route.warned_pinned = True
