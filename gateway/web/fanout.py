@@ -5,9 +5,12 @@ single ``Last-Event-ID`` resume a multi-topic hub stream without holes. When a h
 watched yet, the subscription is restarted with ``after=`` the last version seen, so nothing published meanwhile
 is lost.
 
-Views are rendered here once per version and the same frame bytes go into every subscriber's conflating mailbox
-(render once, compress per connection); views that depend on the request get a "changed" marker and render in
-their own writer. Hub events are framed once and put into bounded mailboxes. Nothing here ever awaits a client.
+Views are rendered here once per version and the same frame bytes go into every subscriber's conflating mailbox;
+views that depend on the request get a "changed" marker and render in their own writer. Hub events are framed once
+and put into bounded mailboxes. Streams that joined a compression cohort (``gateway.core.cohort``) get the cohort's
+chunk instead: the render or event is compressed here once per cohort and the same compressed bytes go, in order
+and never conflated, to every member (``Members``; a hub cohort stands in its topics' sinks). Nothing here ever
+awaits a client.
 
 View and hub topics live in separate bus namespaces (``gateway.core.topics``): fan-out subscribes to the keys of
 both and routes each notification by its namespace, so a hub client naming a view's topic never sees, nor
