@@ -32,7 +32,8 @@ async def _rounds(args: argparse.Namespace) -> dict[str, Any]:
     peer, work = GatewayPeer(), Path(tempfile.mkdtemp(prefix="gateway-h2direct-"))
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for n in range(args.rounds):
-        for name, (protocol, env) in VARIANTS.items():
+        for name in args.variants.split(","):
+            protocol, env = VARIANTS[name]
             for scenario in args.scenarios.split(","):
                 with peer.start(work, cpu=0, env=env) as target:
                     try:
@@ -75,6 +76,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.h2direct", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scenarios", default="broadcast,burst")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
     parser.add_argument("--broadcast-n", type=int, default=10_000)
     parser.add_argument("--publishes", type=int, default=20)
     parser.add_argument("--burst-n", type=int, default=1000)
