@@ -282,8 +282,9 @@ class CompressionSettings:
                                     _between(0.01, 0.9))
     client_share: float = _field(0.05, "share of the budget one client address may hold; past it that client's new "
                                  "streams get cheaper encoders (1 disables)", _between(0.001, 1))
-    cohorts: bool = _field(True, "view streams that connect at the same version share one Brotli or zstd "
-                           "compressor: each render is compressed once per cohort, not once per connection")
+    cohorts: bool = _field(True, "streams of a view that connect at the same version (and hub subscriptions to "
+                           "the same topics from the same point) share one compressor: a render or event is "
+                           "compressed once per cohort, not once per connection")
     max_brotli_lgwin: int = _field(22, "largest Brotli window the gateway grows to when renders outgrow the "
                                    "configured one", _between(10, 24))
     max_zstd_window_log: int = _field(23, "largest zstd window the gateway grows to", _between(10, 27))

@@ -4,20 +4,22 @@ however the bytes are split on the way."""
 
 from __future__ import annotations
 
+import zlib
+
 import brotli
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.cohort import MAX_OPENING, Cohort, Seat, brotli_raw, zstd_raw
+from gateway.core.cohort import MAX_OPENING, Cohort, Seat, brotli_raw, deflate_stored, zstd_raw
 from gateway.core.encoders import CodecSettings, create_encoder
 from gateway.core.sse import comment, retry_frame
 from gateway.core.stream import HEARTBEAT
 
 pytestmark = pytest.mark.unit
 
-CODECS = ["br", "zstd"]
+CODECS = ["br", "zstd", "gzip"]
 
 
 class Decoder:
@@ -28,18 +30,24 @@ class Decoder:
         self.out = bytearray()
         if name == "br":
             self._br = brotli.Decompressor()
-        else:
+        elif name == "zstd":
             self._zstd = zstandard.ZstdDecompressor().decompressobj()
+        else:
+            self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)  # checks the trailer's CRC-32 and length
 
     def feed(self, data: bytes) -> None:
         if self.name == "br":
             self.out += self._br.process(data)
-        else:
+        elif self.name == "zstd":
             self.out += self._zstd.decompress(data)
+        else:
+            self.out += self._gzip.decompress(data)
 
     @property
     def finished(self) -> bool:
-        return self._br.is_finished() if self.name == "br" else bool(self._zstd.eof)
+        if self.name == "br":
+            return bool(self._br.is_finished())
+        return bool(self._zstd.eof if self.name == "zstd" else self._gzip.eof)
 
 
 def render(n: int) -> bytes:
@@ -52,11 +60,12 @@ def render(n: int) -> bytes:
 @pytest.mark.parametrize("name", CODECS)
 def test_raw_framing_carries_any_bytes_after_a_flush_and_ends_the_stream(name: str) -> None:
     """A goodbye of any size (Brotli meta-blocks hold 2^16, 2^20 or 2^24 bytes; zstd raw blocks are cut to the
-    smallest legal window) follows a flushed chunk and ends a stream the decoder calls finished."""
-    seat = Seat(name)
-    for size in (1, 2, 1 << 10, (1 << 10) + 1, 1 << 16, (1 << 16) + 1, 1 << 20, (1 << 20) + 7):
+    smallest legal window; deflate stored blocks hold 65,535) follows a flushed chunk and ends a stream the decoder
+    calls finished (for gzip: with the CRC-32 and length of all of it, which zlib checks)."""
+    for size in (1, 2, 1 << 10, (1 << 10) + 1, 0xFFFF, 1 << 16, (1 << 16) + 1, 1 << 20, (1 << 20) + 7):
         encoder = create_encoder(name)
         head = encoder.encode_flush(render(1))
+        seat = Seat(name, zlib.crc32(render(1)), len(render(1)))
         extra = bytes(range(256)) * (size // 256) + bytes(size % 256)
         decoder = Decoder(name)
         decoder.feed(head + seat.tail(extra) + seat.finish())
@@ -69,10 +78,11 @@ def test_raw_framing_headers() -> None:
     Last_Block=0, Raw, Block_Size."""
     assert brotli_raw(b"x") == bytes([0x00, 0x00, 0x08]) + b"x"  # bit 19 (after 1+2+16 bits): ISUNCOMPRESSED
     assert zstd_raw(b"abc") == bytes([3 << 3, 0, 0]) + b"abc"
+    assert deflate_stored(b"ab") == bytes([0, 2, 0, 0xFD, 0xFF]) + b"ab"  # BFINAL=0 BTYPE=00, LEN, NLEN
     with pytest.raises(ValueError, match="no raw framing"):
-        Seat("gzip")
+        Seat("identity")
     with pytest.raises(ValueError, match="cannot share"):
-        Cohort(create_encoder("gzip"), CodecSettings(), object(), b"x", 0.0)
+        Cohort(create_encoder("identity"), CodecSettings(), object(), b"x", 0.0)
 
 
 # A member's life, as the steps fan-out and the stream take: join (while the cohort is open to newcomers), a render
@@ -94,7 +104,7 @@ def test_every_member_decodes_exactly_what_it_was_sent(name: str, script: list[S
     opening = retry_frame(3000) + render(version)
     cohort = Cohort(create_encoder(name), CodecSettings(), frame, opening, 0.0)
     plain_opening = bytearray(opening)
-    seat = Seat(name)
+    everything = bytearray(opening)  # all the cohort encoded: its CRC-32 and length are what a gzip trailer needs
     members: dict[int, tuple[bytearray, bytearray]] = {0: (bytearray(cohort.opened()), bytearray(opening))}
     ended: list[tuple[bytes, bytes, bool]] = []
     next_id = 1
@@ -107,12 +117,14 @@ def test_every_member_decodes_exactly_what_it_was_sent(name: str, script: list[S
             version += 1
             data = render(version)
             chunk = cohort.append(data, float(version))
+            everything += data
             frame = object()
             for wire, plain in members.values():
                 wire += chunk
                 plain += data
         elif action == "beat":
             chunk = cohort.append(HEARTBEAT, 0.0, heartbeat=True)
+            everything += HEARTBEAT
             if cohort.opening is not None:
                 plain_opening += HEARTBEAT
             for wire, plain in members.values():
@@ -123,10 +135,14 @@ def test_every_member_decodes_exactly_what_it_was_sent(name: str, script: list[S
             wire, plain = members.pop(key)
             if action == "bye":
                 goodbye = retry_frame(1000 + arg) + comment("draining")
+                seat = Seat(name, zlib.crc32(plain), len(plain))  # as the stream keeps them (Frame.check)
                 ended.append((bytes(wire + seat.tail(goodbye) + seat.finish()), bytes(plain + goodbye), True))
             else:  # cut: the connection ends in the middle of its last write; nothing more is framed
                 ended.append((bytes(wire[:len(wire) - arg]) if arg < len(wire) else b"", bytes(plain), False))
     ended += [(bytes(wire), bytes(plain), False) for wire, plain in members.values()]
+    assert cohort.length == len(everything)
+    if name == "gzip":
+        assert cohort.check == zlib.crc32(everything)
     for index, (wire, plain, finished) in enumerate(ended):
         decoder = Decoder(name)
         step = 1 if index == 0 else split

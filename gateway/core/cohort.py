@@ -24,25 +24,29 @@ How a member ends anyway: each chunk ends with a flush, which leaves the compres
 boundary. Both formats can then carry bytes the encoder never saw: an uncompressed meta-block (Brotli, RFC 7932
 §9.2) or a raw block (zstd, RFC 8878 §3.1.1.2), and can be ended by a final empty block. A member's goodbye (its own
 jittered ``retry:``) is such a raw block followed by the end marker: its decoder's window grows by bytes the cohort
-never saw, which is fine because nothing follows. gzip is not done this way: its trailer holds the CRC-32 and
-length of everything the member received, which would have to be tracked per position; gzip streams keep an encoder
-each. Identity needs no cohort: its bytes are the render, shared already.
+never saw, which is fine because nothing follows. gzip works the same way with stored blocks (RFC 1951 §3.2.4),
+except that its trailer holds the CRC-32 and length of everything that member received: a gzip cohort keeps both
+running over its input, each chunk carries them as of its end (``Frame.check``), and a member's seat keeps those of
+the last chunk it wrote. Identity needs no cohort: its bytes are the render, shared already.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable
 
 from gateway.core.encoders import StreamEncoder
 
-SHAREABLE = frozenset({"br", "zstd"})
+SHAREABLE = frozenset({"br", "zstd", "gzip"})
 MAX_OPENING = 32  # chunks (the opening and heartbeats) a cohort keeps for newcomers; past it, nobody new joins
 
 _BROTLI_END = b"\x03"  # ISLAST=1, ISLASTEMPTY=1, the rest of the byte zero: an empty last meta-block
 _ZSTD_END = b"\x01\x00\x00"  # Last_Block=1, Block_Type=Raw, Block_Size=0
 _BROTLI_RAW_MAX = 1 << 24  # MLEN of a meta-block holds at most 6 nibbles
 _ZSTD_RAW_SAFE = 1 << 10  # a block may not exceed the frame's window, which is at least 1 KiB
+_STORED_MAX = 0xFFFF  # bytes a deflate stored block holds
+_DEFLATE_END = b"\x01\x00\x00\xff\xff"  # an empty stored block with BFINAL set
 
 
 def brotli_raw(data: bytes) -> bytes:
@@ -69,16 +73,31 @@ def zstd_raw(data: bytes) -> bytes:
     return bytes(out)
 
 
+def deflate_stored(data: bytes) -> bytes:
+    """``data`` as deflate stored blocks (not final), to follow a ``Z_SYNC_FLUSH`` (byte-aligned)."""
+    out = bytearray()
+    for at in range(0, len(data), _STORED_MAX):
+        piece = data[at:at + _STORED_MAX]
+        out += struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF) + piece
+    return bytes(out)
+
+
+def gzip_end(check: int, length: int) -> bytes:
+    """The end of a gzip member: a final empty stored block, then the CRC-32 and length (mod 2^32) of its content."""
+    return _DEFLATE_END + struct.pack("<II", check & 0xFFFFFFFF, length & 0xFFFFFFFF)
+
+
 _TAILS: dict[str, tuple[Callable[[bytes], bytes], bytes]] = {
     "br": (brotli_raw, _BROTLI_END),
     "zstd": (zstd_raw, _ZSTD_END),
+    "gzip": (deflate_stored, b""),
 }
 
 
 class Cohort:
     """One shared compressor and what it has produced so far, for the streams of one view that joined it."""
 
-    __slots__ = ("encoder", "frame", "last_write", "members", "opening", "position", "settings")
+    __slots__ = ("check", "encoder", "frame", "last_write", "length", "members", "opening", "position", "settings")
 
     def __init__(self, encoder: StreamEncoder, settings: object, frame: object, opening: bytes, now: float) -> None:
         if encoder.name not in SHAREABLE:
@@ -88,6 +107,9 @@ class Cohort:
         self.frame = frame  # the render the cohort last encoded (its opening's, then each change's)
         self.members = 0
         self.last_write = now
+        # gzip's trailer needs the CRC-32 and length of everything encoded (the others: never read)
+        self.check = zlib.crc32(opening) if encoder.name == "gzip" else 0
+        self.length = len(opening)
         first = encoder.encode_flush(opening)
         self.opening: list[bytes] | None = [first]  # everything encoded so far, while newcomers may still join
         self.position = 1  # chunks encoded so far; a member's frames carry their chunk's position as key
@@ -107,6 +129,9 @@ class Cohort:
     def append(self, data: bytes, now: float, *, heartbeat: bool = False) -> bytes:
         """Encode ``data`` once for every member: the chunk each of them is to write next."""
         chunk = self.encoder.encode_flush(data)
+        if self.encoder.name == "gzip":
+            self.check = zlib.crc32(data, self.check)
+        self.length += len(data)
         self.position += 1
         self.last_write = now
         opening = self.opening
@@ -120,14 +145,18 @@ class Cohort:
 
 class Seat:
     """A member's encoder: the bytes it is handed are the cohort's chunks, already compressed, and go out as they
-    are; only its goodbye is its own (``tail``), framed raw after the last chunk and followed by the end."""
+    are; only its goodbye is its own (``tail``), framed raw after the last chunk and followed by the end
+    (``finish``). ``check`` and ``length``: the CRC-32 and size of everything it has sent (gzip's trailer needs
+    them), kept by the stream as it writes chunks."""
 
-    __slots__ = ("name",)
+    __slots__ = ("check", "length", "name")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, check: int = 0, length: int = 0) -> None:
         if name not in _TAILS:
             raise ValueError(f"no raw framing for {name!r}")
         self.name = name
+        self.check = check
+        self.length = length
 
     def encode(self, data: bytes) -> bytes:
         return data
@@ -140,7 +169,12 @@ class Seat:
 
     def tail(self, data: bytes) -> bytes:
         """``data`` framed uncompressed in the shared stream (after a chunk: always at a block boundary)."""
+        if self.name == "gzip":
+            self.check = zlib.crc32(data, self.check)
+        self.length += len(data)
         return _TAILS[self.name][0](data)
 
     def finish(self) -> bytes:
+        if self.name == "gzip":
+            return gzip_end(self.check, self.length)
         return _TAILS[self.name][1]

@@ -63,6 +63,7 @@ class Frame:
     origin: float | None = None  # wall clock when the change it carries began (gateway.core.stamps), if known
     trace: Any = None  # gateway.tracing.TraceHandle of a traced version (one for all its subscribers), or None
     raw: int = -1  # a cohort's chunk (``data`` already compressed): the size of what it encodes; else -1
+    check: int = 0  # a gzip cohort's chunk: the CRC-32 of everything the cohort encoded up to its end
 
 
 class State(Enum):
@@ -314,7 +315,7 @@ class SSEStream:
         ``frames``)."""
         self.counts.writes += 1
         if self._shared and frames:
-            return self._encode(data, *_chunks(frames))
+            return self._encode(data, *self._chunks(frames))
         return self._encode(data, events)
 
     def written(self, sent: VersionKey | None, now: float) -> None:
@@ -404,10 +405,24 @@ class SSEStream:
         self.heartbeat_at = now + self.timing.heartbeat
         self.counts.direct_writes += 1
         if self._shared:
-            return self._encode(data, *_chunks(frames))
+            return self._encode(data, *self._chunks(frames))
         return self._encode(data, len(frames))
 
     # -- both --------------------------------------------------------------------------------------------------
+
+    def _chunks(self, frames: list[Frame]) -> tuple[int, int]:
+        """(events, uncompressed bytes) of the cohort chunks a member is writing (a heartbeat chunk, version "", is
+        no event); its seat keeps the CRC-32 and length of what it has then sent (gzip's trailer)."""
+        events = raw = 0
+        for frame in frames:
+            raw += frame.raw
+            if frame.version:
+                events += 1
+        seat = self.encoder
+        assert isinstance(seat, Seat)
+        seat.check = frames[-1].check
+        seat.length += raw
+        return events, raw
 
     def _encode(self, data: bytes, events: int, raw: int = -1) -> bytes:
         """``raw``: the uncompressed size of ``data`` that is a cohort's chunks (counted as the bytes in)."""
@@ -440,16 +455,6 @@ class SSEStream:
             return False
         self._to(Input.CLOSE)
         return True
-
-
-def _chunks(frames: list[Frame]) -> tuple[int, int]:
-    """(events, uncompressed bytes) of a cohort member's chunks: a heartbeat chunk (version "") is no event."""
-    events = raw = 0
-    for frame in frames:
-        raw += frame.raw
-        if frame.version:
-            events += 1
-    return events, raw
 
 
 def _merged_signals(newest: Frame, folded: Fold) -> tuple[Frame, int]:

@@ -487,7 +487,7 @@ class Fanout:
         if not heartbeat:
             cohort.frame = frame
         shared = Frame((cohort.position - 1, 0), frame.version, chunk, frame.id, None, frame.origin, frame.trace,
-                       len(data))
+                       len(data), cohort.check)
         for sink in list(members.sinks):
             if not self._offer(sink, shared, conflate=False):
                 sink.feed(shared, now)

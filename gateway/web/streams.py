@@ -485,6 +485,7 @@ def _enter_cohort(runtime: AppContext, stream: Stream, opening: bytes, join: Cal
 
     seat = Seat(lease.encoder.name)
     cohort, _ = join(opening, lease.encoder, lease.decision.settings, lambda: engine.release(lease), encode_seconds)
+    seat.check, seat.length = cohort.check, cohort.length  # what its first bytes (the cohort's so far) carry
     stream.lease = replace(lease, encoder=seat, released=True)  # the cohort accounts for its encoder now
     stream.core.join(seat, BoundedMailbox(limit), (cohort.position - 1, 0))
     stream.policy = limit.policy
