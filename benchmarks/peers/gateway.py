@@ -45,6 +45,7 @@ class GatewayPeer:
     args: tuple[str, ...] = ()
     name: str = "gateway"
     workers: int = 0  # with --workers N: the child processes to wait for (their CPU and RSS count too)
+    module: str = "gateway"  # what ``python -m`` runs: ``benchmarks.memhook`` wraps ``gateway serve``
     description: str = (
         "this gateway: Quart + Hypercorn (asyncio), hub fan-out with a per-connection encoder, 15 s heartbeats"
     )
@@ -66,7 +67,7 @@ class GatewayPeer:
         drain = float(full_env["GATEWAY_SERVER_DRAIN_TIMEOUT"])
         spec = ServerSpec(
             name=self.name,
-            argv=[sys.executable, "-m", "gateway", "serve", "--bind", f"{HOST}:{port}",
+            argv=[sys.executable, "-m", self.module, "serve", "--bind", f"{HOST}:{port}",
                   "--tls-bind", f"{HOST}:{tls_port}", "--quic-bind", f"{HOST}:{tls_port}",
                   "--certfile", str(certfile), "--keyfile", str(keyfile), *self.args],
             env=full_env,
