@@ -16,7 +16,10 @@
 - ``accept_backoff``: out of descriptors, asyncio's accept loop spins and logs without bound (Python 3.11's asyncio);
 - ``quic_retry``: HTTP/3 answers every Initial without a Retry and with no connection cap (hypercorn, aioquic); it
   wraps ``QuicProtocol._handle_events`` as ``h3_backpressure`` does, each independently of the other;
-- ``h3_receive_queue``: HTTP/3 drops every datagram past ten waiting to be handled (hypercorn).
+- ``h3_receive_queue``: HTTP/3 drops every datagram past ten waiting to be handled (hypercorn);
+- ``h3_send_coalescing``: HTTP/3 builds packets after every write, walking every stream of the connection each
+  time, and makes a timer task per write (hypercorn, aioquic); it replaces ``QuicProtocol.send_all``, which
+  ``quic_shutdown`` and ``h3_backpressure`` call.
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -51,6 +54,7 @@ from gateway.web.hypercorn import (
     h3_backpressure,
     h3_disconnects,
     h3_receive_queue,
+    h3_send_coalescing,
     header_deadline,
     quic_retry,
     quic_shutdown,
@@ -106,6 +110,7 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("accept_backoff", (), accept_backoff.install),
     Correction("quic_retry", ("hypercorn", "aioquic"), quic_retry.install),
     Correction("h3_receive_queue", ("hypercorn",), h3_receive_queue.install),
+    Correction("h3_send_coalescing", ("hypercorn", "aioquic"), h3_send_coalescing.install),
 )
 
 _installed: list[str] = []
