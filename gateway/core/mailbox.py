@@ -110,7 +110,9 @@ class BoundedMailbox(Generic[T]):
     def __init__(self, limits: Limits, merge: Merge[T] | None = None) -> None:
         self.limits = limits
         self.merge = merge  # None: signal patches are queued as they come
-        self._items: deque[_Entry[T]] = deque()
+        # Made by the first put and given up by every take: an empty deque is ~760 bytes, and most streams' mailboxes
+        # stay empty (fan-out writes to an idle stream directly).
+        self._items: deque[_Entry[T]] | None = None
         self._targets: dict[str, list[_Entry[T]]] = {}  # live element patches by target
         self._signals: _Entry[T] | None = None  # the newest signal patch no barrier follows
         self._dead = 0
@@ -149,11 +151,14 @@ class BoundedMailbox(Generic[T]):
         limits = self.limits
         size = entry.size
         result = PutResult.QUEUED
+        items = self._items
+        if items is None:
+            items = self._items = deque()
         if self.count >= limits.max_items or self.bytes + size > limits.max_bytes:
             if limits.policy == "disconnect":
                 return PutResult.OVERFLOW
             while self.count and (self.count >= limits.max_items or self.bytes + size > limits.max_bytes):
-                old = self._items.popleft()
+                old = items.popleft()
                 if not old.live:
                     self._dead -= 1
                     continue
@@ -164,7 +169,7 @@ class BoundedMailbox(Generic[T]):
                 if self.first_dropped is None:
                     self.first_dropped = old.item
             result = PutResult.DROPPED_OLDEST
-        self._items.append(entry)
+        items.append(entry)
         self.count += 1
         self.bytes += size
         info = entry.info
@@ -176,7 +181,7 @@ class BoundedMailbox(Generic[T]):
             elif info.barrier:
                 self._signals = None
         if self._dead > 64 and self._dead > self.count:
-            self._items = deque(e for e in self._items if e.live)
+            self._items = deque(e for e in items if e.live)
             self._dead = 0
         return result
 
@@ -202,8 +207,9 @@ class BoundedMailbox(Generic[T]):
 
     def take_all(self) -> list[T]:
         """Everything pending, oldest first (the writer coalesces them into one write)."""
-        items = [entry.item for entry in self._items if entry.live]
-        self._items.clear()
+        queued = self._items
+        items = [entry.item for entry in queued if entry.live] if queued is not None else []
+        self._items = None
         self._targets.clear()
         self._signals = None
         self._dead = 0

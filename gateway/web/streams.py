@@ -2,9 +2,9 @@
 
 Every rule of a stream's life (what to write next, heartbeats, the write deadline, conflation and cut-offs, the
 goodbye, close reasons) is in the sans-IO ``SSEStream``. This module only does what needs the event loop: one task
-per stream (the ASGI request) that sleeps on one ``asyncio.Event`` and writes through ASGI ``send`` under the
-stream's deadline; a watcher task that reads ``receive()``, because Hypercorn reports a disconnect there and not
-by failing ``send``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
+per stream (the ASGI request) that sleeps until woken and writes through ASGI ``send`` under the stream's
+deadline; a watcher task that reads ``receive()``, because Hypercorn reports a disconnect there and not by failing
+``send``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
 stream, fan-out's direct write (``gateway.web.direct``): into the transport on HTTP/1.1, into the connection's h2
 state on HTTP/2, which fan-out flushes once per round.
 """
@@ -58,9 +58,9 @@ PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_versio
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_loop", "_socket", "_timer", "_wake",
-                 "_watcher", "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request", "route",
-                 "runtime", "send", "transport")
+    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_loop", "_socket", "_timer", "_waiter",
+                 "_watcher", "_woken", "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request",
+                 "route", "runtime", "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
                  client: str, core: SSEStream, policy: str, cap: int | None) -> None:
@@ -80,7 +80,10 @@ class Stream:
         self._behind = runtime.metrics.behind(kind)
         self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        # The task's wake-up: a flag, and a future only while the task sleeps. An ``asyncio.Event`` does the same
+        # with a deque of waiters (~760 bytes) that every idle stream would hold for its whole life.
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._deadline: asyncio.Timeout | None = None
@@ -89,13 +92,12 @@ class Stream:
         self.events = 0
 
     @classmethod
-    def open(cls, runtime: AppContext, kind: str, route: RouteState, scope: Scope, send: Send,
+    def open(cls, runtime: AppContext, kind: str, route: RouteState, request: StreamRequest, send: Send,
              mailbox: ConflatingMailbox[Frame] | BoundedMailbox[Frame], grace: float,
              cap: int | None = None, valid_for: float | None = None) -> Stream:
         """Admit a new stream (limits: 503 per process, 429 per client) and give it its encoder; ``grace`` and
         ``cap`` are its slow-client limits (``gateway.core.slowclient``); ``valid_for``: the seconds the token it
         was authorized with stays valid (``Authenticator.valid_for``), None without one that expires."""
-        request = StreamRequest.from_scope(scope)
         client = runtime.admit(request)
         try:
             lease = runtime.compression.open(route, request.headers.get("accept-encoding"), client)
@@ -125,7 +127,7 @@ class Stream:
         size = len(frame.data or b"")
         result = self.core.feed(frame, size, now)
         if result is Feed.WAKE:
-            self._wake.set()
+            self._wake()
         elif result is Feed.CONFLATED:
             self.runtime.metrics.conflated.labels(self.route).inc()
         elif result is Feed.DROPPED_OLDEST:
@@ -155,7 +157,7 @@ class Stream:
         self.runtime.metrics.slow_consumers_cut.labels(self.kind, self.policy).inc()
         if self._deadline is not None:
             self._deadline.reschedule(self._loop.time())
-        self._wake.set()
+        self._wake()
 
     def direct_ready(self) -> bool:
         """The task sleeps with nothing queued (nothing can be overtaken, the encoder is free) and the socket
@@ -183,7 +185,7 @@ class Stream:
             log.exception("direct write failed: the stream is ended and its client resumes")
             self.transport = None  # its encoder may hold half a write: nothing more goes to it
             self.core.write_failed(CloseReason.SEND_FAILED)
-            self._wake.set()
+            self._wake()
             return None
         self._delivered(frames)
         self.bytes_out += len(data)
@@ -213,7 +215,7 @@ class Stream:
             log.exception("direct h2 write failed: the stream is ended and its client resumes")
             self._h2 = None  # its encoder may hold half a write: nothing more goes to it
             self.core.write_failed(CloseReason.SEND_FAILED)
-            self._wake.set()
+            self._wake()
             return None
         self._delivered(frames)
         self.bytes_out += len(data)
@@ -236,7 +238,7 @@ class Stream:
         """End the stream from outside its task (a drain): the task finishes the write in flight, if any, then
         sees the reason and says goodbye."""
         self.core.end(reason)
-        self._wake.set()
+        self._wake()
 
     # -- the task's side -----------------------------------------------------------------------------------------
 
@@ -270,7 +272,7 @@ class Stream:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self.core.end(CloseReason.CLIENT_CLOSED)
-                self._wake.set()
+                self._wake()
                 return
 
     async def _send(self, message: dict[str, object]) -> None:
@@ -298,7 +300,7 @@ class Stream:
         (``call_at`` and ``cancel`` on each event cost more than the rest of a direct write): when a write has
         pushed the heartbeat later, the timer fires early, finds nothing due and is armed again, once per
         heartbeat interval at most."""
-        core, wake = self.core, self._wake
+        core = self.core
         while True:
             step = core.poll(self._loop.time())
             if isinstance(step, Write):
@@ -311,12 +313,24 @@ class Stream:
                 if timer is not None:
                     timer.cancel()
                 self._timer = self._loop.call_at(step.until, self._on_timer)
-            await wake.wait()
-            wake.clear()
+            if not self._woken:
+                self._waiter = waiter = self._loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+            self._woken = False
+
+    def _wake(self) -> None:
+        """Wake the task (or have its next sleep return at once)."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._wake.set()
+        self._wake()
 
     async def write(self, step: Write, frames: list[Frame]) -> None:
         """Write one step: its prefix and ``frames`` (rendered), with one encoder flush and one ``send``."""
@@ -403,14 +417,14 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
     channel: ViewChannel = runtime.fanout.views[spec.path]
     identity = None
     try:
+        request = StreamRequest.from_scope(scope)
         if (hook := runtime.authorizers.get(spec.path)) is not None:  # before anything is admitted or rendered
-            request = StreamRequest.from_scope(scope)
             identity = runtime.auth.identify(request.headers)
             await run_hook(hook, identity, request)
         if spec.path_model is not None:  # 422 naming a bad path value, before the stream opens
             validate_path_values(spec.path_model, scope.get("path_params", {}))
         limits = runtime.limits_of_view(spec)
-        stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), scope, send,
+        stream = Stream.open(runtime, "view", runtime.compression.route(spec.path), request, send,
                              ConflatingMailbox(), limits.grace, limits.max_bytes, runtime.auth.valid_for(identity))
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("view", exc.code).inc()
@@ -536,7 +550,7 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
         return
     limits = runtime.limits_of_hub(topics)
     try:
-        stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), scope, send,
+        stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), request, send,
                              BoundedMailbox(limits.mailbox), limits.grace, valid_for=runtime.auth.valid_for(identity))
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
