@@ -31,7 +31,8 @@ SETTING_ENV = "GATEWAY_SERVER_ACCEPT_UNVERIFIED_SERVER"
 NAMES = ["quic_shutdown", "h3_disconnects", "h2_late_data", "h2_backpressure", "send_after_disconnect",
          "tcp_close_abort", "connection_limits", "header_deadline",
          "h3_backpressure", "h2_rapid_reset", "tcp_eof_close", "accept_backoff", "quic_retry",
-         "h3_receive_queue", "h3_send_coalescing"]
+         "h3_receive_queue", "h3_send_coalescing", "app_queue",
+         "h11_can_read"]
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 Every rule of a stream's life (what to write next, heartbeats, the write deadline, conflation and cut-offs, the
 goodbye, close reasons) is in the sans-IO ``SSEStream``. This module only does what needs the event loop: one task
 per stream (the ASGI request) that sleeps until woken and writes through ASGI ``send`` under the stream's
-deadline; a watcher task that reads ``receive()``, because Hypercorn reports a disconnect there and not by failing
-``send``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
+deadline; the disconnect, which Hypercorn reports through ``receive()`` and not by failing ``send``, heard by a
+listener on Hypercorn's request queue (``gateway.web.hypercorn.app_queue``) or, without it, by a watcher task that
+reads ``receive()``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
 stream, fan-out's direct write (``gateway.web.direct``): into the transport on HTTP/1.1, into the connection's h2
 state on HTTP/2, which fan-out flushes once per round.
 """
@@ -33,12 +34,13 @@ from gateway.core.sse import Event, parse_last_event_id, retry_frame
 from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State, Timing, Wait, Write
 from gateway.core.topics import check_topic, hub_key
 from gateway.core.versions import VersionKey, try_version_key
-from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
+from gateway.web.asgi_util import Message, Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.auth import run_hook
 from gateway.web.compression import Lease, RouteState
 from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.direct import HIGH_WATER, H2Link, H2Writer, chunk, h1_transport, h2_writer
 from gateway.web.fanout import ViewChannel, hub_frame
+from gateway.web.hypercorn.app_queue import listen
 
 log = logging.getLogger("gateway.streams")
 
@@ -254,7 +256,8 @@ class Stream:
         metrics.streams_opened.labels(self.kind, self.lease.encoder.name).inc()
         metrics.streams_active.labels(self.kind).inc()
         self.runtime.stream_opened(self)
-        self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
+        if not listen(receive, self._on_message):  # no task needed where Hypercorn's queue can tell us
+            self._watcher = asyncio.create_task(self._watch(receive), name="gateway-stream-watch")
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         self._socket = h1_transport(self.send)  # the head is out: from the first body on, its buffer is measured
         sse = self.runtime.settings.sse
@@ -271,9 +274,19 @@ class Stream:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self.core.end(CloseReason.CLIENT_CLOSED)
-                self._wake()
+                self._client_left()
                 return
+
+    def _on_message(self, message: Message) -> None:
+        """A message of the request after the response started, as Hypercorn puts it: only ``http.disconnect``
+        matters, and it is taken after the current step, as a watcher task would (Hypercorn puts it inside the
+        stream's own last send, whose close reason must stay the one it was sent for)."""
+        if message["type"] == "http.disconnect":
+            self._loop.call_soon(self._client_left)
+
+    def _client_left(self) -> None:
+        self.core.end(CloseReason.CLIENT_CLOSED)
+        self._wake()
 
     async def _send(self, message: dict[str, object]) -> None:
         deadline = self.core.write_deadline

@@ -17,6 +17,10 @@
 - ``quic_retry``: HTTP/3 answers every Initial without a Retry and with no connection cap (hypercorn, aioquic); it
   wraps ``QuicProtocol._handle_events`` as ``h3_backpressure`` does, each independently of the other;
 - ``h3_receive_queue``: HTTP/3 drops every datagram past ten waiting to be handled (hypercorn);
+- ``app_queue``: every request holds an ``asyncio.Queue`` (~3.3 KB) for its ASGI ``receive`` for its whole life,
+  and a response can only hear of its disconnect through a task waiting on it (hypercorn);
+- ``h11_can_read``: every HTTP/1.1 connection holds an ``asyncio.Event`` (~860 bytes) it rarely waits on
+  (hypercorn);
 - ``h3_send_coalescing``: HTTP/3 builds packets after every write, walking every stream of the connection each
   time, and makes a timer task per write (hypercorn, aioquic); it replaces ``QuicProtocol.send_all``, which
   ``quic_shutdown`` and ``h3_backpressure`` call.
@@ -47,6 +51,7 @@ from importlib import metadata
 
 from gateway.web.hypercorn import (
     accept_backoff,
+    app_queue,
     connection_limits,
     h2_backpressure,
     h2_late_data,
@@ -55,6 +60,7 @@ from gateway.web.hypercorn import (
     h3_disconnects,
     h3_receive_queue,
     h3_send_coalescing,
+    h11_can_read,
     header_deadline,
     quic_retry,
     quic_shutdown,
@@ -111,6 +117,8 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("quic_retry", ("hypercorn", "aioquic"), quic_retry.install),
     Correction("h3_receive_queue", ("hypercorn",), h3_receive_queue.install),
     Correction("h3_send_coalescing", ("hypercorn", "aioquic"), h3_send_coalescing.install),
+    Correction("app_queue", ("hypercorn",), app_queue.install),
+    Correction("h11_can_read", ("hypercorn",), h11_can_read.install),
 )
 
 _installed: list[str] = []
