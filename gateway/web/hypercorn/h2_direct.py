@@ -6,6 +6,11 @@ send lock: measured 43 µs of server CPU per event when 10,000 streams share 100
 HTTP/1.1's direct path. Here fan-out asks h2's ``H2Connection.send_data`` itself to frame the event of every ready
 stream of a connection (so h2's stream states and flow-control windows stay the only truth), and when the round is
 over writes what ``data_to_send`` holds for the connection with one ``transport.write`` (``H2Link.flush``).
+h2's framing costs about what HTTP/1.1's ``send`` per stream does, and one system call carries a hundred events.
+Measured with ``python -m benchmarks.h2direct`` (medians, a 2-core VM shared with other work): broadcast to 10,000
+streams, 21 µs per event and p99 674 ms, against 95 µs and 4.8 s on the task path and 15.6 µs and 616 ms on
+HTTP/1.1; a burst to 1,000 streams, 4.5 µs per event against 37 µs and 3.6 µs. Every event waits for its round's
+last stream to be framed, so the median latency is higher than HTTP/1.1's, whose streams are written one by one.
 
 When a stream may take a direct write (``H2Writer.ready``), and why each condition:
 
