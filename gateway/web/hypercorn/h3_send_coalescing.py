@@ -22,6 +22,12 @@ Correction:
 - the connection's timer is one ``TimerHandle``, moved only when aioquic's ``get_timer`` changes; when it fires, a
   task runs ``handle_timer`` and the connection's events, as Hypercorn's timer task did.
 
+Measured on the 2-core benchmark machine (server and load generator each on one core, 100 streams a connection,
+~180-byte events): a burst of 200 events to 1,000 streams went from 151 to 46 µs of server CPU per delivered event
+(HTTP/1.1: 4-5), and a broadcast to 1,000 streams from 428 µs and a p99 of 14.2 s to 114 µs and 358 ms (HTTP/1.1:
+22 µs, 74 ms). What remains is mostly aioquic building, protecting and accounting each packet (~30 µs of an event
+at ~6 events a packet) and the streams' own write path through Hypercorn's HTTPStream and H3Protocol.
+
 QUIC's own rules are untouched: aioquic still decides what goes into every packet, within flow control, congestion
 control and pacing; each stream's bytes are in aioquic's buffer, in order, from the moment it was written; resets,
 STOP_SENDING and CONNECTION_CLOSE are sent by aioquic on the next flush, which a write or a received datagram
@@ -177,7 +183,8 @@ def install() -> None:
 
     def fire(protocol: Any, connection: Any) -> None:
         setattr(connection, TIMER, None)
-        protocol.task_group.spawn(on_timer, protocol, connection)
+        if connection.cids:  # (an ended connection's timer is cancelled; this one fired in the same round)
+            protocol.task_group.spawn(on_timer, protocol, connection)
 
     async def on_timer(protocol: Any, connection: Any) -> None:
         connection.quic.handle_timer(now=protocol.context.time())
