@@ -10,10 +10,12 @@ deadline. A reverse proxy speaks HTTP/1.1 to its upstreams, so this is the path 
 
 HTTP/2 streams share a connection, so their events are not chunks of a socket of their own: there fan-out has h2's
 own connection state frame each ready stream's event as DATA, within the flow-control windows, and writes what h2
-holds for the connection once per round (``h2_writer``; a window too small keeps the task path).
+holds for the connection once per round (``h2_writer``; a window too small keeps the task path). HTTP/3 streams
+likewise have aioquic's own H3 state frame the event of each ready stream, and the connection is flushed once per
+round (``h3_writer``; a stream whose client does not read keeps the task path).
 
-Reaching the transport means walking Hypercorn's objects: ``h1_transport`` and ``h2_writer`` live with the
-Hypercorn corrections (``gateway.web.hypercorn.transport`` and ``gateway.web.hypercorn.h2_direct``), which say
+Reaching the transport means walking Hypercorn's objects: ``h1_transport``, ``h2_writer`` and ``h3_writer`` live with
+the Hypercorn corrections (``gateway.web.hypercorn.transport``, ``.h2_direct`` and ``.h3_direct``), which say
 what they rely on and trust it only on the verified versions. When anything differs they answer None and the
 stream simply stays on the ASGI path.
 """
@@ -21,9 +23,11 @@ stream simply stays on the ASGI path.
 from __future__ import annotations
 
 from gateway.web.hypercorn.h2_direct import H2Link, H2Writer, h2_writer
+from gateway.web.hypercorn.h3_direct import H3Link, H3Writer, h3_writer
 from gateway.web.hypercorn.transport import h1_transport
 
-__all__ = ["HIGH_WATER", "H2Link", "H2Writer", "chunk", "h1_transport", "h2_writer"]
+__all__ = ["HIGH_WATER", "H2Link", "H2Writer", "H3Link", "H3Writer", "chunk", "h1_transport", "h2_writer",
+           "h3_writer"]
 
 # Bytes a transport may already hold for the client before fan-out stops writing to it directly and lets the
 # stream's own task (and its write deadline) take over. Small: a healthy client drains its socket between events.

@@ -27,9 +27,9 @@
 
 In parentheses: the packages whose internals each one relies on.
 
-``transport`` and ``h2_direct`` are not corrections: they are the seams through which fan-out writes to an idle
-HTTP/1.1 socket and frames DATA for idle HTTP/2 streams (``gateway.web.direct``), and they trust Hypercorn's, h11's
-and h2's objects only once ``install`` found them verified.
+``transport``, ``h2_direct`` and ``h3_direct`` are not corrections: they are the seams through which fan-out writes
+to an idle HTTP/1.1 socket and frames DATA for idle HTTP/2 and HTTP/3 streams (``gateway.web.direct``), and they
+trust Hypercorn's, h11's, h2's and aioquic's objects only once ``install`` found them verified.
 
 Each module reads or replaces private parts of the package it corrects, so the corrections are only known to be
 right on the versions in ``VERIFIED`` (pinned exactly in ``pyproject.toml``). ``install`` refuses any other version
