@@ -137,11 +137,15 @@ class SSESettings:
                                  "jitter, spreads reconnects and rebalances); 0 keeps streams forever",
                                  _between(0, 7 * 86_400, " s"))
     direct_writes: bool = _field(True, "fan-out writes events straight to the socket of idle HTTP/1.1 streams "
-                                 "(no task wake-up; several events in one write); busy and HTTP/3 streams always "
-                                 "use their own task")
+                                 "(no task wake-up; several events in one write); busy streams always use their own "
+                                 "task")
     h2_direct_writes: bool = _field(True, "with direct_writes, fan-out also frames the events of idle HTTP/2 "
                                     "streams itself, within their flow-control windows, in one write per "
                                     "connection and round; false keeps h2 streams on their own task")
+    h3_direct_writes: bool = _field(True, "with direct_writes, fan-out also frames the events of idle HTTP/3 "
+                                    "streams itself into aioquic's stream buffers (below a high-water mark), "
+                                    "flushed once per connection and round; false keeps h3 streams on their own "
+                                    "task")
     view_slow_clients: list[ViewRule] = _field([], "ordered rules for views, the first whose path selector "  # noqa: RUF009
                                                "(the path as registered, /prefix* or *) matches applies, over the "
                                                "view's own slow_client=: any of grace (s, instead of "

@@ -238,8 +238,8 @@ class Metrics:
             "patch).", ["kind", "patch"], registry=r)
         self.stream_writes = Counter(
             "gateway_stream_writes", "Writes to SSE streams, by kind and path: direct (fan-out wrote to an idle "
-            "HTTP/1.1 socket or framed an idle h2 stream's DATA itself) or task (the stream's own task sent through "
-            "ASGI).", ["kind", "path"],
+            "HTTP/1.1 socket or framed an idle h2 or h3 stream's DATA itself) or task (the stream's own task sent "
+            "through ASGI).", ["kind", "path"],
             registry=r)
         self.heartbeats_sent = Counter(
             "gateway_heartbeats_sent", "Heartbeat comments written to clients.", registry=r)

@@ -73,12 +73,13 @@ class Sink(Protocol):
         """True when a write now would neither block nor overtake anything the stream's task holds."""
 
     def direct_write(self, frames: list[Frame], now: float) -> Flush | None:
-        """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time. An HTTP/2 stream
-        returns its connection, whose bytes leave in one write when the round is over (``Flush``)."""
+        """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time. An HTTP/2 or HTTP/3
+        stream returns its connection, whose bytes leave together when the round is over (``Flush``)."""
 
 
 class Flush(Protocol):
-    """A connection whose streams' direct writes of a round leave together (``gateway.web.hypercorn.h2_direct``)."""
+    """A connection whose streams' direct writes of a round leave together (``gateway.web.hypercorn.h2_direct``,
+    ``.h3_direct``)."""
 
     def flush(self) -> None:
         """Write what the round's direct writes left with the connection."""

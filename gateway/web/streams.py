@@ -7,7 +7,7 @@ deadline; the disconnect, which Hypercorn reports through ``receive()`` and not 
 listener on Hypercorn's request queue (``gateway.web.hypercorn.app_queue``) or, without it, by a watcher task that
 reads ``receive()``; one re-armed timer for the next heartbeat or the end of the lifetime; and, for an idle
 stream, fan-out's direct write (``gateway.web.direct``): into the transport on HTTP/1.1, into the connection's h2
-state on HTTP/2, which fan-out flushes once per round.
+state on HTTP/2 and into aioquic's H3 state on HTTP/3, which fan-out flushes once per connection and round.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from gateway.web.asgi_util import Message, Receive, Scope, Send, StreamRequest, 
 from gateway.web.auth import run_hook
 from gateway.web.compression import Lease, RouteState
 from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
-from gateway.web.direct import HIGH_WATER, H2Link, H2Writer, chunk, h1_transport, h2_writer
+from gateway.web.direct import HIGH_WATER, H2Link, H2Writer, H3Link, H3Writer, chunk, h1_transport, h2_writer, h3_writer
 from gateway.web.fanout import ViewChannel, hub_frame
 from gateway.web.hypercorn.app_queue import listen
 
@@ -60,7 +60,7 @@ PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_versio
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_loop", "_socket", "_timer", "_waiter",
+    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_h3", "_loop", "_socket", "_timer", "_waiter",
                  "_watcher", "_woken", "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request",
                  "route", "runtime", "send", "transport")
 
@@ -78,6 +78,7 @@ class Stream:
         self.transport: Any = None  # set when fan-out may write to this stream directly
         self._socket: Any = None  # the HTTP/1.1 transport, when known: its write buffer counts as bytes behind
         self._h2: H2Writer | None = None  # set when fan-out may frame this h2 stream's events itself
+        self._h3: H3Writer | None = None  # the same for an h3 stream
         self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
         self._behind = runtime.metrics.behind(kind)
         self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
@@ -163,20 +164,21 @@ class Stream:
 
     def direct_ready(self) -> bool:
         """The task sleeps with nothing queued (nothing can be overtaken, the encoder is free) and the socket
-        holds little (the write cannot pile up memory); on h2, see ``H2Writer.ready``."""
+        holds little (the write cannot pile up memory); on h2 and h3, see ``H2Writer.ready``, ``H3Writer.ready``."""
         transport = self.transport
         if transport is None:
-            h2 = self._h2
+            h2 = self._h2 or self._h3
             return h2 is not None and self.core.state is State.IDLE and h2.ready()
         return (self.core.state is State.IDLE
                 and transport.get_write_buffer_size() < HIGH_WATER and not transport.is_closing())
 
-    def direct_write(self, frames: list[Frame], now: float) -> H2Link | None:
-        """Encode ``frames`` with one flush and write them as one chunk, without waking the task. On h2 the
-        chunk is framed into the connection's h2 state and the link returned, for fan-out to flush once per
-        round."""
-        if self._h2 is not None:
-            return self._h2_write(self._h2, frames, now)
+    def direct_write(self, frames: list[Frame], now: float) -> H2Link | H3Link | None:
+        """Encode ``frames`` with one flush and write them as one chunk, without waking the task. On h2 and h3
+        the chunk is framed into the connection's h2 or H3 state and the link returned, for fan-out to flush once
+        per round."""
+        writer = self._h2 or self._h3
+        if writer is not None:
+            return self._h2_write(writer, frames, now)
         data = self.core.write_direct(frames, now)
         if data is None:
             return None
@@ -201,9 +203,9 @@ class Stream:
             self._behind.observe(behind)
         return None
 
-    def _h2_write(self, h2: H2Writer, frames: list[Frame], now: float) -> H2Link | None:
-        """The h2 direct write: when the flow-control windows are too small for ``frames`` they go to the mailbox
-        (the task's path, with its write deadline), in order, before anything is encoded."""
+    def _h2_write(self, h2: H2Writer | H3Writer, frames: list[Frame], now: float) -> H2Link | H3Link | None:
+        """The h2 (or h3) direct write: when the flow-control windows are too small for ``frames`` they go to the
+        mailbox (the task's path, with its write deadline), in order, before anything is encoded."""
         if not h2.room(sum(len(f.data or b"") for f in frames)):
             for frame in frames:
                 self.feed(frame, now)
@@ -214,8 +216,8 @@ class Stream:
         try:
             link = h2.write(data)
         except Exception:
-            log.exception("direct h2 write failed: the stream is ended and its client resumes")
-            self._h2 = None  # its encoder may hold half a write: nothing more goes to it
+            log.exception("direct h2/h3 write failed: the stream is ended and its client resumes")
+            self._h2 = self._h3 = None  # its encoder may hold half a write: nothing more goes to it
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake()
             return None
@@ -263,6 +265,8 @@ class Stream:
         sse = self.runtime.settings.sse
         if self._socket is None and sse.direct_writes and sse.h2_direct_writes:
             self._h2 = h2_writer(self.send, HIGH_WATER)
+        if self._socket is None and self._h2 is None and sse.direct_writes and sse.h3_direct_writes:
+            self._h3 = h3_writer(self.send, HIGH_WATER)
         await self._send({"type": "http.response.body", "body": encoded, "more_body": True})
         self.bytes_out += len(encoded)
         self.events += events
@@ -387,7 +391,7 @@ class Stream:
             return
         self.runtime.compression.release(self.lease)
         self.runtime.release_client(self.client)
-        self.transport = self._socket = self._h2 = None
+        self.transport = self._socket = self._h2 = self._h3 = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
