@@ -7,7 +7,12 @@ each an awaited coroutine, before aioquic's ``H3Connection.send_data`` puts the 
 measured ~43 µs of the 46 µs of server CPU an event cost in a burst to 1,000 h3 streams (HTTP/1.1: 4 µs). Here
 fan-out calls ``H3Connection.send_data`` itself for every ready stream (so aioquic's stream states and flow control
 stay the only truth), and once the round is over asks ``h3_send_coalescing`` for the connection's one flush, which
-builds the packets of every stream written in the round together (``H3Link.flush``).
+builds the packets of every stream written in the round together (``H3Link.flush``). Measured with ``python -m
+benchmarks --quick --peers gateway --scenarios burst,broadcast --protocols h1,h3`` (one run each, before and after,
+a 2-core VM shared with other work): burst to 100 and 300 h3 streams 37 and 35 -> 28 and 28.5 µs of server CPU per
+delivered event (HTTP/1.1 in the same runs: 9-11.5 and 5-7 µs), broadcast to 1,000 h3 streams 156 -> 72 µs and p99
+196 -> 100 ms (HTTP/1.1: 20 µs, 44-60 ms); nothing lost. What remains is mostly aioquic building, protecting and
+accounting the packets (``h3_send_coalescing``).
 
 When a stream may take a direct write (``H3Writer.ready``), and why each condition:
 
