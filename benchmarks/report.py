@@ -191,8 +191,9 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
             add(f"{share:5.1f}%  {name}")
         add("```\n")
     add("## How the fast path gets there\n")
-    add("- **Render once, frame once**: a view renders once per version and a hub event is framed once; every "
-        "subscriber gets the same bytes, only compression is per connection.\n"
+    add("- **Render once, frame once, compress once per cohort**: a view renders once per version and a hub event "
+        "is framed once; every subscriber gets the same bytes, and the streams that opened at the same point share "
+        "one compressor (docs/compression.md, compression cohorts).\n"
         "- **Direct writes**: for an HTTP/1.1 stream whose task is parked with nothing queued and whose socket "
         "holds under 64 KiB, fan-out frames the chunk and writes it to the transport itself: no task wake-up, no "
         "ASGI/h11 layers, no lock (`gateway/web/direct.py`; `gateway_stream_writes_total{path}` counts both "
@@ -234,14 +235,13 @@ def _reading(r: dict[str, Any]) -> str:
     br, ident = cpu("gateway", "br", n_big), cpu("gateway", "identity", n_big)
     if br and ident:
         lines.append(f"- **Brotli on small events costs {br / ident:.1f}× identity** ({br:.1f} vs {ident:.1f} µs). "
-                     "The profile below shows the encoder's flush as the largest share: every flush ends a "
-                     "Brotli meta-block, whose fixed cost (measured alone: ~10 µs at quality 4 for one ~190-byte "
-                     "event, ~3-4 µs per event when eight share a flush) is larger than everything else a "
-                     f"coalesced identity delivery costs ({ident:.1f} µs). Coalescing amortises it under a "
-                     "burst; it cannot remove it. For feeds of "
-                     "small events, gzip gives the smallest bytes here and zstd is the cheaper compressor; the "
-                     "memory budget and `compression.encodings` choose per deployment. On the view stream, "
-                     "where a render is ~16 KB, Brotli is the clear win (see the bytes per render).")
+                     "The subscribers of the burst opened before its first event, so they share one compression "
+                     "cohort per codec: each event is compressed once for all of them (one Brotli flush, ~10 µs "
+                     "at quality 4 for a ~190-byte event, paid once per event instead of once per subscriber), "
+                     "and what remains per delivery is the same write as identity's. A subscription that "
+                     "resumes with Last-Event-ID, or that arrives between two events, compresses in a cohort of "
+                     "its own. For feeds of small events, gzip gives the smallest bytes here; on the view "
+                     "stream, where a render is ~16 KB, Brotli is the clear win (see the bytes per render).")
     uv, gw = cpu("gateway-uvloop", "identity", n_big), cpu("gateway", "identity", n_big)
     if uv and gw:
         lines.append(f"- **uvloop** changes little in CPU per event here ({uv:.1f} vs {gw:.1f} µs at N={n_big:,}): "

@@ -47,7 +47,7 @@ class GatewayPeer:
     workers: int = 0  # with --workers N: the child processes to wait for (their CPU and RSS count too)
     module: str = "gateway"  # what ``python -m`` runs: ``benchmarks.memhook`` wraps ``gateway serve``
     description: str = (
-        "this gateway: Quart + Hypercorn (asyncio), hub fan-out with a per-connection encoder, 15 s heartbeats"
+        "this gateway: Quart + Hypercorn (asyncio), hub fan-out, compression cohorts, 15 s heartbeats"
     )
 
     def missing(self) -> str | None:
