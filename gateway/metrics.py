@@ -130,6 +130,36 @@ class Spread:
         self.total = 0.0
 
 
+class Latency(Spread):
+    """A ``Spread`` of delivery latencies that fan-out's direct writes feed by origin: ``pending[origin]`` counts
+    the deliveries of a change that began at ``origin`` (wall clock). ``report()``, run when fan-out's round of
+    writes is over, turns each into one observation of ``now - origin`` per delivery. A round hands the same frames
+    to hundreds of streams: one dictionary increment each, instead of a clock read and a bucket search each
+    (the metric was 17% of the server's samples in a burst to 1,000 streams)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, child: Any) -> None:
+        super().__init__(child)
+        self.pending: dict[float, int] = {}
+
+    def report(self) -> None:
+        pending = self.pending
+        if pending:
+            now = time.time()
+            batched = self.observe == self._count
+            for origin, count in pending.items():
+                value = max(0.0, now - origin)
+                if batched:
+                    self.counts[bisect_left(self._bounds, value)] += count
+                    self.total += value * count
+                else:
+                    for _ in range(count):
+                        self.observe(value)
+            pending.clear()
+        super().report()
+
+
 # A counter's ``_created`` series doubles every counter's series count and no dashboard or alert reads it.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -363,7 +393,7 @@ class Metrics:
             "published, in whichever process) to its bytes handed to a client's socket, per route and protocol "
             "(h1, h2, h3); live deliveries only, not a connect's first state nor a replay. Wall clocks: across "
             "machines it includes their offset.", ["route", "protocol"], registry=r, buckets=LATENCY_BUCKETS)
-        self._deliveries: dict[tuple[str, str], Spread] = {}
+        self._deliveries: dict[tuple[str, str], Latency] = {}
 
     def bus_health(self, up: bool) -> None:
         """The bus reports reachability changes here (an outage is counted when it begins)."""
@@ -386,11 +416,11 @@ class Metrics:
                                                self.patches_folded.labels(kind, "signals"))
         return found
 
-    def delivered(self, route: str, protocol: str) -> Spread:
+    def delivered(self, route: str, protocol: str) -> Latency:
         """The batched ``gateway_delivery_seconds`` of one route and protocol."""
         found = self._deliveries.get((route, protocol))
         if found is None:
-            found = self._deliveries[route, protocol] = Spread(self.delivery.labels(route, protocol))
+            found = self._deliveries[route, protocol] = Latency(self.delivery.labels(route, protocol))
         return found
 
     def behind(self, kind: str) -> Spread:

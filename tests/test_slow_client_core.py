@@ -3,6 +3,7 @@ that carry them (a TOML array of tables, JSON in the environment)."""
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from gateway.core.slowclient import (
     hub_limits,
     view_limits,
 )
-from gateway.metrics import BYTES_BEHIND_BUCKETS, Spread
+from gateway.metrics import BYTES_BEHIND_BUCKETS, LATENCY_BUCKETS, Latency, Spread
 
 pytestmark = pytest.mark.unit
 
@@ -260,3 +261,28 @@ def test_a_spread_without_the_internals_it_relies_on_observes_directly() -> None
     spread.zeros += 2
     spread.report()
     assert seen == [5, 0, 0]
+
+
+def test_latency_counts_deliveries_by_origin_and_observes_them_at_the_report() -> None:
+    """Direct writes count a delivery under its change's origin; the round's report observes ``now - origin`` once
+    per delivery: the buckets are those the histogram's own ``observe`` gives, the sum within the report's time."""
+    registry = CollectorRegistry()
+    hist = Histogram("t_delivery_seconds", "t", ["path"], registry=registry, buckets=LATENCY_BUCKETS)
+    batched, direct = Latency(hist.labels("batched")), hist.labels("direct")
+    now = time.time()
+    ages = {0.0005: 3, 0.02: 5, 0.3: 1, 7.0: 2, -1.0: 4}  # a clock stepped back counts as 0
+    for age, count in ages.items():
+        batched.pending[now - age] = count
+    batched.report()
+    assert not batched.pending
+    after = time.time()
+    for age, count in ages.items():
+        for _ in range(count):
+            direct.observe(max(0.0, now - (now - age)))
+    for bound in [*map(float, LATENCY_BUCKETS), float("inf")]:
+        le = "+Inf" if bound == float("inf") else str(bound)
+        got = registry.get_sample_value("t_delivery_seconds_bucket", {"path": "batched", "le": le})
+        assert got == registry.get_sample_value("t_delivery_seconds_bucket", {"path": "direct", "le": le}), le
+    exact = sum(max(0.0, age) * count for age, count in ages.items())
+    total = registry.get_sample_value("t_delivery_seconds_sum", {"path": "batched"})
+    assert exact <= total <= exact + (after - now) * sum(ages.values())

@@ -191,7 +191,7 @@ class Stream:
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake()
             return None
-        self._delivered(frames)
+        self._delivered_in_round(frames)
         self.bytes_out += len(data)
         self.events += len(frames)
         behind = transport.get_write_buffer_size()  # what the socket could not send (the mailbox is empty)
@@ -221,11 +221,22 @@ class Stream:
             self.core.write_failed(CloseReason.SEND_FAILED)
             self._wake()
             return None
-        self._delivered(frames)
+        self._delivered_in_round(frames)
         self.bytes_out += len(data)
         self.events += len(frames)
         self._behind.zeros += 1  # the gateway holds nothing: the bytes are h2's and the socket's (metrics.Spread)
         return link
+
+    def _delivered_in_round(self, frames: list[Frame]) -> None:
+        """``_delivered`` for fan-out's direct writes: each frame's delivery is counted under its origin and
+        observed when the round of writes is over (``metrics.Latency``), a few microseconds later."""
+        pending = self._delivery.pending
+        for frame in frames:
+            origin = frame.origin
+            if origin is not None:
+                pending[origin] = pending.get(origin, 0) + 1
+            if frame.trace is not None:  # a traced version: its first delivery here is a span (gateway.tracing)
+                self.runtime.tracing.delivered(frame.trace, self.kind)
 
     def _delivered(self, frames: list[Frame]) -> None:
         """Each frame's delivery latency: from when its change began (``Frame.origin``) to now, its bytes handed
