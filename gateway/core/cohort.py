@@ -36,7 +36,7 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from gateway.core.encoders import StreamEncoder
+from gateway.core.encoders import IdentityEncoder, StreamEncoder
 
 SHAREABLE = frozenset({"br", "zstd", "gzip"})
 MAX_OPENING = 32  # chunks (the opening and heartbeats) a cohort keeps for newcomers; past it, nobody new joins
@@ -97,7 +97,8 @@ _TAILS: dict[str, tuple[Callable[[bytes], bytes], bytes]] = {
 class Cohort:
     """One shared compressor and what it has produced so far, for the streams of one view that joined it."""
 
-    __slots__ = ("check", "encoder", "frame", "last_write", "length", "members", "opening", "position", "settings")
+    __slots__ = ("_crc", "check", "encoder", "frame", "last_write", "length", "members", "opening", "position",
+                 "settings")
 
     def __init__(self, encoder: StreamEncoder, settings: object, frame: object, opening: bytes, now: float) -> None:
         if encoder.name not in SHAREABLE:
@@ -108,7 +109,8 @@ class Cohort:
         self.members = 0
         self.last_write = now
         # gzip's trailer needs the CRC-32 and length of everything encoded (the others: never read)
-        self.check = zlib.crc32(opening) if encoder.name == "gzip" else 0
+        self._crc = encoder.name == "gzip"
+        self.check = zlib.crc32(opening) if self._crc else 0
         self.length = len(opening)
         first = encoder.encode_flush(opening)
         self.opening: list[bytes] | None = [first]  # everything encoded so far, while newcomers may still join
@@ -129,7 +131,7 @@ class Cohort:
     def append(self, data: bytes, now: float, *, heartbeat: bool = False) -> bytes:
         """Encode ``data`` once for every member: the chunk each of them is to write next."""
         chunk = self.encoder.encode_flush(data)
-        if self.encoder.name == "gzip":
+        if self._crc:
             self.check = zlib.crc32(data, self.check)
         self.length += len(data)
         self.position += 1
@@ -143,11 +145,11 @@ class Cohort:
         return chunk
 
 
-class Seat:
+class Seat(IdentityEncoder):
     """A member's encoder: the bytes it is handed are the cohort's chunks, already compressed, and go out as they
-    are; only its goodbye is its own (``tail``), framed raw after the last chunk and followed by the end
-    (``finish``). ``check`` and ``length``: the CRC-32 and size of everything it has sent (gzip's trailer needs
-    them), kept by the stream as it writes chunks."""
+    are (identity's passthrough); only its goodbye is its own (``tail``), framed raw after the last chunk and
+    followed by the end (``finish``). ``check`` and ``length``: the CRC-32 and size of everything it has sent
+    (gzip's trailer needs them), kept by the stream as it writes chunks."""
 
     __slots__ = ("check", "length", "name")
 
@@ -157,15 +159,6 @@ class Seat:
         self.name = name
         self.check = check
         self.length = length
-
-    def encode(self, data: bytes) -> bytes:
-        return data
-
-    def flush(self) -> bytes:
-        return b""
-
-    def encode_flush(self, data: bytes) -> bytes:
-        return data
 
     def tail(self, data: bytes) -> bytes:
         """``data`` framed uncompressed in the shared stream (after a chunk: always at a block boundary)."""

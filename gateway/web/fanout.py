@@ -489,7 +489,7 @@ class Fanout:
             cohort.frame = frame
         shared = Frame((cohort.position - 1, 0), frame.version, chunk, frame.id, None, frame.origin, frame.trace,
                        len(data), cohort.check)
-        for sink in list(members.sinks):
+        for sink in members.sinks:  # nothing here adds or removes members (a cut one leaves from its own task)
             if not self._offer(sink, shared, conflate=False):
                 sink.feed(shared, now)
         if heartbeat:

@@ -186,10 +186,7 @@ class Stream:
         try:
             transport.write(chunk(data))
         except Exception:
-            log.exception("direct write failed: the stream is ended and its client resumes")
-            self.transport = None  # its encoder may hold half a write: nothing more goes to it
-            self.core.write_failed(CloseReason.SEND_FAILED)
-            self._wake()
+            self._direct_failed()
             return None
         self._delivered_in_round(frames)
         self.bytes_out += len(data)
@@ -216,16 +213,21 @@ class Stream:
         try:
             link = h2.write(data)
         except Exception:
-            log.exception("direct h2/h3 write failed: the stream is ended and its client resumes")
-            self._h2 = self._h3 = None  # its encoder may hold half a write: nothing more goes to it
-            self.core.write_failed(CloseReason.SEND_FAILED)
-            self._wake()
+            self._direct_failed()
             return None
         self._delivered_in_round(frames)
         self.bytes_out += len(data)
         self.events += len(frames)
         self._behind.zeros += 1  # the gateway holds nothing: the bytes are h2's and the socket's (metrics.Spread)
         return link
+
+    def _direct_failed(self) -> None:
+        """A direct write (h1, h2 or h3) raised: its encoder may hold half a write, so nothing more goes to this
+        stream directly; it is ended and its client resumes."""
+        log.exception("direct write failed: the stream is ended and its client resumes")
+        self.transport = self._h2 = self._h3 = None
+        self.core.write_failed(CloseReason.SEND_FAILED)
+        self._wake()
 
     def _delivered_in_round(self, frames: list[Frame]) -> None:
         """``_delivered`` for fan-out's direct writes: each frame's delivery is counted under its origin and
