@@ -347,6 +347,10 @@ class LimitSettings:
                                 "trusted_proxies are exempt; 0 disables", _between(0, 1000))
     abuse_cooldown: float = _field(30 * SECONDS, "seconds the strikes are counted over, and an address stays in "
                                    "the penalty box", _between(1, 86_400, " s"))
+    abuse_kernel_filter: bool = _field(True, "drop the connection attempts of addresses in the penalty box in the "
+                                       "kernel (a socket filter on the listening sockets, Linux) instead of "
+                                       "accepting and closing each one: a client that reconnects at once then "
+                                       "costs the process nothing")
     quic_retry: str = _field("always", "HTTP/3 address validation: always answers a new client's first Initial with "
                              "a Retry and a token it must echo from the same address (one round trip more), so a "
                              "forged source address gets neither the ~3x amplified handshake nor any state; never "

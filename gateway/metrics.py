@@ -302,6 +302,9 @@ class Metrics:
             "(limits.max_connections), address (limits.max_connections_per_address), abuse (the address is in the "
             "penalty box: limits.abuse_strikes).", ["reason"],
             registry=r)
+        self.penalty_box = Gauge(
+            "gateway_penalty_box_addresses", "Addresses in the penalty box whose connection attempts the kernel "
+            "drops (limits.abuse_kernel_filter).", registry=r, multiprocess_mode="livesum")
         self.window_grown = Counter(
             "gateway_compression_window_grown", "Times a route's renders outgrew its window and new connections "
             "got a larger one.", ["route", "encoding"], registry=r)

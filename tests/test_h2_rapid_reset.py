@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.support.h2attack import goaway, opened_and_reset
+from tests.support.metrics import metric
 from tests.support.proc import rss
 from tests.support.server import HUB_TOKEN, ROOT, Server, start_server
 from tests.support.sse_client import SSEReader
@@ -33,23 +34,33 @@ ATTACKERS = 4
 STREAMS_PER_CONNECTION = 900
 HEALTH_BOUND = 1.0  # seconds /healthz may take during and right after the attack
 RSS_BOUND = 64 * 2**20
-# Delivery p99 under attack, against the baseline p99 measured just before. The issue asks for 1.2x. The attacker
-# (a separate process on its own loopback address, 127.0.0.2, replaying a 900-stream request on ~5,000 connections a
-# second) is niced: it shares this machine's 2 cores with the gateway and the measuring client, and a contended core
-# would be charged to the gateway. After limits.abuse_strikes GOAWAYs its address is in the penalty box and every
-# reconnect is closed at accept. Measured (docs/security.md, "HTTP/2 Rapid Reset and connection churn"): p99 3.4-5.5 ms
-# before, 5.7-6.5 ms under attack; on 2026-12-07 on a quiet machine 7-17 ms before and 9-22 ms under attack, 1.2-1.8x.
-# The p99 of a few hundred samples is one of the few largest, and a stall of the shared machine moves it by
-# milliseconds, so the bound asserted is 1.2x the baseline or the baseline plus SLACK, whichever is larger; a
-# publish every 10 ms (about 250 samples before the attack, 600 during it) rather than 20 ms halves that noise.
+# Delivery p99 under attack, against the baseline p99 measured just before. The attacker (a separate process on its
+# own loopback address, 127.0.0.2, replaying a 900-stream request on every connection and reconnecting at once) is
+# niced: it shares this machine's 2 cores with the gateway and the measuring client, and a contended core would be
+# charged to the gateway. After limits.abuse_strikes GOAWAYs its address is in the penalty box: by default the
+# kernel then drops its SYNs (limits.abuse_kernel_filter), and it costs the gateway nothing more; with the filter off
+# each of its ~7,000 reconnects a second is accepted and closed. Measured (docs/security.md, "HTTP/2 Rapid Reset and
+# connection churn"), 2026-12-07 on a quiet machine, p99 before / under attack: with the filter 3.2-4.4 / 3.0-4.4 ms
+# (0.81-1.22x); without it 3.4-5.1 / 4.5-5.5 ms (0.99-1.45x). The p99 of a few hundred samples is one of the few
+# largest, and a stall of the shared machine moves it by a millisecond or two, so the bound asserted is 1.2x the
+# baseline or the baseline plus SLACK, whichever is larger: SLACK is 2 ms with the filter and 10 ms without it.
 P99_FACTOR = 1.2
-SLACK = 0.010  # seconds
 PERIOD = 0.01  # seconds between published events (each waits for the previous publish's answer)
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, certs: tuple[Path, Path]) -> Iterator[Server]:
     server = start_server(tmp_path, certs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["kernel_filter", "accept_refusal"])
+def attacked(request: pytest.FixtureRequest, tmp_path: Path, certs: tuple[Path, Path]) -> Iterator[Server]:
+    """A gateway whose penalty box drops a boxed address's SYNs in the kernel (the default), or refuses its
+    connections at accept (``limits.abuse_kernel_filter`` off)."""
+    env = {} if request.param else {"GATEWAY_LIMITS_ABUSE_KERNEL_FILTER": "false"}
+    server = start_server(tmp_path, certs, env=env)
     yield server
     server.stop()
 
@@ -99,7 +110,9 @@ def run_attack(port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
-async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Server) -> None:
+async def test_rapid_reset_leaves_others_served_and_memory_bounded(attacked: Server) -> None:
+    gateway = attacked
+    kernel_filter = "GATEWAY_LIMITS_ABUSE_KERNEL_FILTER" not in gateway.env
     base = gateway.http
     stop_health, stop_publish = asyncio.Event(), asyncio.Event()
     health: list[float] = []
@@ -131,24 +144,38 @@ async def test_rapid_reset_leaves_others_served_and_memory_bounded(gateway: Serv
         after = between(received, attack_end, attack_end + 2.0)
 
     during = health[health_before:]
+    refused_at_accept = await metric(base, "gateway_connections_refused_total", reason="abuse")
     report = {
-        "attack": tally, "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20,
+        "attack": tally, "refused_at_accept": refused_at_accept,
+        "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss_after / 2**20,
         "healthz_max_before_s": max(health[:health_before]), "healthz_max_during_after_s": max(during),
         "p99_baseline_ms": p99(baseline) * 1000, "p99_attack_ms": p99(under_attack) * 1000,
         "p99_after_ms": p99(after) * 1000, "events": [len(baseline), len(under_attack), len(after)],
     }
     print(json.dumps(report))
-    assert tally["connections"] >= ATTACKERS, report
-    assert tally["streams"] > 10 * STREAMS_PER_CONNECTION, report
+    attempts = tally["connections"] + tally["refused"]
+    assert attempts >= 2 * ATTACKERS, report  # every attacker reconnected
     assert max(during) < HEALTH_BOUND, report
     assert rss_after - rss_before < RSS_BOUND, report
     assert len(under_attack) >= ATTACK_SECONDS / PERIOD / 2, report  # events kept flowing
-    assert p99(under_attack) <= max(P99_FACTOR * p99(baseline), p99(baseline) + SLACK), report
-    assert sum(tally["goaways"].values()) > 0, report
-    # After limits.abuse_strikes GOAWAYs the attacker's address is refused at accept: a handful of GOAWAYs, not one
+    slack = 0.002 if kernel_filter else 0.010
+    assert p99(under_attack) <= max(P99_FACTOR * p99(baseline), p99(baseline) + slack), report
+    goaways = sum(tally["goaways"].values())
+    assert goaways > 0, report
+    # After limits.abuse_strikes GOAWAYs the attacker's address is in the penalty box: a handful of GOAWAYs, not one
     # per connection.
     assert "127.0.0.2 put in the penalty box" in gateway.output()
-    assert sum(tally["goaways"].values()) < tally["connections"] / 10, report
+    if kernel_filter:
+        # Its SYNs go unanswered (each attempt times out in the attacker's connect) and the few connections the
+        # kernel had queued before the filter are all the process refuses.
+        assert tally["refused"] >= ATTACKERS, report
+        assert await metric(base, "gateway_penalty_box_addresses") == 1, report
+        assert goaways <= tally["connections"], report
+        assert refused_at_accept < 100, report
+    else:
+        assert tally["streams"] > 10 * STREAMS_PER_CONNECTION, report
+        assert goaways < tally["connections"] / 10, report
+        assert refused_at_accept > 1000, report
     assert "Traceback" not in gateway.output()
 
 

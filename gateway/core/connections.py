@@ -96,6 +96,10 @@ class PenaltyBox:
         del self._until[address]
         return False
 
+    def boxed(self, now: float) -> list[tuple[str, float]]:
+        """The addresses in the box at ``now``, each with the time it leaves, the most recently boxed first."""
+        return [(address, until) for address, until in reversed(self._until.items()) if until > now]
+
     def __len__(self) -> int:
         return len(self._until)
 

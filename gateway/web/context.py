@@ -33,7 +33,7 @@ from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
 from gateway.web.guard import Guard
-from gateway.web.hypercorn import connection_limits, header_deadline, quic_retry
+from gateway.web.hypercorn import connection_limits, header_deadline, quic_retry, syn_filter
 
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
@@ -104,6 +104,7 @@ class AppContext:
         connection_limits.configure(limits.max_connections, limits.max_connections_per_address, self.trusted_proxies,
                                     lambda reason: self.metrics.connections_refused.labels(reason.value).inc())
         connection_limits.configure_penalties(limits.abuse_strikes, limits.abuse_cooldown)
+        syn_filter.configure(limits.abuse_kernel_filter, self.metrics.penalty_box.set)
         header_deadline.configure(limits.header_timeout, lambda stage: self.metrics.deadlines.labels(stage).inc())
         quic_retry.configure(RetryMode(limits.quic_retry), limits.max_quic_connections,
                              lambda reason: self.metrics.quic_refused.labels(reason.value).inc(),

@@ -22,7 +22,8 @@ Test that fails without it: ``tests/test_connection_churn.py::test_descriptor_ex
 The same loop screens each accepted socket against the penalty box of ``connection_limits`` first: an address
 boxed for abuse is closed right after ``accept()``, before asyncio builds a transport, a protocol and a task for it
 (an h2 attacker replaying its requests reconnected ~5,300 times a second on loopback; each refusal then costs a
-system call instead of a connection's set-up).
+system call instead of a connection's set-up), and hands its listener to ``syn_filter``, which has the kernel drop
+boxed addresses' attempts before they reach this loop at all.
 
 Each readiness still accepts up to the backlog. Capping it at 64 accepts (so that a penalty-boxed flood cannot hold
 the loop for the milliseconds 4,096 accept-and-close pairs take) was tried and reverted: a burst of 5,000
@@ -42,7 +43,7 @@ import time
 from typing import Any
 
 from gateway.core.resets import Throttle
-from gateway.web.hypercorn import connection_limits
+from gateway.web.hypercorn import connection_limits, syn_filter
 
 FIRST_PAUSE = 0.05  # seconds without accepting after the first failure
 LAST_PAUSE = 1.0  # seconds, the longest pause while accepts keep failing
@@ -80,6 +81,7 @@ def install() -> None:
 
     def _accept_connection(self: Any, protocol_factory: Any, sock: Any, sslcontext: Any = None, server: Any = None,
                            backlog: int = 100, *timeouts: Any) -> None:
+        syn_filter.listening(sock)
         for _ in range(backlog):
             try:
                 conn, addr = sock.accept()

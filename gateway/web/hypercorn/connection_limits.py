@@ -14,7 +14,8 @@ connection that speaks HTTP/1.1 (plain, or TLS with ALPN http/1.1) with ``503`` 
 
 An address with repeated abuse (``limits.abuse_strikes`` connections closed with GOAWAY ENHANCE_YOUR_CALM by
 ``h2_rapid_reset`` within ``limits.abuse_cooldown``) is put in a penalty box (``gateway.core.connections``) and its
-new connections are aborted at once for ``limits.abuse_cooldown`` seconds, counted as ``reason="abuse"``.
+new connections are aborted at once for ``limits.abuse_cooldown`` seconds, counted as ``reason="abuse"``; with
+``limits.abuse_kernel_filter`` (``syn_filter``) the kernel drops its connection attempts before they are accepted.
 
 Upstream: Hypercorn has no connection limit (nor does uvicorn's ``--limit-concurrency`` count per address); the
 upstream fix would be a ``max_connections`` config checked in ``TCPServer.run``.
@@ -34,6 +35,7 @@ from typing import Any
 
 from gateway.core.clientaddr import Network
 from gateway.core.connections import ConnectionCaps, PenaltyBox, Refusal
+from gateway.web.hypercorn import syn_filter
 
 log = logging.getLogger("gateway.hypercorn")
 
@@ -63,13 +65,16 @@ def configure_penalties(strikes: int, cooldown: float) -> None:
     """``limits.abuse_strikes`` within ``limits.abuse_cooldown`` put an address in the penalty box."""
     global penalties
     penalties = PenaltyBox(strikes, cooldown)
+    syn_filter.reset()
 
 
 def strike(address: str) -> None:
     """A connection from ``address`` was closed for abuse (see ``PenaltyBox``); trusted proxies are exempt."""
-    if address and not _exempt(address) and penalties.strike(address, asyncio.get_running_loop().time()):
+    loop = asyncio.get_running_loop()
+    if address and not _exempt(address) and penalties.strike(address, loop.time()):
         log.warning("%s put in the penalty box: %d connections closed for abuse within %g s; its new connections "
                     "are refused for %g s", address, penalties.strikes, penalties.cooldown, penalties.cooldown)
+        syn_filter.update(penalties, loop)
 
 
 def refuse_at_accept(address: str) -> bool:
