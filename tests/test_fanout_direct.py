@@ -40,6 +40,9 @@ class Target:
         self.writes.append([f.version for f in frames])
         self.got.set()
 
+    def direct_link(self) -> None:
+        return None
+
     def feed(self, frame: Frame, now: float) -> None:
         self.fed.append(frame.version)
         self.got.set()
@@ -87,6 +90,58 @@ async def test_one_round_one_write_and_a_failing_stream_costs_the_others_nothing
     assert after.writes == [["1", "2", "3"]], "a stream after the broken one lost its events"
     assert bad.writes == []
     assert bad.fed == [], "the broken stream's batch was re-queued behind a half write"
+
+
+class Link:
+    """An h2 or h3 connection of ``Linked`` streams: records in one log, shared by all, when it is flushed."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def flush(self) -> None:
+        self.log.append(f"flush {self.name}")
+
+
+class Linked(Target):
+    """A stream of a multiplexed connection: its direct writes gather in ``link``."""
+
+    def __init__(self, name: str, link: Link) -> None:
+        super().__init__()
+        self.name, self.link = name, link
+
+    def direct_link(self) -> Link:  # type: ignore[override]
+        return self.link
+
+    def direct_write(self, frames: list[Frame], now: float) -> Link:  # type: ignore[override]
+        super().direct_write(frames, now)
+        self.link.log.append(f"write {self.name}")
+        return self.link
+
+
+@pytest.mark.asyncio
+async def test_each_connection_is_flushed_as_soon_as_its_streams_are_written(rig: Rig) -> None:
+    """With streams of two connections interleaved in the topic, the first connection's bytes leave before the
+    second's streams are framed (not once the whole round is over), each connection once."""
+    log: list[str] = []
+    a, b = Link("a", log), Link("b", log)
+    plain = Target()
+    streams = [Linked("a1", a), Linked("b1", b), Linked("a2", a), Linked("b2", b)]
+    await rig.fanout.start()
+    for target in (streams[0], plain, *streams[1:]):
+        rig.fanout.attach_hub(("t",), target)
+    for i in range(2):
+        await rig.bus.publish(hub_key("t"), _event("t", i))
+    async with asyncio.timeout(5):
+        for target in (plain, *streams):
+            await target.got.wait()
+    assert plain.writes == [["1", "2"]]
+    assert all(stream.writes == [["1", "2"]] for stream in streams)
+    # A topic's streams are a set: either connection may come first, but each is written, then flushed, whole.
+    assert len(log) == 6, log
+    for group in (log[:3], log[3:]):
+        name = group[2].removeprefix("flush ")
+        assert group[2].startswith("flush "), log
+        assert sorted(group[:2]) == [f"write {name}1", f"write {name}2"], log
 
 
 @pytest.mark.asyncio

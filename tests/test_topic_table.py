@@ -33,6 +33,9 @@ class Sink:
     def direct_write(self, frames: list[Frame], now: float) -> None:
         pass
 
+    def direct_link(self) -> None:
+        return None
+
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:

@@ -200,6 +200,11 @@ class Stream:
             self._behind.observe(behind)
         return None
 
+    def direct_link(self) -> H2Link | H3Link | None:
+        """The h2 or h3 connection this stream's direct writes gather in; None on HTTP/1.1 (or no direct path)."""
+        writer = self._h2 or self._h3
+        return None if writer is None else writer.link
+
     def _h2_write(self, h2: H2Writer | H3Writer, frames: list[Frame], now: float) -> H2Link | H3Link | None:
         """The h2 (or h3) direct write: when the flow-control windows are too small for ``frames`` they go to the
         mailbox (the task's path, with its write deadline), in order, before anything is encoded."""
