@@ -169,9 +169,19 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                             target, plan["view_n"], encoding=encoding))
                         _log(f"  -> {entry['view'][key]['idle']}")
             if is_gateway and "profile" in wanted:
-                for encoding, key in (("identity", "profile"), ("br", "profile_br")):
-                    _log(f"gateway: py-spy during a burst, {encoding}")
-                    entry[key] = await _guard("profile", _profile(peer, work, plan, encoding))
+                n_small, n_big = plan["burst_n"]
+                # The burst to N=1,000 (identity and Brotli), the small fan-out (N=100: the per-publish cost), and
+                # HTTP/3 (N=1,000: where its time goes beside HTTP/1.1's). Each burst is sized to outlast the
+                # sampling: at N=100 a publish is ~0.3 ms, so forty times the publishes.
+                for key, encoding, n, publishes, protocol in (
+                        ("profile", "identity", n_big, plan["burst_publishes"] * 3, "h1"),
+                        ("profile_br", "br", n_big, plan["burst_publishes"] * 3, "h1"),
+                        ("profile_small", "identity", n_small, plan["burst_publishes"] * 40, "h1"),
+                        ("profile_h3", "identity", n_big, plan["burst_publishes"], "h3")):
+                    if protocol != "h1" and protocol not in _multiplexed(args):
+                        continue
+                    _log(f"gateway: py-spy during a burst to {n} streams, {encoding}, {protocol}")
+                    entry[key] = await _guard("profile", _profile(peer, work, plan, encoding, n, publishes, protocol))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
@@ -192,16 +202,17 @@ def _brief(result: dict[str, Any]) -> str:
             f"p99 {lat.get('p99_ms')} ms, gen {result.get('generator_cpu_share')}")
 
 
-async def _profile(peer: Peer, work: Path, plan: dict[str, Any], encoding: str) -> dict[str, Any]:
-    """py-spy on the gateway during a burst to 1,000 streams: the functions where the server's time goes."""
+async def _profile(peer: Peer, work: Path, plan: dict[str, Any], encoding: str, subscribers: int, publishes: int,
+                   protocol: str) -> dict[str, Any]:
+    """py-spy on the gateway during a burst: the functions where the server's time goes."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.access(spy, os.X_OK):
         return {"error": "py-spy is not installed (pip install '.[bench]')"}
     out = work / "profile.txt"
     with _started(peer, work) as target:
         proc = None
-        task = asyncio.ensure_future(sc.burst(target, plan["burst_n"][-1], plan["burst_publishes"] * 3,
-                                              encoding=encoding))
+        task = asyncio.ensure_future(sc.burst(target, subscribers, publishes, encoding=encoding,
+                                              protocol=protocol))
         await asyncio.sleep(3.0)  # the streams are open and publishing has begun: sample the steady state
         proc = await asyncio.create_subprocess_exec(
             spy, "record", "-p", str(target.pids[0]), "-d", str(plan["profile_seconds"]), "-r", "250", "-f", "raw",
