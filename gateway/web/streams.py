@@ -31,7 +31,7 @@ from gateway.core.datastar import encode_rendered
 from gateway.core.errors import BadRequest, GatewayError, Unavailable
 from gateway.core.mailbox import BoundedMailbox, ConflatingMailbox, Limits
 from gateway.core.sse import Event, parse_last_event_id, retry_frame
-from gateway.core.stream import CloseReason, End, Feed, Frame, SSEStream, State, Timing, Wait, Write
+from gateway.core.stream import IDLE, CloseReason, End, Feed, Frame, SSEStream, Timing, Wait, Write
 from gateway.core.topics import check_topic, hub_key
 from gateway.core.versions import VersionKey, try_version_key
 from gateway.web.asgi_util import Message, Receive, Scope, Send, StreamRequest, send_error
@@ -168,8 +168,8 @@ class Stream:
         transport = self.transport
         if transport is None:
             h2 = self._h2 or self._h3
-            return h2 is not None and self.core.state is State.IDLE and h2.ready()
-        return (self.core.state is State.IDLE
+            return h2 is not None and self.core.state is IDLE and h2.ready()
+        return (self.core.state is IDLE
                 and transport.get_write_buffer_size() < HIGH_WATER and not transport.is_closing())
 
     def direct_write(self, frames: list[Frame], now: float) -> H2Link | H3Link | None:
