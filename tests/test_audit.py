@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.support.audit import decide
 pytestmark = pytest.mark.unit
 
 
-def _report(*dependencies: dict[str, object]) -> str:
+def _report(*dependencies: Mapping[str, object]) -> str:
     return json.dumps({"dependencies": list(dependencies), "fixes": []})
 
 

@@ -143,16 +143,16 @@ def test_every_member_decodes_exactly_what_it_was_sent(name: str, script: list[S
     assert cohort.length == len(everything)
     if name == "gzip":
         assert cohort.check == zlib.crc32(everything)
-    for index, (wire, plain, finished) in enumerate(ended):
+    for index, (wire_bytes, plain_bytes, finished) in enumerate(ended):
         decoder = Decoder(name)
         step = 1 if index == 0 else split
-        for at in range(0, len(wire), step):
-            decoder.feed(wire[at:at + step])
+        for at in range(0, len(wire_bytes), step):
+            decoder.feed(wire_bytes[at:at + step])
         if finished:
-            assert bytes(decoder.out) == plain
+            assert bytes(decoder.out) == plain_bytes
             assert decoder.finished
         else:
-            assert plain.startswith(bytes(decoder.out))
+            assert plain_bytes.startswith(bytes(decoder.out))
 
 
 @pytest.mark.parametrize("name", CODECS)

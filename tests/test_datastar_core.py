@@ -209,6 +209,7 @@ def test_folding_keeps_a_stalled_subscriber_within_its_limits() -> None:
     box = s.mailbox
     assert isinstance(box, BoundedMailbox)
     assert len(box) == 4
+    assert box._items is not None  # created by the first put
     assert len(box._items) <= 2 * 64 + 10
     assert [f.id for f in box.take_all()] == ["4995", "4997", "4999", "5000"]
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio
 
+from gateway.bus import redis_layout
 from gateway.core.sse import ParsedEvent
 from gateway.demo.redis_store import RedisTodos, default_prefix
 from gateway.demo.render import render_todos
@@ -150,7 +151,9 @@ async def _newest_version(url: str) -> str:
         top = await client.xrevrange("{" + namespace_of(url) + "}:topic:view:todos", count=1)
     finally:
         await client.aclose()
-    return str(top[0][0].decode())
+    assert top is not None  # redis-py types a range, and an entry's id, as optional
+    assert top[0][0] is not None
+    return redis_layout.text(top[0][0])
 
 
 @pytest.mark.asyncio

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-import priority
 import pytest
+from priority.priority import DeadlockError, DuplicateStreamError, MissingStreamError
 
 from gateway.core.resets import ResetBudget, Throttle
 from gateway.web.hypercorn.h2_rapid_reset import RoundRobin
@@ -67,16 +67,16 @@ def test_round_robin_serves_unblocked_streams_in_turn() -> None:
 
 def test_round_robin_raises_what_hypercorn_catches() -> None:
     tree = RoundRobin()
-    with pytest.raises(priority.DeadlockError):
+    with pytest.raises(DeadlockError):
         next(tree)
     tree.insert_stream(1)
-    with pytest.raises(priority.DuplicateStreamError):
+    with pytest.raises(DuplicateStreamError):
         tree.insert_stream(1)
     tree.remove_stream(1)
     for operation in (tree.block, tree.unblock, tree.remove_stream):
-        with pytest.raises(priority.MissingStreamError):
+        with pytest.raises(MissingStreamError):
             operation(1)
-    with pytest.raises(priority.DeadlockError):
+    with pytest.raises(DeadlockError):
         next(tree)
     tree.reprioritize(7, depends_on=1, weight=200)  # priorities are ignored, even for unknown streams
     assert len(tree) == 0

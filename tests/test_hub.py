@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.core.sse import ParsedEvent
-from tests.support.server import HUB_TOKEN, Server, start_server
+from tests.support.server import HUB_TOKEN, QueryList, Server, start_server
 from tests.support.sse_client import SSEReader
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
@@ -26,7 +26,7 @@ def _topic() -> str:
 @asynccontextmanager
 async def subscribe(client: httpx.AsyncClient, base: str, topics: list[str], last_event_id: str | None = None,
                     *, via_query: bool = False) -> AsyncIterator[SSEReader]:
-    params: list[tuple[str, str]] = [("topic", t) for t in topics]
+    params: QueryList = [("topic", t) for t in topics]
     headers = {"accept-encoding": "br"}
     if last_event_id is not None:
         if via_query:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.core.sse import ParsedEvent
 from tests.support.metrics import metric, wait_metric
 from tests.support.raw_stream import RawStream
 from tests.support.server import HUB_TOKEN, start_server
@@ -88,7 +89,7 @@ async def test_sigterm_with_200_streams(tmp_path: Path, certs: tuple[Path, Path]
     ends = sorted(t for t, _ in results)
     retries = [r for _, r in results]
     print(f"\nreadiness 503 after {readiness_flipped * 1000:.0f} ms; 200 streams ended from {ends[0]:.2f} s to "
-          f"{ends[-1]:.2f} s; {len(set(retries))} distinct retry hints ({min(retries or [0])}-"
+          f"{ends[-1]:.2f} s; {len(set(retries))} distinct retry hints ({min((r or 0 for r in retries), default=0)}-"
           f"{max(r or 0 for r in retries)} ms); {len(accepted)} commands accepted")
     assert code == 0, srv.output()
     assert readiness_flipped < 0.1
@@ -111,7 +112,7 @@ async def test_slow_view_client_converges_on_the_newest_version(tmp_path: Path, 
             await slow.next_event(timeout=20)  # it reads the first render, then stops reading
             for _ in range(30):
                 assert (await client.post("/tick", json={})).status_code == 204
-            seen = []
+            seen: list[tuple[int, str]] = []
             while not seen or "tick 30</p>" not in seen[-1][1]:  # now it drains
                 event = await slow.next_parsed(timeout=20)
                 seen.append((int(event.id or 0), event.data[:20]))
@@ -137,7 +138,7 @@ async def test_drop_oldest_announces_the_first_lost_id(tmp_path: Path, certs: tu
                 response = await client.post("/hub/publish", headers=AUTH,
                                              json={"topic": "t", "data": f"{n:04d}" + "x" * 50_000, "id": f"e{n}"})
                 ids.append(response.headers["event-id"])
-        events = []
+        events: list[ParsedEvent] = []
         while not events or events[-1].id != "e199":
             events.append(await stream.next_parsed(timeout=20))
         stream.close()

@@ -5,6 +5,7 @@ socket (per route and protocol), bus lag, render time, readiness, build info, pr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 import pytest
@@ -22,6 +23,13 @@ pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
 APP = ["--app", "tests.support.observability_app:gw"]
 SLOW_MS = 300
+
+
+class _Where(TypedDict):
+    """The labels of a delivery series (typed, so that ``**`` spreads them only over ``**labels``)."""
+
+    route: str
+    protocol: str
 
 
 async def bucket(base: str, name: str, le: str, **labels: str) -> float:
@@ -53,12 +61,12 @@ async def test_delivery_is_timed_from_the_command_to_the_socket_per_protocol(tmp
                     assert (await hub.next_parsed(10)).data == str(i)
         base = srv.http
         for protocol in ("h1", "h2"):
-            labels = {"route": "/obs", "protocol": protocol}
+            labels: _Where = {"route": "/obs", "protocol": protocol}
             await wait_metric(base, "gateway_delivery_seconds_count", 3, **labels)
             # Timed from the acceptance of the command, which took SLOW_MS before it published: never below it.
             assert await bucket(base, "gateway_delivery_seconds", "0.25", **labels) == 0
             assert await bucket(base, "gateway_delivery_seconds", "5.0", **labels) == 3
-        hub_labels = {"route": "/hub/subscribe", "protocol": "h1"}
+        hub_labels: _Where = {"route": "/hub/subscribe", "protocol": "h1"}
         await wait_metric(base, "gateway_delivery_seconds_count", 5, **hub_labels)
         assert await bucket(base, "gateway_delivery_seconds", "1.0", **hub_labels) == 5  # published: delivered
         assert await metric(base, "gateway_bus_lag_seconds_count", kind="view") >= 3

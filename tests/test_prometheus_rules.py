@@ -140,8 +140,8 @@ def promtool(*args: str) -> None:
     argv = [binary, *args]
     try:
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(argv)} did not finish within {PROMTOOL_TIMEOUT} s:\n{exc.stdout}{exc.stderr}")
+    except subprocess.TimeoutExpired as exc:  # its stdout and stderr are bytes (or None), even with text=True
+        pytest.fail(f"{' '.join(argv)} did not finish within {PROMTOOL_TIMEOUT} s:\n{exc.stdout!r}{exc.stderr!r}")
     if done.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited with {done.returncode}:\n{done.stdout}{done.stderr}")
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from benchmarks.redis_server import free_tcp_port
 from gateway.bus import Command, Notification, create_bus
 from gateway.bus.redis_layout import parse_url
-from tests.support.redis import RedisServer, free_tcp_port
+from tests.support.redis import RedisServer
 from tests.support.wait import poll_until
 
 WAIT = 10.0

@@ -94,12 +94,12 @@ async def test_two_processes_share_commands_views_and_hub_history(tmp_path: Path
                 assert changed.id == newest[0][0].decode()
 
             # A view reconnecting to the other process with the version it holds gets nothing until the next change.
-            async with sse(client, f"{a.http}/count/updates", {"Last-Event-ID": changed.id}) as view:
+            async with sse(client, f"{a.http}/count/updates", {"Last-Event-ID": changed.id or ""}) as view:
                 answer = await client.post(f"{b.http}/count/add", json={"n": 2, "by": 1})
                 assert answer.status_code == 204
                 following = await view.next_event()
                 assert following.data == "count=6", "the state the client already had was sent again"
-                assert version_key(following.id) > version_key(changed.id)
+                assert version_key(following.id or "") > version_key(changed.id or "")
 
             # A hub event published on B reaches a subscriber on A, in order.
             async with sse(client, f"{a.http}/hub/subscribe?topic=news") as sub:
@@ -111,7 +111,7 @@ async def test_two_processes_share_commands_views_and_hub_history(tmp_path: Path
             # Missed while away; the reconnect lands on the other process and gets exactly those, then live ones.
             for i in (3, 4):
                 await _publish(client, a, "news", f"e{i}")
-            async with sse(client, f"{b.http}/hub/subscribe?topic=news", {"Last-Event-ID": got[-1].id}) as sub:
+            async with sse(client, f"{b.http}/hub/subscribe?topic=news", {"Last-Event-ID": got[-1].id or ""}) as sub:
                 replayed = [await sub.next_event() for _ in range(2)]
                 await _publish(client, a, "news", "e5")
                 live = await sub.next_event()

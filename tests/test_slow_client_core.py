@@ -285,4 +285,5 @@ def test_latency_counts_deliveries_by_origin_and_observes_them_at_the_report() -
         assert got == registry.get_sample_value("t_delivery_seconds_bucket", {"path": "direct", "le": le}), le
     exact = sum(max(0.0, age) * count for age, count in ages.items())
     total = registry.get_sample_value("t_delivery_seconds_sum", {"path": "batched"})
+    assert total is not None  # None only for a sample the registry does not have
     assert exact <= total <= exact + (after - now) * sum(ages.values())

@@ -23,6 +23,8 @@ from tests.support.wait import poll_until
 STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
 HUB_TOKEN = "test-token-" + "x" * 16
 ROOT = Path(__file__).resolve().parents[2]
+# Query parameters as a list, typed as httpx takes them (its own name for this, in httpx._types, is private).
+QueryList = list[tuple[str, str | int | float | bool | None]]
 
 
 def require_binary(name: str) -> str:

@@ -37,7 +37,8 @@ async def _ping_swallowing_cancel(self: Redis, **kwargs: Any) -> bool:
     return True
 
 
-Redis.ping = _ping_swallowing_cancel  # type: ignore[method-assign]
+# A deliberate monkeypatch of a library method, with a narrower signature than its overloads.
+Redis.ping = _ping_swallowing_cancel  # type: ignore[method-assign, assignment]
 
 if os.environ.get("GATEWAY_TEST_TAKE_PORT") == "1":
 

@@ -10,11 +10,16 @@ group that directory reads them per worker here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from prometheus_client.mmap_dict import MmapedDict
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# prometheus-client leaves this reader unannotated: it yields (key, value, timestamp, position) per sample.
+_read_samples = cast(Callable[[str], Iterator[tuple[str, float, float, int]]], MmapedDict.read_all_values_from_file)
 
 
 def children(pid: int) -> set[int]:
@@ -37,7 +42,7 @@ def per_worker(directory: Path, sample: str, **labels: str) -> dict[int, float]:
     for file in directory.glob("*.db"):
         pid = int(file.stem.rpartition("_")[2])
         found.setdefault(pid, 0.0)
-        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(file)):
+        for key, value, _timestamp, _pos in _read_samples(str(file)):
             _family, name, sample_labels, _help = json.loads(key)
             if name == sample and all(sample_labels.get(k) == v for k, v in labels.items()):
                 found[pid] += value
