@@ -65,7 +65,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway tests benchmarks
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy gateway benchmarks
+	$(BIN)/mypy gateway tests benchmarks
 
 ## test: install and run every test (lint and strict typing included)
 test: lint typecheck datastar-client
