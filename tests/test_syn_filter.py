@@ -172,8 +172,33 @@ async def test_the_kernel_takes_a_full_program_and_a_listener_registered_later(
         assert not attempt("127.0.0.2", socket.AF_INET, "127.0.0.1", late.getsockname()[1])
         assert attempt("127.0.0.3", socket.AF_INET, "127.0.0.1", late.getsockname()[1])
         box.strike("10.255.0.1", loop.time())  # one more: 127.0.0.2 no longer fits in the kernel's filter
-        syn_filter.update(box, loop)
+        syn_filter.update(box, loop)  # (within MIN_INTERVAL of the last rebuild: deferred to its end)
+        await wait_until(lambda: syn_filter.attached()[:1] == ("10.255.0.1",), 3.0, what="the rebuild")
         assert attempt("127.0.0.2", socket.AF_INET, "127.0.0.1", port), "left out of the filter: for accept"
+
+
+@live
+@pytest.mark.asyncio
+async def test_a_flood_of_boxings_costs_a_few_rebuilds(listener: tuple[socket.socket, int]) -> None:
+    """Boxing 200 addresses one by one (a distributed attacker) rebuilds the filter at most once per
+    MIN_INTERVAL, and the last rebuild holds them all."""
+    _, port = listener
+    loop = asyncio.get_running_loop()
+    changes: list[int] = []
+    syn_filter.configure(True, changes.append)
+    box = PenaltyBox(strikes=1, cooldown=30.0)
+    started = loop.time()
+    for n in range(200):
+        box.strike(str(ipaddress.IPv4Address(0x0A000000 + n)), loop.time())
+        syn_filter.update(box, loop)
+    box.strike("127.0.0.2", loop.time())
+    syn_filter.update(box, loop)
+    await wait_until(lambda: len(syn_filter.attached()) == 201, 3.0, what="every boxed address in the filter")
+    elapsed = loop.time() - started
+    assert len(changes) <= 1 + elapsed / syn_filter.MIN_INTERVAL + 1, changes
+    assert changes[0] == 1
+    assert changes[-1] == 201
+    assert not attempt("127.0.0.2", socket.AF_INET, "127.0.0.1", port)
 
 
 @live

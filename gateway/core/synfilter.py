@@ -89,6 +89,9 @@ def program(addresses: Iterable[str]) -> Program:
     budget = MAX_INSTRUCTIONS - _FIXED
     left_out = 0
     for text in addresses:
+        if budget < _V4_COST:  # full: the rest are counted, not parsed (a box may hold 10,000)
+            left_out += 1
+            continue
         ip = parse(text)
         if ip is None or ip in seen:
             continue

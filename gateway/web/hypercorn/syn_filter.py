@@ -9,7 +9,8 @@ What it does: every listening TCP socket the accept loop serves is registered he
 each listener carries a classic BPF filter (``SO_ATTACH_FILTER``, built by ``gateway.core.synfilter``) that drops
 the packets of those addresses, so their SYNs go unanswered: no connection, no accept, nothing for the process to
 do, and the client falls back to its SYN retransmit timer (1 s, then 3 s, 7 s, ...). The filter is rebuilt when an
-address enters the box and when the earliest one leaves it, and detached when the box is empty. Connections the
+address enters the box (at most ten times a second) and when the earliest one leaves it, and detached when the box
+is empty. Connections the
 kernel accepted before the filter (already in the accept queue) are still refused at accept. Accepted sockets
 inherit the listener's filter; it never names their own peer (a boxed peer's SYN would not have got through), so
 it only costs them a few instructions per packet.
@@ -29,9 +30,11 @@ import ctypes
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 from gateway.core.connections import PenaltyBox
+from gateway.core.resets import Throttle
 from gateway.core.synfilter import Program, program
 
 log = logging.getLogger("gateway.hypercorn")
@@ -39,11 +42,14 @@ log = logging.getLogger("gateway.hypercorn")
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # linux/socket.h (asm-generic)
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
 REFRESH_MARGIN = 0.01  # seconds after the earliest release that the filter is rebuilt
+MIN_INTERVAL = 0.1  # seconds between two rebuilds (each parses up to ~2,000 addresses: a few milliseconds)
 
 _enabled = False
 _listeners: dict[int, socket.socket] = {}
 _attached: tuple[str, ...] = ()  # the addresses the listeners' filter drops now
-_refresh: asyncio.TimerHandle | None = None
+_refresh: asyncio.TimerHandle | None = None  # the next rebuild: when an address leaves, or a deferred one
+_last = float("-inf")  # loop time of the last rebuild
+_lines = Throttle(1.0)
 _observers: list[Callable[[int], None]] = []
 
 
@@ -72,15 +78,31 @@ def listening(sock: socket.socket) -> None:
 
 
 def update(box: PenaltyBox, loop: asyncio.AbstractEventLoop) -> None:
-    """Make every listener's filter drop exactly the addresses in ``box`` now, and rebuild it when the earliest of
-    them leaves."""
-    global _attached, _refresh
+    """Make every listener's filter drop exactly the addresses in ``box``: at once, or, within ``MIN_INTERVAL`` of
+    the last rebuild, when that interval ends (a flood of addresses boxed one after another costs at most
+    ``1 / MIN_INTERVAL`` rebuilds a second); and again when the earliest of them leaves."""
+    global _refresh
     if not _enabled:
         return
+    due = _last + MIN_INTERVAL
+    if due > loop.time():
+        if _refresh is None or _refresh.when() > due:
+            if _refresh is not None:
+                _refresh.cancel()
+            _refresh = loop.call_at(due, _rebuild, box, loop)
+        return
+    _rebuild(box, loop)
+
+
+def _rebuild(box: PenaltyBox, loop: asyncio.AbstractEventLoop) -> None:
+    global _attached, _refresh, _last
     if _refresh is not None:
         _refresh.cancel()
         _refresh = None
-    boxed = box.boxed(loop.time())
+    if not _enabled:
+        return
+    now = _last = loop.time()
+    boxed = box.boxed(now)
     addresses = tuple(address for address, _ in boxed)
     if addresses != _attached:
         for fd, sock in list(_listeners.items()):
@@ -92,8 +114,8 @@ def update(box: PenaltyBox, loop: asyncio.AbstractEventLoop) -> None:
         for observer in _observers:
             observer(len(addresses))
     if boxed:
-        release = min(until for _, until in boxed)
-        _refresh = loop.call_at(release + REFRESH_MARGIN, update, box, loop)
+        release = min(until for _, until in boxed) + REFRESH_MARGIN
+        _refresh = loop.call_at(max(release, now + MIN_INTERVAL), _rebuild, box, loop)
 
 
 def _attach(sock: socket.socket, addresses: tuple[str, ...]) -> bool:
@@ -124,7 +146,7 @@ def _program(addresses: tuple[str, ...]) -> Program:
     global _built
     if _built is None or _built[0] != addresses:
         _built = addresses, program(addresses)
-        if _built[1].left_out:
+        if _built[1].left_out and _lines.hit(time.monotonic()):
             log.warning("the kernel filter holds %d of %d boxed addresses; the rest are refused at accept",
                         len(_built[1].dropped), len(_built[1].dropped) + _built[1].left_out)
     return _built[1]
@@ -132,11 +154,11 @@ def _program(addresses: tuple[str, ...]) -> Program:
 
 def reset() -> None:
     """Forget listeners and filters (a new gateway in the same process, as tests make)."""
-    global _attached, _refresh
+    global _attached, _refresh, _last
     if _refresh is not None:
         _refresh.cancel()
     _listeners.clear()
-    _attached, _refresh = (), None
+    _attached, _refresh, _last = (), None, float("-inf")
 
 
 def attached() -> tuple[str, ...]:
