@@ -23,7 +23,9 @@
   (hypercorn);
 - ``h3_send_coalescing``: HTTP/3 builds packets after every write, walking every stream of the connection each
   time, and makes a timer task per write (hypercorn, aioquic); it replaces ``QuicProtocol.send_all``, which
-  ``quic_shutdown`` and ``h3_backpressure`` call.
+  ``quic_shutdown`` and ``h3_backpressure`` call;
+- ``drain_waiters``: every asyncio stream connection holds a deque of drain waiters (760 bytes) it rarely uses
+  (Python 3.11's asyncio).
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -53,6 +55,7 @@ from gateway.web.hypercorn import (
     accept_backoff,
     app_queue,
     connection_limits,
+    drain_waiters,
     h2_backpressure,
     h2_late_data,
     h2_rapid_reset,
@@ -119,6 +122,7 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("h3_send_coalescing", ("hypercorn", "aioquic"), h3_send_coalescing.install),
     Correction("app_queue", ("hypercorn",), app_queue.install),
     Correction("h11_can_read", ("hypercorn",), h11_can_read.install),
+    Correction("drain_waiters", (), drain_waiters.install),
 )
 
 _installed: list[str] = []

@@ -1,0 +1,78 @@
+"""What an idle HTTP/1.1 stream no longer holds (``docs/idle-memory.md``): asyncio's deque of drain waiters
+(``gateway.web.hypercorn.drain_waiters``), with the drain semantics it must keep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.support.server import ROOT
+
+
+def _run(script: str) -> dict[str, Any]:
+    """``script`` in a process of its own (the corrections patch classes for the whole process); its JSON line."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found
+
+
+@pytest.mark.live  # in a process of its own: the correction patches asyncio's class for the whole process
+def test_a_stream_connection_holds_no_deque_of_drain_waiters() -> None:
+    found = _run(DRAIN_WAITERS)
+    assert found["before"] == "deque"
+    assert found["after"] == "list"
+    assert found["bytes"] <= 72  # an empty list, no item block (a deque: 760)
+    assert found["paused_drain_waited"] is True  # a drain over the high-water mark waits for the peer to read ...
+    assert found["resumed"] is True  # ... and returns once it did
+    assert found["lost"] in ("ConnectionResetError", "BrokenPipeError")  # a paused drain hears the connection die
+    assert found["left"] == 0  # no waiter left behind
+
+
+DRAIN_WAITERS = """
+import asyncio, json, socket, struct, sys
+from asyncio.streams import FlowControlMixin
+from gateway.web.hypercorn import drain_waiters
+
+async def main():
+    loop = asyncio.get_running_loop()
+    out = {"before": type(FlowControlMixin(loop)._drain_waiters).__name__}
+    drain_waiters.install()
+    out["after"] = type(FlowControlMixin(loop)._drain_waiters).__name__
+    accepted = asyncio.Queue()
+    server = await asyncio.start_server(lambda r, w: accepted.put_nowait((r, w)), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for lose in (False, True):
+        client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.wait_for(accepted.get(), 5)
+        protocol = writer.transport.get_protocol()
+        out["bytes"] = sys.getsizeof(protocol._drain_waiters)
+        writer.transport.set_write_buffer_limits(high=1)
+        writer.write(b"x" * 8_000_000)  # more than the socket buffers hold: the transport pauses
+        drain = asyncio.ensure_future(writer.drain())
+        await asyncio.sleep(0.05)
+        out["paused_drain_waited"] = not drain.done() and len(protocol._drain_waiters) == 1
+        if lose:  # the client resets the connection: the server's next write fails
+            sock = client_writer.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client_writer.transport.abort()
+            try:
+                await asyncio.wait_for(drain, 5)
+            except Exception as exc:
+                out["lost"] = type(exc).__name__
+        else:
+            await client_reader.readexactly(8_000_000)
+            await asyncio.wait_for(drain, 5)
+            out["resumed"] = True
+        out["left"] = len(protocol._drain_waiters)
+        client_writer.close()
+    server.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
