@@ -1,16 +1,30 @@
 """What an idle HTTP/1.1 stream no longer holds (``docs/idle-memory.md``): asyncio's deque of drain waiters
-(``gateway.web.hypercorn.drain_waiters``), with the drain semantics it must keep."""
+(``gateway.web.hypercorn.drain_waiters``), with the drain semantics it must keep, and coroutine frames that only
+forward a call (the corrections' wrappers, Hypercorn's ``ASGIWrapper``, ``asyncio.wait_for`` without a timeout)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.support.server import ROOT
+from tests.support.raw_stream import RawStream
+from tests.support.server import ROOT, start_server
+from tests.support.wait import wait_until
+
+STEP = 5.0  # seconds any single wait below may take
+
+# The coroutines an idle HTTP/1.1 connection and its hub stream's request hold, outermost first: each is a frame
+# (200-400 bytes) kept for the stream's whole life.
+CONNECTION = ["worker_serve.<locals>._server_callback", "TCPServer.run", "install.<locals>._read_data",
+              "StreamReader.read", "StreamReader._wait_for_data"]
+REQUEST_STARTS = ["_handle", "Gateway.__call__", "Dispatcher.__call__"]
 
 
 def _run(script: str) -> dict[str, Any]:
@@ -76,3 +90,31 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+@pytest.mark.live
+@pytest.mark.asyncio
+async def test_an_idle_stream_holds_only_the_coroutines_it_needs(tmp_path: Path, certs: tuple[Path, Path]) -> None:
+    srv = start_server(tmp_path, certs, args=["--app", "tests.support.frames_app:gw"])
+    stream: RawStream | None = None
+    try:
+        stream = await RawStream.open(srv.http_port, "/hub/subscribe?topic=idle")
+        async with httpx.AsyncClient(base_url=srv.http, timeout=STEP) as client:
+
+            async def chains() -> list[list[str]]:
+                found: list[list[str]] = (await client.get("/frames")).json()["tasks"]
+                return found
+
+            await wait_until(lambda: _has_stream(chains()), STEP, what="the stream's task waiting for a write")
+            tasks = await chains()
+        assert CONNECTION in tasks  # no wrapper around run or _read_data, no wait_for around the read
+        (request,) = [chain for chain in tasks if "serve_hub" in chain]
+        assert request[:3] == REQUEST_STARTS  # no wrapper around Hypercorn's task function nor its ASGIWrapper
+    finally:
+        if stream is not None:
+            stream.close()
+        srv.stop()
+
+
+async def _has_stream(chains: Awaitable[list[list[str]]]) -> bool:
+    return any(chain[-1:] == ["Stream.next_write"] for chain in await chains)

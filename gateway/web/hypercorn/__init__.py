@@ -25,7 +25,9 @@
   time, and makes a timer task per write (hypercorn, aioquic); it replaces ``QuicProtocol.send_all``, which
   ``quic_shutdown`` and ``h3_backpressure`` call;
 - ``drain_waiters``: every asyncio stream connection holds a deque of drain waiters (760 bytes) it rarely uses
-  (Python 3.11's asyncio).
+  (Python 3.11's asyncio);
+- ``asgi_wrapper``: every request keeps a coroutine frame (~260 bytes) that only forwards the call to the app
+  (hypercorn).
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -54,6 +56,7 @@ from importlib import metadata
 from gateway.web.hypercorn import (
     accept_backoff,
     app_queue,
+    asgi_wrapper,
     connection_limits,
     drain_waiters,
     h2_backpressure,
@@ -123,6 +126,7 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("app_queue", ("hypercorn",), app_queue.install),
     Correction("h11_can_read", ("hypercorn",), h11_can_read.install),
     Correction("drain_waiters", (), drain_waiters.install),
+    Correction("asgi_wrapper", ("hypercorn",), asgi_wrapper.install),
 )
 
 _installed: list[str] = []

@@ -149,12 +149,13 @@ def _loop_helpers(loop: asyncio.AbstractEventLoop) -> tuple[Callable[..., Any], 
 
 
 def install() -> None:
-    from hypercorn.asyncio.task_group import TaskGroup, _handle
+    from hypercorn.asyncio import task_group
 
     async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Callable[..., Any]:
         queue = AppQueue(config.max_app_queue_size)
         sync_spawn, call_soon = _loop_helpers(self._loop)
-        self.spawn(_handle, app, config, scope, queue.get, send, sync_spawn, call_soon)
+        # The module's ``_handle`` when called, as Hypercorn's own spawn_app: ``send_after_disconnect`` replaces it.
+        self.spawn(task_group._handle, app, config, scope, queue.get, send, sync_spawn, call_soon)
         return queue.put
 
-    TaskGroup.spawn_app = spawn_app  # type: ignore[method-assign]
+    task_group.TaskGroup.spawn_app = spawn_app  # type: ignore[method-assign]

@@ -17,6 +17,11 @@ An address with repeated abuse (``limits.abuse_strikes`` connections closed with
 new connections are aborted at once for ``limits.abuse_cooldown`` seconds, counted as ``reason="abuse"``; with
 ``limits.abuse_kernel_filter`` (``syn_filter``) the kernel drops its connection attempts before they are accepted.
 
+The count is taken where the connection task first awaits its ``TCPServer`` (``TCPServer.__await__``, which
+returns Hypercorn's own ``run`` when the connection is admitted) and given back when the connection closes
+(``TCPServer._close``, which ``run`` always ends with), rather than in a coroutine wrapped around ``run``: such a
+wrapper's frame (~300 bytes) would be held by every open connection for its whole life.
+
 Upstream: Hypercorn has no connection limit (nor does uvicorn's ``--limit-concurrency`` count per address); the
 upstream fix would be a ``max_connections`` config checked in ``TCPServer.run``.
 
@@ -30,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.core.clientaddr import Network
@@ -102,27 +107,33 @@ def _exempt(address: str) -> bool:
 def install() -> None:
     from hypercorn.asyncio.tcp_server import TCPServer
 
-    original = TCPServer.run
+    original_close = TCPServer._close
 
-    async def run(self: Any) -> None:
+    def __await__(self: Any) -> Iterator[Any]:
         peer = self.writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""  # a unix socket has no address
         exempt = not address or _exempt(address)
         if not exempt and penalties.penalized(address, asyncio.get_running_loop().time()):
             refused(Refusal.ABUSE)
             self.writer.transport.abort()  # an abuser gets no answer and costs no read
-            return
+            return iter(())
         refusal = caps.admit(address, exempt)
         if refusal is not None:
             refused(refusal)
-            await _refuse(self)
-            return
-        try:
-            await original(self)
-        finally:
-            caps.release(address, exempt)
+            return _refuse(self).__await__()
+        self._gateway_counted = (address, exempt)
+        running: Iterator[Any] = self.run().__await__()  # Hypercorn's own
+        return running
 
-    TCPServer.run = run  # type: ignore[method-assign]
+    async def _close(self: Any) -> None:
+        counted = getattr(self, "_gateway_counted", None)
+        self._gateway_counted = None
+        if counted is not None:  # the first close of an admitted connection (run ends with one, a protocol may ask)
+            caps.release(*counted)
+        await original_close(self)
+
+    TCPServer.__await__ = __await__  # type: ignore[assignment,method-assign]
+    TCPServer._close = _close  # type: ignore[method-assign]
 
 
 async def _refuse(server: Any) -> None:

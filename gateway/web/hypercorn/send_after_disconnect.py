@@ -18,13 +18,16 @@ Correction: the ASGI ``send`` of a closed stream yields once (the queued ``http.
 ``ClientDisconnected``, an ``OSError`` as ASGI 2.4 asks; that covers the send that was in flight when the reset hit,
 so the dead transport is never written again. A response's other messages (its start, final body, trailers) are
 still dropped silently: they cannot loop. An app that lets ``ClientDisconnected`` escape (Quart re-raises it from
-its handler task) is not reported as "Error in ASGI Framework": the client leaving is no server error.
+its handler task) is not reported as "Error in ASGI Framework": the client leaving is no server error. That is
+decided in the request task's own function (``hypercorn.asyncio.task_group._handle``, replaced by one that lets
+``ClientDisconnected`` pass silently and reports the rest as Hypercorn does), not in a wrapper around the app, whose
+coroutine frame (~290 bytes) every open stream would keep for its whole life.
 
 Upstream: no Hypercorn issue reports the send that never yields. ASGI 2.4's "send on a closed connection raises an
 ``OSError``" is not implemented by Hypercorn 0.18.0 (its maintainer says he is implementing it, django/asgiref#578;
 pgjones/hypercorn#59 asked for disconnect handling in ``app_send``; the anycorn fork did it in
 davidbrochart/anycorn#79). The upstream fix: ``HTTPStream.app_send`` raises an ``OSError`` subclass for a body sent
-to a closed stream, and the app wrapper does not log it.
+to a closed stream, and the request task (``_handle``) does not log it.
 
 Test that fails without it:
 ``tests/test_transport_faults.py::test_http1_reset_under_a_send_only_loop_fails_its_send``.
@@ -49,11 +52,10 @@ class ClientDisconnected(OSError):
 
 
 def install() -> None:
-    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.asyncio import task_group
     from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
     original = HTTPStream.app_send
-    original_call = ASGIWrapper.__call__
 
     async def app_send(self: Any, message: Any) -> None:
         if message is None or self.state is ASGIHTTPState.CLOSED:
@@ -69,11 +71,22 @@ def install() -> None:
         if message.get("type") == "http.response.body" and message.get("more_body", False):
             raise ClientDisconnected()
 
-    async def call(self: Any, scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
+    HTTPStream.app_send = app_send  # type: ignore[method-assign]
+    task_group._handle = _handle
+
+
+async def _handle(app: Any, config: Any, scope: Any, receive: Any, send: Any, sync_spawn: Any,
+                  call_soon: Any) -> None:
+    """Run the app for one request (``TaskGroup.spawn_app``'s task): its errors are logged as Hypercorn logs them,
+    except the ``ClientDisconnected`` an app lets through; the response is ended whatever happens."""
+    try:
         try:
-            await original_call(self, scope, receive, send, sync_spawn, call_soon)
+            await app(scope, receive, send, sync_spawn, call_soon)
         except* ClientDisconnected:
             pass  # an app that lets it through (Quart does) has nothing to report: the client left
-
-    HTTPStream.app_send = app_send  # type: ignore[method-assign]
-    ASGIWrapper.__call__ = call  # type: ignore[method-assign]
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        await config.log.exception("Error in ASGI Framework")
+    finally:
+        await send(None)

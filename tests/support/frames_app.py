@@ -1,0 +1,31 @@
+"""A gateway that reports the coroutines each of its asyncio tasks holds (``GET /frames``): for every task, the
+qualified names along its chain of awaits, outermost first (a frame an idle stream keeps alive is one name)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+from typing import Any
+
+from gateway import Gateway
+
+gw = Gateway()
+
+
+def _chain(awaited: Any) -> list[str]:
+    names: list[str] = []
+    while awaited is not None:
+        if type(awaited).__name__ == "coroutine_wrapper":  # ``__await__`` of a coroutine: the coroutine inside
+            awaited = next((o for o in gc.get_referents(awaited) if inspect.iscoroutine(o)), None)
+            continue
+        if not inspect.iscoroutine(awaited):
+            break
+        names.append(awaited.cr_code.co_qualname)
+        awaited = awaited.cr_await
+    return names
+
+
+@gw.route("/frames")
+async def frames() -> dict[str, list[list[str]]]:
+    return {"tasks": [_chain(task.get_coro()) for task in asyncio.all_tasks()]}
