@@ -439,6 +439,14 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
 
+    def asgi(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """The ASGI app ``gateway serve`` hands the server: the dispatcher, to which ``__call__`` only forwards (an
+        open stream would keep that frame, ~240 bytes, for its whole life); the gateway itself when a subclass
+        overrides ``__call__``."""
+        if type(self).__call__ is Gateway.__call__:
+            return self.app
+        return self
+
 
 def _typed_view(path: str, render: Callable[..., Awaitable[Rendered]]
                 ) -> tuple[Callable[[StreamRequest], Awaitable[Rendered]], type[pydantic.BaseModel] | None]:

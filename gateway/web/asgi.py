@@ -64,30 +64,29 @@ class Dispatcher:
                     return
             # Every refusal of a stream, command or publish carries the CORS headers its success would.
             with answering_with_cors(self.runtime.guard.cors_of(scope)):
-                await self._serve_cross_origin(path, route, scope, receive, send)
+                await self._cross_origin(path, route, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.quart(scope, receive, send)  # type: ignore[arg-type]
 
-    async def _serve_cross_origin(self, path: str, route: CommandSpec | ViewSpec | None, scope: Scope,
-                                  receive: Receive, send: Send) -> None:
-        """A stream (view or hub) or a post (command or hub publish)."""
+    def _cross_origin(self, path: str, route: CommandSpec | ViewSpec | None, scope: Scope, receive: Receive,
+                      send: Send) -> Awaitable[None]:
+        """What serves a stream (view or hub) or a post (command or hub publish), for ``__call__`` to await: a
+        plain method, so that a stream's life holds no frame of it."""
         spec = route if isinstance(route, ViewSpec) else None
         if spec is not None or path == HUB_ROUTE:
             if scope["method"] not in ("GET", "HEAD"):
-                await send_error(send, MethodNotAllowed(f"{scope['method']} is not allowed on {path}",
-                                                        ("GET", "HEAD")))
-            elif not self.runtime.started:
-                await send_error(send, Unavailable("the gateway is starting", 1))
-            elif spec is not None:
-                await serve_view(self.runtime, spec, scope, receive, send)
-            else:
-                await serve_hub(self.runtime, scope, receive, send)
-        elif not self.runtime.started:
-            await send_error(send, Unavailable("the gateway is starting", 1))
-        else:
-            await serve_post(self.runtime, route if isinstance(route, CommandSpec) else None, scope, receive, send)
+                refusal = MethodNotAllowed(f"{scope['method']} is not allowed on {path}", ("GET", "HEAD"))
+                return send_error(send, refusal)
+            if not self.runtime.started:
+                return send_error(send, Unavailable("the gateway is starting", 1))
+            if spec is not None:
+                return serve_view(self.runtime, spec, scope, receive, send)
+            return serve_hub(self.runtime, scope, receive, send)
+        if not self.runtime.started:
+            return send_error(send, Unavailable("the gateway is starting", 1))
+        return serve_post(self.runtime, route if isinstance(route, CommandSpec) else None, scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

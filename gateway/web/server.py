@@ -37,6 +37,10 @@ class Servable(Protocol):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
+    def asgi(self) -> Any:
+        """The ASGI app to serve: the gateway's own, or what it forwards to."""
+        ...
+
 log = logging.getLogger("gateway")
 
 
@@ -156,7 +160,7 @@ async def serve(gateway: Servable, settings: Settings) -> int:
         raise ValueError("certfile and keyfile go together")
     for url in listening(settings):
         log.info("listening on %s", url)
-    app: Any = gateway
+    app: Any = gateway.asgi()
     # ``workers`` is set only for its SO_REUSEPORT (see hypercorn_config); serve() warns that it spawns nothing.
     warnings.filterwarnings("ignore", message="The config `workers` has no affect", category=Warning)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)

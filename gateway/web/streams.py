@@ -60,15 +60,18 @@ PROTOCOLS = {"1.0": "h1", "1.1": "h1", "2": "h2", "3": "h3"}  # ASGI http_versio
 class Stream:
     """One open SSE response: the socket side of an ``SSEStream``, and fan-out's ``Sink`` for it."""
 
-    __slots__ = ("_behind", "_cap", "_deadline", "_delivery", "_h2", "_h3", "_loop", "_socket", "_timer", "_waiter",
-                 "_watcher", "_woken", "bytes_out", "client", "core", "events", "kind", "lease", "policy", "request",
-                 "route", "runtime", "send", "transport")
+    __slots__ = ("_behind", "_cap", "_cors", "_deadline", "_delivery", "_h2", "_h3", "_loop", "_socket", "_timer",
+                 "_waiter", "_watcher", "_woken", "bytes_out", "client", "core", "events", "kind", "last_event_id",
+                 "lease", "policy", "protocol", "route", "runtime", "send", "transport")
 
     def __init__(self, runtime: AppContext, kind: str, request: StreamRequest, send: Send, lease: Lease,
                  client: str, core: SSEStream, policy: str, cap: int | None) -> None:
         self.runtime = runtime
         self.kind = kind
-        self.request = request
+        # What the stream needs of its request, taken now: the parsed request is not kept for the stream's life.
+        self.protocol = PROTOCOLS.get(request.http_version, "h1")
+        self.last_event_id = parse_last_event_id(request.headers.get("last-event-id") or request.arg("lastEventId"))
+        self._cors: list[tuple[bytes, bytes]] | None = runtime.guard.cors_headers(request.headers)  # until start
         self.send = send
         self.lease = lease
         self.route = lease.route.path
@@ -81,7 +84,7 @@ class Stream:
         self._h3: H3Writer | None = None  # the same for an h3 stream
         self._cap = NO_CAP if cap is None else cap  # bytes behind past which the stream is cut off
         self._behind = runtime.metrics.behind(kind)
-        self._delivery = runtime.metrics.delivered(self.route, PROTOCOLS.get(request.http_version, "h1"))
+        self._delivery = runtime.metrics.delivered(self.route, self.protocol)
         self._loop = asyncio.get_running_loop()
         # The task's wake-up: a flag, and a future only while the task sleeps. An ``asyncio.Event`` does the same
         # with a deque of waiters (~760 bytes) that every idle stream would hold for its whole life.
@@ -119,10 +122,6 @@ class Stream:
         core = SSEStream(mailbox, lease.encoder, timing, now, counts=counts)
         policy = mailbox.limits.policy if isinstance(mailbox, BoundedMailbox) else "conflate"
         return cls(runtime, kind, request, send, lease, client, core, policy, cap)
-
-    @property
-    def last_event_id(self) -> str | None:
-        return parse_last_event_id(self.request.headers.get("last-event-id") or self.request.arg("lastEventId"))
 
     # -- fan-out's side (never awaits) ---------------------------------------------------------------------------
 
@@ -268,7 +267,8 @@ class Stream:
         """Send the headers and the first frames (``events`` of them: the state, or a replay) together, then watch
         for the client leaving (``raw``: the uncompressed size of a cohort member's ``first``, compressed
         already)."""
-        headers = list(_HEAD) + self.runtime.guard.cors_headers(self.request.headers)
+        headers = list(_HEAD) + (self._cors or [])
+        self._cors = None
         if self.lease.encoder.name != "identity":
             headers.append((b"content-encoding", self.lease.encoder.name.encode()))
         encoded = self.core.start(first, self._loop.time(), raw)
@@ -428,12 +428,11 @@ class Stream:
         (bytes on the wire, after compression). Fields in ``extra`` for server.log_format = json."""
         started = self.core.started_at
         duration_ms = round((self._loop.time() - started) * 1000, 3) if started is not None else 0.0
-        protocol = PROTOCOLS.get(self.request.http_version, "h1")
         encoding = self.lease.encoder.name
         log.info("%s stream %s closed: %s after %.1f ms (%s, %s, %d bytes, %d events)", self.kind, self.route,
-                 reason.value, duration_ms, protocol, encoding, self.bytes_out, self.events,
+                 reason.value, duration_ms, self.protocol, encoding, self.bytes_out, self.events,
                  extra={"kind": self.kind, "route": self.route, "reason": reason.value, "duration_ms": duration_ms,
-                        "protocol": protocol, "encoding": encoding, "bytes_out": self.bytes_out,
+                        "protocol": self.protocol, "encoding": encoding, "bytes_out": self.bytes_out,
                         "events": self.events})
 
 
@@ -471,7 +470,7 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
         try:
             frame = await channel.snapshot(runtime.metrics)
             if frame.data is None:
-                frame = await _render_for(spec, stream.request, frame, runtime)
+                frame = await _render_for(spec, request, frame, runtime)
         except Exception:
             runtime.metrics.streams_refused.labels("view", "render_failed").inc()
             await send_error(send, GatewayError(f"the view {spec.path} failed to render; see the server log"))
@@ -495,7 +494,7 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
         await stream.start(receive, first, events, raw)
         if events:
             runtime.metrics.events_sent.labels("view").inc()
-        await _view_loop(runtime, spec, stream)
+        await _view_loop(runtime, spec, stream, request)
     except StreamClosed:
         pass
     except asyncio.CancelledError:
@@ -556,7 +555,7 @@ async def _render_for(spec: ViewSpec, request: StreamRequest, frame: Frame, runt
     return Frame(frame.key, frame.version, data)
 
 
-async def _view_loop(runtime: AppContext, spec: ViewSpec, stream: Stream) -> None:
+async def _view_loop(runtime: AppContext, spec: ViewSpec, stream: Stream, request: StreamRequest) -> None:
     depth = runtime.metrics.mailbox_depth.labels("view")
     while (step := await stream.next_write()) is not None:
         frames = step.frames
@@ -564,29 +563,21 @@ async def _view_loop(runtime: AppContext, spec: ViewSpec, stream: Stream) -> Non
             depth.observe(1)
             if frames[0].data is None:
                 try:
-                    frames = [await _render_for(spec, stream.request, frames[0], runtime)]
+                    frames = [await _render_for(spec, request, frames[0], runtime)]
                 except Exception:
                     frames = []  # keep the stream; the next change tries again
         await stream.write(step, frames)
 
 
 async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /hub/subscribe?topic=a&topic=b``: published events, with replay after Last-Event-ID."""
+    """``GET /hub/subscribe?topic=a&topic=b``: published events, with replay after Last-Event-ID.
+
+    This frame lives as long as the stream: what only its opening needs (the parsed request, the replay, the first
+    bytes) lives in ``_open_hub`` and ``_start_hub``, whose frames are gone once it streams."""
     if await _refuse_if_draining(runtime, "hub", send):
         return
     try:
-        request = StreamRequest.from_scope(scope)
-        topics = _topics(request, runtime.settings.hub.max_topics)
-        # Before the stream exists, so before any replay: history is authorized exactly like live events.
-        identity = runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
-    except GatewayError as exc:
-        runtime.metrics.streams_refused.labels("hub", exc.code).inc()
-        await send_error(send, exc)
-        return
-    limits = runtime.limits_of_hub(topics)
-    try:
-        stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), request, send,
-                             BoundedMailbox(limits.mailbox), limits.grace, valid_for=runtime.auth.valid_for(identity))
+        stream, topics = _open_hub(runtime, scope, send)
     except GatewayError as exc:
         runtime.metrics.streams_refused.labels("hub", exc.code).inc()
         await send_error(send, exc)
@@ -594,27 +585,15 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
     runtime.fanout.attach_hub(topics, stream)
     cancelled = False
     try:
-        first = retry_frame(runtime.settings.sse.retry)
-        replayed = 0
-        last_id = stream.last_event_id
-        if last_id is not None:
-            (replay, replayed), stream.core.last_key = await _replay(runtime, topics, last_id)
-            first += replay
-        else:
-            stream.core.last_key = try_version_key(await runtime.bus.head())
-        raw = -1
-        after = stream.core.last_key
-        if (last_id is None and after is not None and runtime.settings.compression.cohorts
-                and stream.lease.encoder.name in SHAREABLE and limits.mailbox.policy == "disconnect"
-                and not len(stream.core.mailbox)):
-            # Nothing replayed, nothing queued: it is to write exactly the events after ``after``, as the cohort.
-            raw = len(first)
-            first = _enter_cohort(runtime, stream, first,
-                                  partial(runtime.fanout.join_hub_cohort, topics, stream, after), limits.mailbox)
-        await stream.start(receive, first, replayed, raw)
-        if replayed:
-            runtime.metrics.events_sent.labels("hub").inc(replayed)
-        await _hub_loop(runtime, stream)
+        await _start_hub(runtime, stream, topics, receive)
+        metrics = runtime.metrics
+        depth, queued = metrics.mailbox_depth.labels("hub"), metrics.mailbox_bytes.labels("hub")
+        while (step := await stream.next_write()) is not None:
+            if step.frames:
+                depth.observe(len(step.frames))
+                queued.observe(sum(len(f.data or b"") for f in step.frames))
+            await stream.write(step, step.frames)  # everything pending in one write: one flush, one send
+        _log_cut_off(stream)
     except StreamClosed:
         pass
     except asyncio.CancelledError:
@@ -623,6 +602,43 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
     finally:
         runtime.fanout.detach_hub(topics, stream)
         await stream.finish(cancelled)
+
+
+def _open_hub(runtime: AppContext, scope: Scope, send: Send) -> tuple[Stream, tuple[str, ...]]:
+    """Admit a subscription (its topics, its token, the limits), or refuse it with a ``GatewayError``."""
+    request = StreamRequest.from_scope(scope)
+    topics = _topics(request, runtime.settings.hub.max_topics)
+    # Before the stream exists, so before any replay: history is authorized exactly like live events.
+    identity = runtime.auth.authorize_subscribe(request.headers, topics, runtime.settings.hub.public_topics)
+    limits = runtime.limits_of_hub(topics)
+    stream = Stream.open(runtime, "hub", runtime.compression.route(HUB_ROUTE), request, send,
+                         BoundedMailbox(limits.mailbox), limits.grace, valid_for=runtime.auth.valid_for(identity))
+    return stream, topics
+
+
+async def _start_hub(runtime: AppContext, stream: Stream, topics: tuple[str, ...], receive: Receive) -> None:
+    """Send the head and the first bytes: the retry hint and the replay after Last-Event-ID, if any."""
+    box = stream.core.mailbox
+    assert isinstance(box, BoundedMailbox)
+    first = retry_frame(runtime.settings.sse.retry)
+    replayed = 0
+    last_id = stream.last_event_id
+    if last_id is not None:
+        (replay, replayed), stream.core.last_key = await _replay(runtime, topics, last_id)
+        first += replay
+    else:
+        stream.core.last_key = try_version_key(await runtime.bus.head())
+    raw = -1
+    after = stream.core.last_key
+    if (last_id is None and after is not None and runtime.settings.compression.cohorts
+            and stream.lease.encoder.name in SHAREABLE and box.limits.policy == "disconnect" and not len(box)):
+        # Nothing replayed, nothing queued: it is to write exactly the events after ``after``, as the cohort.
+        raw = len(first)
+        first = _enter_cohort(runtime, stream, first, partial(runtime.fanout.join_hub_cohort, topics, stream, after),
+                              box.limits)
+    await stream.start(receive, first, replayed, raw)
+    if replayed:
+        runtime.metrics.events_sent.labels("hub").inc(replayed)
 
 
 def _topics(request: StreamRequest, limit: int) -> tuple[str, ...]:
@@ -683,14 +699,8 @@ async def _replay(
     return (b"".join(frames), len(frames)), last_key
 
 
-async def _hub_loop(runtime: AppContext, stream: Stream) -> None:
-    metrics = runtime.metrics
-    depth, queued = metrics.mailbox_depth.labels("hub"), metrics.mailbox_bytes.labels("hub")
-    while (step := await stream.next_write()) is not None:
-        if step.frames:
-            depth.observe(len(step.frames))
-            queued.observe(sum(len(f.data or b"") for f in step.frames))
-        await stream.write(step, step.frames)  # everything pending in one write: one flush, one send
+def _log_cut_off(stream: Stream) -> None:
+    """Say why a hub subscriber that could not keep up was cut off, once its stream has ended."""
     box = stream.core.mailbox
     if stream.core.reason is CloseReason.SLOW_CONSUMER and isinstance(box, BoundedMailbox):
         limits = box.limits

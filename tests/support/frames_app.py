@@ -1,5 +1,6 @@
 """A gateway that reports the coroutines each of its asyncio tasks holds (``GET /frames``): for every task, the
-qualified names along its chain of awaits, outermost first (a frame an idle stream keeps alive is one name)."""
+qualified names along its chain of awaits, outermost first (a frame an idle stream keeps alive is one name); and
+how many parsed stream requests are alive (``requests``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import inspect
 from typing import Any
 
 from gateway import Gateway
+from gateway.web.asgi_util import StreamRequest
 
 gw = Gateway()
 
@@ -26,6 +28,16 @@ def _chain(awaited: Any) -> list[str]:
     return names
 
 
+def _alive(kind: type) -> int:
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()  # the gateway's GC policy freezes what lives long: frozen objects are not listed
+    try:
+        return sum(type(obj) is kind for obj in gc.get_objects())
+    finally:
+        if frozen:
+            gc.freeze()
+
+
 @gw.route("/frames")
-async def frames() -> dict[str, list[list[str]]]:
-    return {"tasks": [_chain(task.get_coro()) for task in asyncio.all_tasks()]}
+async def frames() -> dict[str, Any]:
+    return {"tasks": [_chain(task.get_coro()) for task in asyncio.all_tasks()], "requests": _alive(StreamRequest)}
