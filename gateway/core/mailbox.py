@@ -111,9 +111,9 @@ class BoundedMailbox(Generic[T]):
         self.limits = limits
         self.merge = merge  # None: signal patches are queued as they come
         # Made by the first put and given up by every take: an empty deque is ~760 bytes, and most streams' mailboxes
-        # stay empty (fan-out writes to an idle stream directly).
+        # stay empty (fan-out writes to an idle stream directly). The index likewise (an empty dict: 64 bytes).
         self._items: deque[_Entry[T]] | None = None
-        self._targets: dict[str, list[_Entry[T]]] = {}  # live element patches by target
+        self._targets: dict[str, list[_Entry[T]]] | None = None  # live element patches by target
         self._signals: _Entry[T] | None = None  # the newest signal patch no barrier follows
         self._dead = 0
         self.count = 0  # live items
@@ -134,7 +134,7 @@ class BoundedMailbox(Generic[T]):
                     self.merged += 1
                     item, size = self.merge(item, folded)
                     info = PatchInfo(signals=folded)
-            elif info.target is not None and (same := self._targets.get(info.target)):
+            elif info.target is not None and self._targets is not None and (same := self._targets.get(info.target)):
                 kept = []
                 for entry in same:
                     if not entry.live:
@@ -175,6 +175,8 @@ class BoundedMailbox(Generic[T]):
         info = entry.info
         if info is not None:
             if info.target is not None:
+                if self._targets is None:
+                    self._targets = {}
                 self._targets.setdefault(info.target, []).append(entry)
             if info.signals is not None:
                 self._signals = entry
@@ -188,11 +190,12 @@ class BoundedMailbox(Generic[T]):
     def _unindex(self, entry: _Entry[T]) -> None:
         """Forget a popped element patch, so that the index holds nothing the queue lost."""
         target = entry.info.target if entry.info is not None else None
-        if target is not None and (same := self._targets.get(target)) is not None:
+        targets = self._targets
+        if target is not None and targets is not None and (same := targets.get(target)) is not None:
             if entry in same:
                 same.remove(entry)
             if not same:
-                del self._targets[target]
+                del targets[target]
 
     def _kill(self, entry: _Entry[T]) -> None:
         """Take ``entry`` out of the counts; it stays in the deque as a tombstone."""
@@ -210,7 +213,7 @@ class BoundedMailbox(Generic[T]):
         queued = self._items
         items = [entry.item for entry in queued if entry.live] if queued is not None else []
         self._items = None
-        self._targets.clear()
+        self._targets = None
         self._signals = None
         self._dead = 0
         self.count = 0

@@ -10,7 +10,15 @@ from quart import Quart
 from gateway.commands import CommandSpec
 from gateway.core.errors import MethodNotAllowed, Unavailable
 from gateway.core.paths import PathTemplate, first_match, is_template
-from gateway.web.asgi_util import Receive, Scope, Send, answering_with_cors, scope_headers, send_error
+from gateway.web.asgi_util import (
+    Receive,
+    Scope,
+    Send,
+    answer_with_cors,
+    scope_headers,
+    send_error,
+    stop_answering_with_cors,
+)
 from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.hypercorn import install as install_corrections
 from gateway.web.posts import serve_post
@@ -63,8 +71,11 @@ class Dispatcher:
                     await self.runtime.guard.serve_preflight(headers, send)
                     return
             # Every refusal of a stream, command or publish carries the CORS headers its success would.
-            with answering_with_cors(self.runtime.guard.cors_of(scope)):
+            cors = answer_with_cors(self.runtime.guard.cors_of(scope))
+            try:
                 await self._cross_origin(path, route, scope, receive, send)
+            finally:
+                stop_answering_with_cors(cors)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:

@@ -16,7 +16,7 @@ from gateway.core.errors import Forbidden, TooManyRequests
 from gateway.core.origins import CrossSiteRefused, OriginPolicy, request_origin
 from gateway.core.ratelimit import TokenBuckets
 from gateway.metrics import Metrics
-from gateway.web.asgi_util import Scope, Send, send_error
+from gateway.web.asgi_util import Headers, Scope, Send, send_error
 
 KINDS = ("command", "publish", "stream")
 
@@ -72,11 +72,11 @@ class Guard:
     def cors_headers(self, headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
         return self.policy.cors_headers(headers.get("origin"))
 
-    def cors_of(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+    def cors_of(self, scope: Scope) -> Headers:
         """``cors_headers`` read straight off the scope's raw headers (its refusals need them before, or without,
         the parsed ``StreamRequest``); nothing to read when no CORS list is configured."""
         if not self.policy.cors:
-            return []
+            return ()
         origins = [value.decode("latin-1") for name, value in scope.get("headers", ()) if name.lower() == b"origin"]
         return self.policy.cors_headers(", ".join(origins) if origins else None)  # two Origins: neither is listed
 

@@ -244,7 +244,7 @@ async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scop
     except GatewayError as exc:
         if spec is not None:
             metrics.commands.labels(spec.path, exc.code).inc()
-        await send_error(send, exc)  # with the CORS headers, as every refusal (asgi_util.answering_with_cors)
+        await send_error(send, exc)  # with the CORS headers, as every refusal (asgi_util.answer_with_cors)
         return
     if spec is not None:
         metrics.commands.labels(spec.path, "accepted").inc()
