@@ -122,3 +122,97 @@ async def test_an_idle_stream_holds_only_the_coroutines_it_needs(tmp_path: Path,
 
 async def _has_stream(chains: Awaitable[list[list[str]]]) -> bool:
     return any(chain[-1:] == ["Stream.next_write"] for chain in await chains)
+
+
+@pytest.mark.live  # in a process of its own: the correction patches h11's class for the whole process
+def test_an_http1_connection_shares_its_empty_switch_proposals() -> None:
+    found = _run(SWITCH_PROPOSALS)
+    assert found["after"] == found["before"]  # every state h11 reaches, the same (upgrade, CONNECT, declined, plain)
+    assert found["before"]["upgrade"][-1] == ["SWITCHED_PROTOCOL", "SWITCHED_PROTOCOL"]
+    assert found["before"]["declined"][-1] == ["DONE", "SEND_BODY"]  # declined: the client is done, no switch
+    assert found["shared"] is True  # no proposal pending: the one empty frozenset, no set per connection
+
+
+SWITCH_PROPOSALS = """
+import json
+import h11
+from gateway.web.hypercorn import h11_switch_proposals
+
+def states(conn):
+    return [conn.their_state.__name__, conn.our_state.__name__]
+
+def exchange(head, response):
+    conn = h11.Connection(h11.SERVER)
+    seen = [states(conn)]
+    conn.receive_data(head)
+    event = conn.next_event()
+    seen.append([type(event).__name__, *states(conn)])
+    seen.append([type(conn.next_event()).__name__, *states(conn)])
+    conn.send(response)
+    seen.append(states(conn))
+    return conn, seen
+
+UPGRADE = b"GET /ws HTTP/1.1\\r\\nHost: a\\r\\nConnection: upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n"
+CONNECT = b"CONNECT a:443 HTTP/1.1\\r\\nHost: a:443\\r\\n\\r\\n"
+PLAIN = b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n"
+SWITCH = h11.InformationalResponse(status_code=101, headers=[("connection", "upgrade"), ("upgrade", "websocket")])
+OK = h11.Response(status_code=200, headers=[("content-length", "0")])
+
+def scenario():
+    out = {}
+    out["upgrade"] = exchange(UPGRADE, SWITCH)[1]
+    out["connect"] = exchange(CONNECT, h11.Response(status_code=200, headers=[]))[1]
+    out["declined"] = exchange(UPGRADE, OK)[1]
+    conn, out["plain"] = exchange(PLAIN, OK)
+    conn.send(h11.EndOfMessage())
+    conn.start_next_cycle()
+    out["plain"].append(states(conn))
+    return out, conn
+
+before, _ = scenario()
+h11_switch_proposals.install()
+after, conn = scenario()
+other = h11.Connection(h11.SERVER)
+shared = conn._cstate.pending_switch_proposals is h11_switch_proposals.NONE is other._cstate.pending_switch_proposals
+print(json.dumps({"before": before, "after": after, "shared": shared}))
+"""
+
+
+@pytest.mark.live  # in a process of its own: the correction patches asyncio's class for the whole process
+def test_a_stream_writer_holds_no_completed_future() -> None:
+    found = _run(WRITER_FUTURE)
+    assert found["before"] is True
+    assert found["after"] is False
+    assert found["echoed"] == "hello"  # write, drain, close and wait_closed work as before
+
+
+WRITER_FUTURE = """
+import asyncio, json
+from gateway.web.hypercorn import writer_future
+
+async def echo(reader, writer):
+    writer.write(await reader.readexactly(5))
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+async def main():
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    out = {}
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    out["before"] = hasattr(writer, "_complete_fut")
+    writer.close()
+    writer_future.install()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out["after"] = hasattr(writer, "_complete_fut")
+    writer.write(b"hello")
+    await writer.drain()
+    out["echoed"] = (await asyncio.wait_for(reader.read(), 5)).decode()
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""

@@ -27,7 +27,11 @@
 - ``drain_waiters``: every asyncio stream connection holds a deque of drain waiters (760 bytes) it rarely uses
   (Python 3.11's asyncio);
 - ``asgi_wrapper``: every request keeps a coroutine frame (~260 bytes) that only forwards the call to the app
-  (hypercorn).
+  (hypercorn);
+- ``h11_switch_proposals``: every HTTP/1.1 connection holds an empty set of protocol-switch proposals (216 bytes)
+  (h11);
+- ``writer_future``: every asyncio stream writer holds a completed future nothing reads (~140 bytes) (Python 3.11's
+  asyncio).
 
 In parentheses: the packages whose internals each one relies on.
 
@@ -67,12 +71,14 @@ from gateway.web.hypercorn import (
     h3_receive_queue,
     h3_send_coalescing,
     h11_can_read,
+    h11_switch_proposals,
     header_deadline,
     quic_retry,
     quic_shutdown,
     send_after_disconnect,
     tcp_close_abort,
     tcp_eof_close,
+    writer_future,
 )
 from gateway.web.hypercorn.send_after_disconnect import ClientDisconnected
 
@@ -127,6 +133,8 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("h11_can_read", ("hypercorn",), h11_can_read.install),
     Correction("drain_waiters", (), drain_waiters.install),
     Correction("asgi_wrapper", ("hypercorn",), asgi_wrapper.install),
+    Correction("h11_switch_proposals", ("h11",), h11_switch_proposals.install),
+    Correction("writer_future", (), writer_future.install),
 )
 
 _installed: list[str] = []

@@ -16,7 +16,8 @@ error, hand each read and then ``Closed`` to the protocol) and stops the idle ta
 in a coroutine that awaits Hypercorn's: every open connection waits in that loop for its whole life, and a wrapper's
 frame (~240 bytes) would wait with it. For the same reason a read is awaited directly when there is no
 ``read_timeout`` (the gateway's setting): Hypercorn wraps each one in ``asyncio.wait_for``, whose coroutine (~270
-bytes) only awaits the read when the timeout is None.
+bytes) only awaits the read when the timeout is None, and the bytes of the last read (the request, ~200 bytes) are
+let go once the protocol has them.
 
 Upstream: no Hypercorn issue reports it (pgjones/hypercorn#170 reports sockets left open after a close). The upstream
 fix: in ``TCPServer.run``, stop ``self.idle_task`` right after ``await self._read_data()``.
@@ -50,6 +51,7 @@ def install() -> None:
                 except (OSError, TimeoutError):  # a reset, a TLS error (both OSErrors) or read_timeout: the end
                     break
                 await self.protocol.handle(RawData(data))
+                del data  # h11 has its copy: the request's bytes are not held while the connection waits
             await self.protocol.handle(Closed())
         finally:
             await self.idle_task.stop()  # the peer is gone: nothing left to keep alive
