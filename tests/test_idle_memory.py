@@ -202,11 +202,11 @@ async def main():
     port = server.sockets[0].getsockname()[1]
     out = {}
     _, writer = await asyncio.open_connection("127.0.0.1", port)
-    out["before"] = hasattr(writer, "_complete_fut")
+    out["before"] = writer._complete_fut is not None
     writer.close()
     writer_future.install()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out["after"] = hasattr(writer, "_complete_fut")
+    out["after"] = writer._complete_fut is not None
     writer.write(b"hello")
     await writer.drain()
     out["echoed"] = (await asyncio.wait_for(reader.read(), 5)).decode()

@@ -90,6 +90,11 @@ class IdentityEncoder:
         return b""
 
 
+# Identity keeps no state: every connection without compression shares this one (an object per stream would be
+# ~70 bytes that every idle identity stream holds).
+IDENTITY = IdentityEncoder()
+
+
 class BrotliEncoder:
     """Streaming Brotli; ``lgwin`` must exceed one full render for re-renders to compress to their diff."""
 
@@ -167,7 +172,7 @@ EncoderFactory = Callable[[CodecSettings], StreamEncoder]
 ENCODERS: dict[str, EncoderFactory] = {
     "br": BrotliEncoder,
     "gzip": GzipEncoder,
-    "identity": lambda _settings: IdentityEncoder(),
+    "identity": lambda _settings: IDENTITY,
 }
 if _zstd is not None:
     ENCODERS["zstd"] = ZstdEncoder

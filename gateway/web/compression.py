@@ -40,9 +40,9 @@ class RouteState:
         return self.fitted or self.settings
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Lease:
-    """A connection's encoder and the memory it is accounted for."""
+    """A connection's encoder and the memory it is accounted for (slotted: every open stream holds one)."""
 
     encoder: StreamEncoder
     decision: Decision

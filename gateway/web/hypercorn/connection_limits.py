@@ -121,15 +121,15 @@ def install() -> None:
         if refusal is not None:
             refused(refusal)
             return _refuse(self).__await__()
-        self._gateway_counted = (address, exempt)
+        self._gateway_address, self._gateway_exempt = address, exempt  # two attributes: no tuple held
         running: Iterator[Any] = self.run().__await__()  # Hypercorn's own
         return running
 
     async def _close(self: Any) -> None:
-        counted = getattr(self, "_gateway_counted", None)
-        self._gateway_counted = None
-        if counted is not None:  # the first close of an admitted connection (run ends with one, a protocol may ask)
-            caps.release(*counted)
+        address = getattr(self, "_gateway_address", None)
+        if address is not None:  # the first close of an admitted connection (run ends with one, a protocol may ask)
+            self._gateway_address = None
+            caps.release(address, self._gateway_exempt)
         await original_close(self)
 
     TCPServer.__await__ = __await__  # type: ignore[assignment,method-assign]

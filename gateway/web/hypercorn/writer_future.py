@@ -7,7 +7,7 @@ Python 3.11's asyncio reads it again (it is left from an older ``drain``). Hyper
 life. Measured with ``benchmarks.idle_breakdown`` (10,000 idle HTTP/1.1 SSE streams): 144 bytes and 1 block per
 stream.
 
-Correction: after asyncio's own ``__init__``, the writer lets the future go (the attribute is deleted). Only Python
+Correction: after asyncio's own ``__init__``, the writer lets the future go (the attribute is set to None). Only Python
 3.11 is corrected (the asyncio this was read on: ``_complete_fut`` is written in ``StreamWriter.__init__`` and read
 nowhere).
 
@@ -41,6 +41,6 @@ def install() -> None:
 
     def __init__(self: Any, transport: Any, protocol: Any, reader: Any, loop: Any) -> None:
         original(self, transport, protocol, reader, loop)
-        self.__dict__.pop("_complete_fut", None)
+        self._complete_fut = None  # deleting the attribute instead would cost the instance its shared-key dict
 
     StreamWriter.__init__ = __init__  # type: ignore[method-assign]
