@@ -1,7 +1,7 @@
 """What an idle HTTP/1.1 stream no longer holds (``docs/idle-memory.md``): asyncio's deque of drain waiters
 (``gateway.web.hypercorn.drain_waiters``), with the drain semantics it must keep, and coroutine frames that only
 forward a call (the corrections' wrappers, Hypercorn's ``ASGIWrapper``, ``asyncio.wait_for`` without a timeout,
-the gateway's own dispatch), and the parsed request of a hub stream."""
+the gateway's own dispatch), and the parsed request of a hub stream and its headers."""
 
 from __future__ import annotations
 
@@ -110,11 +110,36 @@ async def test_an_idle_stream_holds_only_the_coroutines_it_needs(tmp_path: Path,
             report = (await client.get("/frames")).json()
         tasks = report["tasks"]
         assert report["requests"] == 0  # the stream took what it needs of its parsed request, and let it go
+        assert report["hub_headers"] == [0]  # and nobody reads the headers in the scope Hypercorn keeps
         assert CONNECTION in tasks  # no wrapper around run or _read_data, no wait_for around the read
         # No wrapper around Hypercorn's task function, no ASGIWrapper, no Gateway.__call__ (``gateway serve`` serves
         # its dispatcher), no frame for choosing the route, for the hub's loop or for its sleep (serve_hub awaits the
         # stream's future itself), no generator for the CORS context.
         assert REQUEST in tasks
+    finally:
+        if stream is not None:
+            stream.close()
+        srv.stop()
+
+
+@pytest.mark.live
+@pytest.mark.asyncio
+async def test_a_stream_keeps_its_request_headers_for_hypercorns_access_log(tmp_path: Path,
+                                                                           certs: tuple[Path, Path]) -> None:
+    """With ``server.access_log`` Hypercorn writes an access line when the response ends, from the headers in the
+    scope: those stay, and the line names the client's user agent."""
+    srv = start_server(tmp_path, certs, args=["--app", "tests.support.frames_app:gw"],
+                       env={"GATEWAY_SERVER_ACCESS_LOG": "true"})
+    stream: RawStream | None = None
+    try:
+        stream = await RawStream.open(srv.http_port, "/hub/subscribe?topic=idle", headers={"user-agent": "idle/1"})
+        async with httpx.AsyncClient(base_url=srv.http, timeout=STEP) as client:
+            report = (await client.get("/frames")).json()
+        (kept,) = report["hub_headers"]
+        assert kept > 0
+        stream.close()
+        stream = None
+        await wait_until(lambda: "idle/1" in srv.output(), STEP, what="the stream's access line")
     finally:
         if stream is not None:
             stream.close()

@@ -42,6 +42,7 @@ from gateway.web.context import HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.direct import HIGH_WATER, H2Link, H2Writer, H3Link, H3Writer, chunk, h1_transport, h2_writer, h3_writer
 from gateway.web.fanout import ViewChannel, hub_frame
 from gateway.web.hypercorn.app_queue import listen
+from gateway.web.hypercorn.transport import request_headers_unread
 
 log = logging.getLogger("gateway.streams")
 
@@ -500,6 +501,7 @@ async def serve_view(runtime: AppContext, spec: ViewSpec, scope: Scope, receive:
                 and stream.lease.encoder.name in SHAREABLE):
             first, raw = _join_cohort(runtime, channel, stream, frame, limits.max_bytes)
         await stream.start(receive, first, events, raw)
+        _drop_request_headers(scope, send)
         if events:
             runtime.metrics.events_sent.labels("view").inc()
         await _view_loop(runtime, spec, stream, request)
@@ -597,6 +599,7 @@ async def serve_hub(runtime: AppContext, scope: Scope, receive: Receive, send: S
     cancelled = False
     try:
         await _start_hub(runtime, stream, topics, receive)
+        _drop_request_headers(scope, send)
         metrics = runtime.metrics
         depth, queued = metrics.mailbox_depth.labels("hub"), metrics.mailbox_bytes.labels("hub")
         while (step := stream.next_write()) is not None:
@@ -711,6 +714,14 @@ async def _replay(
         head = try_version_key(await runtime.bus.head())
         last_key = max(last_key, head or (0, 0))
     return (b"".join(frames), len(frames)), last_key
+
+
+def _drop_request_headers(scope: Scope, send: Send) -> None:
+    """Once a stream has started nobody reads its request's headers (the stream took what it needs of them when it
+    opened) unless the server logs them: drop them from the scope, which the server keeps for the response's whole
+    life (~800 bytes for a few short headers; a browser's, with its cookies, are often several KB)."""
+    if request_headers_unread(send):
+        scope["headers"] = ()
 
 
 def _log_cut_off(stream: Stream) -> None:

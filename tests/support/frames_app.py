@@ -1,6 +1,7 @@
 """A gateway that reports the coroutines each of its asyncio tasks holds (``GET /frames``): for every task, the
-qualified names along its chain of awaits, outermost first (a frame an idle stream keeps alive is one name); and
-how many parsed stream requests are alive (``requests``)."""
+qualified names along its chain of awaits, outermost first (a frame an idle stream keeps alive is one name); how
+many parsed stream requests are alive (``requests``); and how many request headers the scope of each open hub
+stream still holds (``hub_headers``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 import gc
 import inspect
 from typing import Any
+
+from hypercorn.protocol.http_stream import HTTPStream
 
 from gateway import Gateway
 from gateway.web.asgi_util import StreamRequest
@@ -28,11 +31,11 @@ def _chain(awaited: Any) -> list[str]:
     return names
 
 
-def _alive(kind: type) -> int:
+def _alive(kind: type) -> list[Any]:
     frozen = gc.get_freeze_count()
     gc.unfreeze()  # the gateway's GC policy freezes what lives long: frozen objects are not listed
     try:
-        return sum(type(obj) is kind for obj in gc.get_objects())
+        return [obj for obj in gc.get_objects() if type(obj) is kind]
     finally:
         if frozen:
             gc.freeze()
@@ -40,4 +43,6 @@ def _alive(kind: type) -> int:
 
 @gw.route("/frames")
 async def frames() -> dict[str, Any]:
-    return {"tasks": [_chain(task.get_coro()) for task in asyncio.all_tasks()], "requests": _alive(StreamRequest)}
+    scopes = [stream.scope for stream in _alive(HTTPStream) if hasattr(stream, "scope")]
+    return {"tasks": [_chain(task.get_coro()) for task in asyncio.all_tasks()], "requests": len(_alive(StreamRequest)),
+            "hub_headers": [len(scope["headers"]) for scope in scopes if scope["path"] == "/hub/subscribe"]}

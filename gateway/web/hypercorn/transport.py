@@ -13,6 +13,10 @@ use it). It relies on these parts of Hypercorn 0.18.0 and h11 0.16.0, none of th
   ``writer.transport`` is the connection's transport (asyncio's or uvloop's, which does not derive from asyncio's
   classes).
 
+``request_headers_unread`` relies on one more: ``HTTPStream.config.log.access_logger`` is None when Hypercorn writes
+no access line, and that line (written when the response ends) is the only reader of ``scope["headers"]`` once the
+response has started, on HTTP/1.1, h2 and HTTP/3 alike (its server push reads them too; the gateway never pushes).
+
 Every step is checked by type, and the walk is only made once ``gateway.web.hypercorn.install`` found every
 server package at its verified version (``direct_writes_trusted``); otherwise, or when any step differs, the answer
 is None and the stream stays on the ASGI path.
@@ -58,3 +62,12 @@ def h1_transport(send: Any) -> asyncio.WriteTransport | None:
     if transport is None or transport.is_closing():
         return None
     return transport
+
+
+def request_headers_unread(send: Any) -> bool:
+    """Whether the server behind ``send`` reads its request's headers off the scope no more, now that the response
+    has started: Hypercorn (verified) writing no access line. False for anything else."""
+    if not direct_writes_trusted():
+        return False
+    stream = getattr(send, "__self__", None)
+    return isinstance(stream, HTTPStream) and stream.config.log.access_logger is None
