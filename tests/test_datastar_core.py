@@ -220,7 +220,7 @@ def test_drop_oldest_forgets_what_it_dropped() -> None:
         f = frame(PatchElements(f'<div id="t{i}">{i}</div>'), i)
         result = box.put(f, 10, f.patch)
         assert result in (PutResult.QUEUED, PutResult.DROPPED_OLDEST)
-    assert len(box._targets) <= 3
+    assert len(box._targets or {}) <= 3
     assert len(box) == 3
 
 
