@@ -283,10 +283,9 @@ def _reading(r: dict[str, Any]) -> str:
                      "event, packets built, protected and tracked for loss one by one, and each frame's "
                      "acknowledgement processed when the client's ACK comes (see the HTTP/3 profile below); "
                      f"idle, a stream holds {h3['rss_per_idle_stream_kib']:.1f} KiB.")
-    lines.append("- **Broadcast tails vary from run to run** on this 2-core VM: over the full runs made while "
-                 "building this page, the gateway's p99 ranged 222-553 ms and nchan's 177-270 ms (the 553 ms run "
-                 "was before the load generator moved to uvloop). One run's p99 is "
-                 "one sample of that spread; the p50 and the CPU per event move much less.")
+    lines.append("- **Broadcast tails vary from run to run** on this 2-core VM, and more with anything else "
+                 "running on it: one run's p99 is one sample of that spread, while the p50 and the CPU per event "
+                 "move much less.")
     lines.append("- **The generator's own CPU share** is printed in every row; near 1.0 it bounds the delivery rate "
                  "and the tail latencies of the fast peers (nchan and the gateway alike), while CPU per delivered "
                  "event, measured on the server, stays exact.")
