@@ -44,6 +44,7 @@ from typing import Any
 
 from gateway.core.resets import Throttle
 from gateway.web.hypercorn import connection_limits, syn_filter
+from gateway.web.hypercorn.python_version import verified
 
 FIRST_PAUSE = 0.05  # seconds without accepting after the first failure
 LAST_PAUSE = 1.0  # seconds, the longest pause while accepts keep failing
@@ -69,12 +70,9 @@ def _pause(loop: Any, sock: Any, exc: OSError, restart: Any) -> None:
 
 
 def install() -> None:
-    import sys
     from asyncio import selector_events
 
-    if sys.version_info[:2] != VERIFIED_PYTHON:
-        log.warning("the accept back-off is verified on Python %d.%d only: not installed on %d.%d",
-                    *VERIFIED_PYTHON, *sys.version_info[:2])
+    if not verified(VERIFIED_PYTHON, "the accept back-off"):
         return
 
     loop_class: Any = selector_events.BaseSelectorEventLoop

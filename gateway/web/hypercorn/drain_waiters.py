@@ -23,11 +23,9 @@ the test above must still pass.
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
-log = logging.getLogger("gateway.hypercorn")
+from gateway.web.hypercorn.python_version import verified
 
 VERIFIED_PYTHON = (3, 11)  # asyncio's private FlowControlMixin this relies on
 
@@ -35,9 +33,7 @@ VERIFIED_PYTHON = (3, 11)  # asyncio's private FlowControlMixin this relies on
 def install() -> None:
     from asyncio.streams import FlowControlMixin
 
-    if sys.version_info[:2] != VERIFIED_PYTHON:
-        log.warning("the light drain waiters are verified on Python %d.%d only: not installed on %d.%d",
-                    *VERIFIED_PYTHON, *sys.version_info[:2])
+    if not verified(VERIFIED_PYTHON, "the light drain waiters"):
         return
     original = FlowControlMixin.__init__
 

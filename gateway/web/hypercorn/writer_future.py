@@ -21,11 +21,9 @@ must still pass.
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
-log = logging.getLogger("gateway.hypercorn")
+from gateway.web.hypercorn.python_version import verified
 
 VERIFIED_PYTHON = (3, 11)  # asyncio's private StreamWriter attribute this drops
 
@@ -33,9 +31,7 @@ VERIFIED_PYTHON = (3, 11)  # asyncio's private StreamWriter attribute this drops
 def install() -> None:
     from asyncio.streams import StreamWriter
 
-    if sys.version_info[:2] != VERIFIED_PYTHON:
-        log.warning("the stream writer's unread future is dropped on Python %d.%d only: not on %d.%d",
-                    *VERIFIED_PYTHON, *sys.version_info[:2])
+    if not verified(VERIFIED_PYTHON, "dropping the stream writer's unread future"):
         return
     original = StreamWriter.__init__
 
