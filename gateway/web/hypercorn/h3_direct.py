@@ -5,8 +5,10 @@ Why: an event sent through ASGI on h3 wakes the stream's task and goes through `
 ``H3Protocol.stream_send`` of three corrections (``h3_disconnects``, ``h3_backpressure``) and Hypercorn's own,
 each an awaited coroutine, before aioquic's ``H3Connection.send_data`` puts the bytes in the QUIC stream's buffer:
 measured ~43 µs of the 46 µs of server CPU an event cost in a burst to 1,000 h3 streams (HTTP/1.1: 4 µs). Here
-fan-out calls ``H3Connection.send_data`` itself for every ready stream (so aioquic's stream states and flow control
-stay the only truth), and once the round is over asks ``h3_send_coalescing`` for the connection's one flush, which
+fan-out appends each ready stream's DATA frame to its QUIC stream's send buffer itself, the bytes
+``H3Connection.send_data`` would append (so aioquic's stream states and flow control stay the only truth; with a QUIC
+logger, ``send_data`` is called to log it), and once the round is over asks ``h3_send_coalescing`` for the
+connection's one flush, which
 builds the packets of every stream written in the round together (``H3Link.flush``). Measured with ``python -m
 benchmarks --quick --peers gateway --scenarios burst,broadcast --protocols h1,h3`` (one run each, before and after,
 a 2-core VM shared with other work): burst to 100 and 300 h3 streams 37 and 35 -> 28 and 28.5 µs of server CPU per
@@ -47,7 +49,9 @@ server package verified and installed ``h3_disconnects``, ``h3_backpressure`` an
   ``stream_id``), whose ``send`` is the bound ``H3Protocol.stream_send``;
 - ``H3Protocol``: ``connection`` (aioquic's ``H3Connection``), ``streams``, and ``send``, a ``functools.partial``
   of ``QuicProtocol.send_all`` bound to the protocol's ``_Connection`` (``quic``, ``h3``, ``cids``);
-- aioquic: ``H3Connection._quic`` (the ``QuicConnection``) and ``_stream`` (``H3Stream.headers_send_state``);
+- aioquic: ``H3Connection._quic`` (the ``QuicConnection``), ``_quic_logger`` and ``_stream``
+  (``H3Stream.headers_send_state``), and that ``send_data`` appends ``encode_frame(DATA, data)`` to the stream's
+  sender and changes no other state of the H3 connection;
   ``QuicConnection._state``, ``_close_pending`` and ``_streams``; ``QuicStream.sender`` (``is_finished``,
   ``_reset_error_code``, ``_buffer_fin``, ``_buffer``).
 """
@@ -57,6 +61,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3Connection, HeadersState
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.stream import QuicStream, QuicStreamSender
@@ -68,7 +73,7 @@ from gateway.web.hypercorn import direct_writes_trusted, installed
 from gateway.web.hypercorn.h3_disconnects import terminated
 from gateway.web.hypercorn.h3_send_coalescing import flush_soon
 
-__all__ = ["H3Link", "H3Writer", "h3_writer"]
+__all__ = ["H3Link", "H3Writer", "data_frame", "h3_writer"]
 
 LINK = "gateway_h3_link"  # the ``H3Link`` kept on an ``H3Protocol`` once one of its streams wrote directly
 # What direct writes read and rely on: the stream's closing, backpressure and the connection's one flush.
@@ -76,17 +81,24 @@ NEEDS = ("h3_disconnects", "h3_backpressure", "h3_send_coalescing")
 _CONNECTED = QuicConnectionState.CONNECTED  # (an enum member read per ready stream: a module name is cheaper)
 
 
+def data_frame(data: bytes) -> bytes:
+    """An HTTP/3 DATA frame of ``data`` (RFC 9114, 7.2.1: type 0x00, the length as a QUIC varint, the payload)."""
+    return b"\x00" + encode_uint_var(len(data)) + data
+
+
 class H3Link:
     """One QUIC connection's side of direct writes: its streams put their events in aioquic during fan-out's
     round, and ``flush`` asks for the connection's one flush once the round is over."""
 
-    __slots__ = ("connection", "h3", "protocol", "quic")
+    __slots__ = ("connection", "h3", "logged", "protocol", "quic")
 
     def __init__(self, protocol: QuicProtocol, connection: _Connection, h3: H3Protocol, quic: QuicConnection) -> None:
         self.protocol = protocol
         self.connection = connection
         self.h3 = h3
         self.quic = quic
+        # With qlog the frames go through aioquic's H3 to be logged (and through it if the attribute is missing).
+        self.logged = getattr(h3.connection, "_quic_logger", True) is not None
 
     def open(self) -> bool:
         """The QUIC connection is established, not closing, and Hypercorn has not seen it end."""
@@ -125,9 +137,15 @@ class H3Writer:
 
     def write(self, data: bytes) -> H3Link:
         """Frame ``data`` as one DATA frame in aioquic (the caller checked ``ready``); the link to flush when the
-        round is over."""
+        round is over. The frame goes straight into the QUIC stream's send buffer, exactly the bytes
+        ``H3Connection.send_data`` appends (RFC 9114: type 0, the length as a varint, the payload) without its
+        per-write checks, which ``ready`` made (the stream's head is out and its sender takes data). With a QUIC
+        logger configured, ``send_data`` itself is called, so that the frame is logged."""
         link = self.link
-        link.h3.connection.send_data(self.stream_id, data, False)
+        if link.logged:
+            link.h3.connection.send_data(self.stream_id, data, False)
+        else:
+            self.sender.write(data_frame(data))
         return link
 
 
