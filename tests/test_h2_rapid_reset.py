@@ -40,10 +40,11 @@ RSS_BOUND = 64 * 2**20
 # charged to the gateway. After limits.abuse_strikes GOAWAYs its address is in the penalty box: by default the
 # kernel then drops its SYNs (limits.abuse_kernel_filter), and it costs the gateway nothing more; with the filter off
 # each of its ~7,000 reconnects a second is accepted and closed. Measured (docs/security.md, "HTTP/2 Rapid Reset and
-# connection churn"), 2026-12-07 on a quiet machine, p99 before / under attack: with the filter 3.2-4.4 / 3.0-4.4 ms
-# (0.81-1.22x); without it 3.4-5.1 / 4.5-5.5 ms (0.99-1.45x). The p99 of a few hundred samples is one of the few
+# connection churn"), 2026-12-07 on a quiet machine, p99 during / before: with the filter 0.74-1.39x (median 0.98,
+# ten runs); without it 0.90-1.52x (median 1.17, fifteen runs); and with an "attacker" that only sleeps, the
+# measurement's own noise, 0.78-1.52x (median 1.08, eight runs). The p99 of a few hundred samples is one of the few
 # largest, and a stall of the shared machine moves it by a millisecond or two, so the bound asserted is 1.2x the
-# baseline or the baseline plus SLACK, whichever is larger: SLACK is 2 ms with the filter and 10 ms without it.
+# baseline or the baseline plus a slack, whichever is larger: 2 ms with the filter and 10 ms without it.
 P99_FACTOR = 1.2
 PERIOD = 0.01  # seconds between published events (each waits for the previous publish's answer)
 
