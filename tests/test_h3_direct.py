@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support.h3client import H3Client
-from tests.support.h3readers import publish, stop_granting_credit, subscribed
+from tests.support.h3readers import kept_and_dropped, publish, stop_granting_credit, subscribed
 from tests.support.metrics import metric, wait_metric
 from tests.support.server import Server, start_server
 
@@ -68,19 +68,14 @@ async def test_many_streams_on_one_connection_get_every_event_in_order(
 async def test_a_reset_stream_and_a_closed_connection_mid_broadcast_disturb_no_other(gateway: Server) -> None:
     srv = gateway
     sent = [f"event {n:03d}" for n in range(60)]
-    await wait_metric(srv.http, "gateway_streams_active", 0, WAIT, kind="hub")
-    async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as kept,
-                H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as dropped,
-                httpx.AsyncClient(base_url=srv.http, timeout=WAIT) as http,
-                subscribed(kept, "mid", 30, WAIT) as readers,
-                subscribed(dropped, "mid", 10, WAIT) as doomed):
-        await wait_metric(srv.http, "gateway_streams_active", 40, WAIT, kind="hub")
+    async with kept_and_dropped(srv, "mid", WAIT) as two:
+        readers, doomed = two.readers, two.doomed
         before = await _direct(srv)
-        await publish(http, "mid", sent[:15])
+        await publish(two.http, "mid", sent[:15])
         await readers[0].at_least(15)
         readers[-1].stream.cancel()  # RESET_STREAM + STOP_SENDING, as a browser dropping an EventSource
-        await dropped.close()  # CONNECTION_CLOSE with ten streams open
-        await publish(http, "mid", sent[15:])
+        await two.dropped.close()  # CONNECTION_CLOSE with ten streams open
+        await publish(two.http, "mid", sent[15:])
         for reader in readers[:-1]:
             assert await reader.at_least(len(sent)) == sent
         assert all(len(reader.data) < len(sent) for reader in doomed)

@@ -7,22 +7,20 @@ middle of a broadcast cost the other streams nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.core.sse import SSEParser
-from tests.support.h3client import H3Client, H3Error, H3Stream
+from tests.support.h3client import H3Client
+from tests.support.h3readers import kept_and_dropped, publish, subscribed
 from tests.support.metrics import wait_metric
 from tests.support.quic_flushes import FlushProbe
-from tests.support.server import HUB_TOKEN, Server, start_server
+from tests.support.server import Server, start_server
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
 
-AUTH = {"Authorization": f"Bearer {HUB_TOKEN}"}
 STREAMS = 60  # on one QUIC connection: Hypercorn alone builds packets once per stream's write, so 60+ per event
 WAIT = 20.0  # seconds any one step may take on a loaded machine
 
@@ -37,59 +35,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) 
     assert "Traceback" not in srv.output(), srv.output()  # a flush or timer that failed is logged with one
 
 
-class Reader:
-    """The hub events of one HTTP/3 stream, read as they arrive."""
-
-    def __init__(self, stream: H3Stream) -> None:
-        self.stream = stream
-        self.data: list[str] = []
-        self.changed = asyncio.Event()
-
-    async def run(self) -> None:
-        parser = SSEParser()
-        try:
-            async for chunk in self.stream.aiter_raw(idle_timeout=WAIT):
-                self.data += [event.data for event in parser.feed(chunk) if event.data]
-                self.changed.set()
-        except H3Error:
-            pass  # this test reset the stream or closed its connection: what it read so far is what counts
-
-    async def at_least(self, count: int) -> list[str]:
-        async with asyncio.timeout(WAIT):
-            while len(self.data) < count:
-                self.changed.clear()
-                await self.changed.wait()
-        return self.data
-
-
-@asynccontextmanager
-async def subscribed(client: H3Client, topic: str, count: int) -> AsyncIterator[list[Reader]]:
-    """``count`` hub streams of ``topic`` on ``client``'s one connection, each read by a task of its own."""
-    async with AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
-        readers = []
-        for _ in range(count):
-            stream = await stack.enter_async_context(client.stream("GET", f"/hub/subscribe?topic={topic}"))
-            assert stream.status == 200
-            readers.append(Reader(stream))
-        running = [tasks.create_task(reader.run()) for reader in readers]
-        try:
-            yield readers
-        finally:
-            for task in running:
-                task.cancel()
-
-
-async def publish(http: httpx.AsyncClient, topic: str, datas: list[str]) -> None:
-    for data in datas:
-        answer = await http.post("/hub/publish", json={"topic": topic, "data": data}, headers=AUTH)
-        assert answer.status_code == 204
-
-
 async def test_one_event_to_many_streams_is_one_flush(gateway: tuple[Server, FlushProbe]) -> None:
     srv, probe = gateway
     async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as client,
                 httpx.AsyncClient(base_url=srv.http, timeout=WAIT) as http,
-                subscribed(client, "flushes", STREAMS) as readers):
+                subscribed(client, "flushes", STREAMS, WAIT) as readers):
         await wait_metric(srv.http, "gateway_streams_active", STREAMS, WAIT, kind="hub")
         await publish(http, "flushes", ["warm-up"])  # every stream's task has written once, its state is made
         for reader in readers:
@@ -109,7 +59,7 @@ async def test_many_streams_on_one_connection_get_every_event_in_order(gateway: 
     sent = [f"event {n:03d} " + "x" * (n * 7 % 300) for n in range(40)]  # sizes vary: frames cross packets
     async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as client,
                 httpx.AsyncClient(base_url=srv.http, timeout=WAIT) as http,
-                subscribed(client, "order", STREAMS) as readers):
+                subscribed(client, "order", STREAMS, WAIT) as readers):
         await wait_metric(srv.http, "gateway_streams_active", STREAMS, WAIT, kind="hub")
         await publish(http, "order", sent)
         for reader in readers:
@@ -121,18 +71,13 @@ async def test_a_reset_stream_and_a_closed_connection_mid_broadcast_disturb_no_o
 ) -> None:
     srv, _ = gateway
     sent = [f"event {n:03d}" for n in range(60)]
-    await wait_metric(srv.http, "gateway_streams_active", 0, WAIT, kind="hub")  # the other tests' streams are gone
-    async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as kept,
-                H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as dropped,
-                httpx.AsyncClient(base_url=srv.http, timeout=WAIT) as http,
-                subscribed(kept, "mid", 30) as readers,
-                subscribed(dropped, "mid", 10) as doomed):
-        await wait_metric(srv.http, "gateway_streams_active", 40, WAIT, kind="hub")
-        publishing = asyncio.create_task(publish(http, "mid", sent))
+    async with kept_and_dropped(srv, "mid", WAIT) as two:  # (once the other tests' streams are gone)
+        readers, doomed = two.readers, two.doomed
+        publishing = asyncio.create_task(publish(two.http, "mid", sent))
         await readers[0].at_least(15)
         assert not publishing.done(), "the broadcast ended before the reset: publish more events"
         readers[-1].stream.cancel()  # RESET_STREAM + STOP_SENDING, as a browser dropping an EventSource
-        await dropped.close()  # CONNECTION_CLOSE with ten streams open
+        await two.dropped.close()  # CONNECTION_CLOSE with ten streams open
         await publishing
         for reader in readers[:-1]:
             assert await reader.at_least(len(sent)) == sent

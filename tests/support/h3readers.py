@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from gateway.core.sse import SSEParser
 from tests.support.h3client import H3Client, H3Error, H3Stream
-from tests.support.server import HUB_TOKEN
+from tests.support.metrics import wait_metric
+from tests.support.server import HUB_TOKEN, Server
 from tests.support.sse_client import Decoder
 
 AUTH = {"Authorization": f"Bearer {HUB_TOKEN}"}
@@ -70,6 +72,31 @@ async def subscribed(client: H3Client, topic: str, count: int, wait: float,
         finally:
             for task in running:
                 task.cancel()
+
+
+@dataclass
+class KeptAndDropped:
+    """Two QUIC connections subscribed to one topic: ``readers`` on ``kept`` (30 streams) and ``doomed`` on
+    ``dropped`` (10), which a test resets or closes mid-broadcast; ``http`` publishes."""
+
+    kept: H3Client
+    dropped: H3Client
+    http: httpx.AsyncClient
+    readers: list[Reader]
+    doomed: list[Reader]
+
+
+@asynccontextmanager
+async def kept_and_dropped(srv: Server, topic: str, wait: float) -> AsyncIterator[KeptAndDropped]:
+    """The 40 streams of ``KeptAndDropped``, once the gateway counts them open (and none of an earlier test's)."""
+    await wait_metric(srv.http, "gateway_streams_active", 0, wait, kind="hub")
+    async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=wait) as kept,
+                H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=wait) as dropped,
+                httpx.AsyncClient(base_url=srv.http, timeout=wait) as http,
+                subscribed(kept, topic, 30, wait) as readers,
+                subscribed(dropped, topic, 10, wait) as doomed):
+        await wait_metric(srv.http, "gateway_streams_active", 40, wait, kind="hub")
+        yield KeptAndDropped(kept, dropped, http, readers, doomed)
 
 
 async def publish(http: httpx.AsyncClient, topic: str, datas: list[str]) -> None:
