@@ -361,15 +361,14 @@ class Fanout:
                 shared[link] = [(sink, frames)]
             else:
                 members.append((sink, frames))
-        for members in shared.values():
-            connections: dict[Flush, None] = {}
+        for link, members in shared.items():
+            wrote = False
             for sink, frames in members:
-                connection = self._write(sink, frames, now)
-                if connection is not None:
-                    connections[connection] = None
-            for connection in connections:
+                if self._write(sink, frames, now) is not None:  # (the stream's ``direct_link``: ``link``)
+                    wrote = True
+            if wrote:
                 try:
-                    connection.flush()
+                    link.flush()
                 except Exception:  # the connection's own tasks see it closed; the other connections still get theirs
                     log.exception("fan-out could not write a connection's events")
         if self._on_flushed is not None:

@@ -212,9 +212,10 @@ class Stream:
         return None if writer is None else writer.link
 
     def _h2_write(self, h2: H2Writer | H3Writer, frames: list[Frame], now: float) -> H2Link | H3Link | None:
-        """The h2 (or h3) direct write: when the flow-control windows are too small for ``frames`` they go to the
-        mailbox (the task's path, with its write deadline), in order, before anything is encoded."""
-        if not h2.room(sum(len(f.data or b"") for f in frames)):
+        """The h2 (or h3) direct write: on h2, when the flow-control windows are too small for ``frames`` they go to
+        the mailbox (the task's path, with its write deadline), in order, before anything is encoded; on h3 aioquic
+        buffers past the window, bounded by ``H3Writer.ready``."""
+        if isinstance(h2, H2Writer) and not h2.room(sum(len(f.data or b"") for f in frames)):
             for frame in frames:
                 self.feed(frame, now)
             return None

@@ -115,6 +115,8 @@ class H3Writer:
     """One HTTP/3 stream's direct writes."""
 
     __slots__ = ("high_water", "link", "sender", "stream", "stream_id", "streams")
+    # No ``room`` to check before a write, as h2 has: aioquic buffers what flow control does not let out yet, and
+    # ``ready`` bounds that buffer (``high_water``).
 
     def __init__(self, link: H3Link, stream: HTTPStream, sender: QuicStreamSender, high_water: int) -> None:
         self.link = link
@@ -130,10 +132,6 @@ class H3Writer:
         return (not self.stream.closed and self.streams.get(self.stream_id) is self.stream
                 and not sender.is_finished and sender._reset_error_code is None and sender._buffer_fin is None
                 and len(sender._buffer) < self.high_water and self.link.open())
-
-    def room(self, size: int) -> bool:
-        """Always: aioquic buffers what flow control does not let out yet, and ``ready`` bounds that buffer."""
-        return True
 
     def write(self, data: bytes) -> H3Link:
         """Frame ``data`` as one DATA frame in aioquic (the caller checked ``ready``); the link to flush when the
