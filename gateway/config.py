@@ -109,6 +109,9 @@ class ServerSettings:
     gc_freeze: bool = _field(True, "freeze established objects out of the cyclic garbage collector's scans, and "
                              "sweep once many streams have closed: without it a full collection stalls every "
                              "stream (~1 s at 10,000 streams)")
+    keep_alive_timeout: float = _field(75 * SECONDS, "seconds an HTTP/1.1 connection may sit idle between requests "
+                                       "before it is closed; keep it above the idle timeout of the proxy's "
+                                       "upstream keep-alive (nginx: 60 s)", _between(1, 3600, " s"))
     backlog: int = _field(4096, "listen backlog of each TCP listener: connections the kernel queues before "
                           "accepting; reconnect storms after a restart need more than the usual 100",
                           _between(16, 65_535))
@@ -118,6 +121,10 @@ class ServerSettings:
                                             "the gateway's Hypercorn corrections were verified on: each such package "
                                             "is logged as a warning, the corrections relying on its internals and "
                                             "direct writes are switched off")
+    post_lane: bool = _field(True, "serve a plain HTTP/1.1 command or hub publish POST (one whole request in one "
+                             "read, a Content-Length body) from its connection's read loop, without Hypercorn's "
+                             "per-request task and h11 events: the same app, checks and answers, at a fraction of "
+                             "the CPU; false sends every request through Hypercorn")
     server_names: list[str] = _field([], "Host header values served, with the port when it is not the "  # noqa: RUF009
                                       "scheme's default (e.g. example.com, example.com:8443); any other Host gets "
                                       "404 from Hypercorn; empty serves any Host")

@@ -343,6 +343,10 @@ class Metrics:
             "gateway_request_deadlines", "Requests cut by a read deadline, by stage: connect (nothing sent within "
             "limits.header_timeout: closed), header (a head not complete within it: 408), body (408).", ["stage"],
             registry=r)
+        self.post_lane = Counter(
+            "gateway_post_lane_requests", "HTTP/1.1 command and hub publish POSTs served from their connection's read "
+            "loop (server.post_lane), without Hypercorn's per-request task; the others went through Hypercorn.",
+            registry=r)
         self.quic_refused = Counter(
             "gateway_quic_refused", "New HTTP/3 (QUIC) connections refused at their first Initial, by reason: cap "
             "(limits.max_quic_connections), bad_token (a Retry token not minted for that address, or expired).",

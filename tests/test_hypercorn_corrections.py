@@ -32,7 +32,8 @@ NAMES = ["quic_shutdown", "h3_disconnects", "h2_late_data", "h2_backpressure", "
          "tcp_close_abort", "connection_limits", "header_deadline",
          "h3_backpressure", "h2_rapid_reset", "tcp_eof_close", "accept_backoff", "quic_retry",
          "h3_receive_queue", "h3_send_coalescing", "app_queue",
-         "h11_can_read", "drain_waiters", "asgi_wrapper", "h11_switch_proposals", "writer_future"]
+         "h11_can_read", "drain_waiters", "asgi_wrapper", "h11_switch_proposals", "writer_future",
+         "h11_post_lane"]
 
 
 @pytest.fixture

@@ -53,6 +53,15 @@ class Dispatcher:
         template, scope["path_params"] = found
         return runtime.commands.get(template.path) or runtime.views[template.path]
 
+    def lane_route(self, path: str) -> bool:
+        """Whether ``h11_post_lane`` may serve a plain HTTP/1.1 POST to ``path`` from the connection's read loop:
+        the hub publish and exact command paths, once started, unless traced or access-logged (their spans and
+        lines are made on Hypercorn's path) or ``server.post_lane`` is off. The lane calls this app all the same."""
+        runtime = self.runtime
+        server = runtime.settings.server
+        return (runtime.started and server.post_lane and not server.access_log and not runtime.tracing.on
+                and (path == HUB_PUBLISH_ROUTE or path in runtime.commands))
+
     def _cross_origin_route(self, path: str, route: CommandSpec | ViewSpec | None) -> bool:
         """Streams, commands and hub publishes: the routes a CORS preflight is answered on."""
         return route is not None or path in (HUB_ROUTE, HUB_PUBLISH_ROUTE)

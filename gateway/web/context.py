@@ -33,7 +33,7 @@ from gateway.web.compression import CompressionEngine
 from gateway.web.fanout import Fanout
 from gateway.web.gcpolicy import GCPolicy
 from gateway.web.guard import Guard
-from gateway.web.hypercorn import connection_limits, header_deadline, quic_retry, syn_filter
+from gateway.web.hypercorn import connection_limits, h11_post_lane, header_deadline, quic_retry, syn_filter
 
 HUB_ROUTE = "/hub/subscribe"
 HUB_PUBLISH_ROUTE = "/hub/publish"
@@ -106,6 +106,7 @@ class AppContext:
         connection_limits.configure_penalties(limits.abuse_strikes, limits.abuse_cooldown)
         syn_filter.configure(limits.abuse_kernel_filter, self.metrics.penalty_box.set)
         header_deadline.configure(limits.header_timeout, lambda stage: self.metrics.deadlines.labels(stage).inc())
+        h11_post_lane.configure(self.metrics.post_lane.inc)
         quic_retry.configure(RetryMode(limits.quic_retry), limits.max_quic_connections,
                              lambda reason: self.metrics.quic_refused.labels(reason.value).inc(),
                              self.metrics.quic_retries.inc)

@@ -93,7 +93,7 @@ def hypercorn_config(settings: Settings, worker: int | None = None) -> Config:
     # Hypercorn's own graceful phase only has to cover what the gateway's drain leaves (in-flight requests).
     config.graceful_timeout = server.drain_timeout + 5.0
     config.backlog = server.backlog
-    config.keep_alive_timeout = 75.0  # idle keep-alive between requests, above common proxy defaults
+    config.keep_alive_timeout = server.keep_alive_timeout  # idle keep-alive between requests
     config.h2_max_resets = settings.limits.h2_max_resets
     config.h2_reset_window = settings.limits.h2_reset_window
     config.include_server_header = False

@@ -37,7 +37,9 @@ In parentheses: the packages whose internals each one relies on.
 
 ``transport``, ``h2_direct`` and ``h3_direct`` are not corrections: they are the seams through which fan-out writes
 to an idle HTTP/1.1 socket and frames DATA for idle HTTP/2 and HTTP/3 streams (``gateway.web.direct``), and they
-trust Hypercorn's, h11's, h2's and aioquic's objects only once ``install`` found them verified.
+trust Hypercorn's, h11's, h2's and aioquic's objects only once ``install`` found them verified. Nor is
+``h11_post_lane``, installed with them (last: it wraps ``header_deadline``'s ``H11Protocol.handle``): it serves a
+plain HTTP/1.1 command or publish POST from the connection's read loop, without Hypercorn's per-request layers.
 
 Each module reads or replaces private parts of the package it corrects, so the corrections are only known to be
 right on the versions in ``VERIFIED`` (pinned exactly in ``pyproject.toml``). ``install`` refuses any other version
@@ -71,6 +73,7 @@ from gateway.web.hypercorn import (
     h3_receive_queue,
     h3_send_coalescing,
     h11_can_read,
+    h11_post_lane,
     h11_switch_proposals,
     header_deadline,
     quic_retry,
@@ -135,6 +138,8 @@ CORRECTIONS: tuple[Correction, ...] = (
     Correction("asgi_wrapper", ("hypercorn",), asgi_wrapper.install),
     Correction("h11_switch_proposals", ("h11",), h11_switch_proposals.install),
     Correction("writer_future", (), writer_future.install),
+    # Not a correction: the HTTP/1.1 POST lane; it wraps the ``H11Protocol.handle`` of header_deadline.
+    Correction("h11_post_lane", ("hypercorn", "h11"), h11_post_lane.install),
 )
 
 _installed: list[str] = []

@@ -46,6 +46,15 @@ def configure(header_timeout: float | None, on_deadline: Callable[[str], None] |
     _observers[:] = [on_deadline] if on_deadline is not None else []
 
 
+def disarm(protocol: Any) -> None:
+    """Cancel the connection's head deadline: a whole request head has arrived (``h11_post_lane`` serves one
+    without h11's ``Request`` event)."""
+    timer = getattr(protocol, "_head_timer", None)
+    if timer is not None:
+        timer.cancel()
+        protocol._head_timer = None
+
+
 def install() -> None:
     import h11
     from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError, H11Protocol
@@ -58,12 +67,6 @@ def install() -> None:
         if _timeout is not None and getattr(self, "_head_timer", None) is None:
             self._head_spoke = spoke
             self._head_timer = asyncio.get_running_loop().call_later(_timeout, expired, self)
-
-    def disarm(self: Any) -> None:
-        timer = getattr(self, "_head_timer", None)
-        if timer is not None:
-            timer.cancel()
-            self._head_timer = None
 
     def expired(self: Any) -> None:
         self._head_timer = None
