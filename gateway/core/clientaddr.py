@@ -28,7 +28,7 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
 
 def is_trusted_proxy(peer: str | None, trusted: tuple[Network, ...]) -> bool:
     """Whether the socket's peer is a trusted proxy, whose forwarding headers are believed."""
-    return peer is not None and _trusted(peer, trusted)
+    return peer is not None and bool(trusted) and _trusted(peer, trusted)
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:

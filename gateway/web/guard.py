@@ -50,12 +50,14 @@ class Guard:
     def check_post(self, kind: str, scope: Scope, headers: Mapping[str, str]) -> None:
         """A command or publish: refuse a cross-site browser request (403), then a client over its rate (429)."""
         peer = _peer(scope)
-        own = request_origin(scope.get("scheme", "http"), headers, is_trusted_proxy(peer, self.trusted))
-        try:
-            self.policy.check(headers.get("origin"), headers.get("sec-fetch-site"), own)
-        except CrossSiteRefused as exc:
-            self.metrics.cross_site_refused.labels(kind, exc.reason).inc()
-            raise
+        origin, site = headers.get("origin"), headers.get("sec-fetch-site")
+        if origin is not None or site is not None:  # (neither: not a browser's request, nothing to refuse)
+            own = request_origin(scope.get("scheme", "http"), headers, is_trusted_proxy(peer, self.trusted))
+            try:
+                self.policy.check(origin, site, own)
+            except CrossSiteRefused as exc:
+                self.metrics.cross_site_refused.labels(kind, exc.reason).inc()
+                raise
         self.take(kind, self.client(peer, headers))
 
     def take(self, kind: str, client: str) -> None:

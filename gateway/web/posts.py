@@ -40,6 +40,7 @@ from gateway.core.topics import check_topic, hub_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.auth import run_hook
 from gateway.web.context import AppContext
+from gateway.web.hypercorn.h11_post_lane import WHOLE_BODY
 
 NOBODY = Identity(None, {})  # may publish nowhere: the default grant
 PUBLISH_TOKEN = Identity("hub.publish_token", {}, publish=("*",))  # the static token may publish anywhere
@@ -58,7 +59,24 @@ class PublishBody(pydantic.BaseModel):
     id: str | None = None
 
 
-async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receive: Receive) -> bytes | None:
+async def _read_body(receive: Receive, limit: int, parts: list[bytes]) -> int:
+    """Read the body into ``parts`` (up to ``limit`` bytes kept, ``LINGER_BYTES`` more read and dropped); its size,
+    or -1 when the client went away."""
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return -1
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received <= limit:
+            parts.append(chunk)
+        if not message.get("more_body", False) or received > limit + LINGER_BYTES:
+            return received
+
+
+async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receive: Receive, *,
+                         whole: bool = False) -> bytes | None:
     """The request's JSON object body, judged headers first (415), then size (413), then syntax (400).
 
     None when the client went away while sending it. An over-limit body is still read, and discarded, up to
@@ -66,6 +84,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
     makes the kernel reset the connection, and the client then sees a reset instead of the 413. The whole body
     must arrive within ``limits.body_timeout`` of its head (408 otherwise): a total, not a between-reads
     deadline, since a between-reads one lets a client sending a byte a second hold the request for hours.
+    ``whole``: the server has the whole body already (``WHOLE_BODY`` in the scope's extensions).
     """
     limit = runtime.settings.commands.max_body
     declared = headers.get("content-length")
@@ -77,23 +96,19 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
     if length is not None and length > limit + LINGER_BYTES:
         jsonbody.check_size(length, limit)  # too large to be worth reading: refuse from the header
     parts: list[bytes] = []
-    received = 0
     deadline = runtime.settings.limits.body_timeout
-    try:
-        async with asyncio.timeout(deadline):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received <= limit:
-                    parts.append(chunk)
-                if not message.get("more_body", False) or received > limit + LINGER_BYTES:
-                    break
-    except TimeoutError:
-        runtime.metrics.deadlines.labels("body").inc()
-        raise RequestTimeout(f"the body did not arrive within {deadline:g} s ({received} bytes came)") from None
+    if whole:  # the server holds the whole body: ``receive`` returns at once, there is no wait to bound
+        received = await _read_body(receive, limit, parts)
+    else:
+        try:
+            async with asyncio.timeout(deadline):
+                received = await _read_body(receive, limit, parts)
+        except TimeoutError:
+            runtime.metrics.deadlines.labels("body").inc()
+            came = sum(len(part) for part in parts)
+            raise RequestTimeout(f"the body did not arrive within {deadline:g} s ({came} bytes came)") from None
+    if received < 0:
+        return None
     jsonbody.check_size(received, limit)
     body = b"".join(parts)
     jsonbody.parse_object(body, max_depth=runtime.settings.commands.max_depth)
@@ -234,7 +249,7 @@ async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scop
             if (hook := runtime.authorizers.get(spec.path)) is not None:
                 await run_hook(hook, identity, request)
             spec.validate_path(request.path_params)  # 422 before the body is read
-        body = await read_json_body(runtime, headers, receive)
+        body = await read_json_body(runtime, headers, receive, whole=WHOLE_BODY in (scope.get("extensions") or ()))
         if body is None:
             return  # the client left mid-body: nobody to answer, nothing accepted
         if spec is None:

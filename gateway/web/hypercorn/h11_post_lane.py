@@ -66,6 +66,7 @@ MAX_HEADERS = 64
 MAX_BODY = 64 * 1024  # a larger body goes to h11 (and the app's own 413 rules)
 HIGH_WATER = 64 * 1024  # bytes waiting in the transport past which a response is written with drain
 LANE_AT = "gateway_lane_at"  # on a TCPServer: the loop time the lane last served it
+WHOLE_BODY = "gateway.whole_body"  # scope extension: the first ``receive()`` returns the whole body at once
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # a field value without control characters (CR, LF, NUL...)
@@ -196,7 +197,7 @@ async def serve(protocol: Any, app: LaneApp, request: Request) -> None:
         "method": "POST", "scheme": "https" if protocol.ssl else "http", "path": path, "raw_path": request.path,
         "query_string": request.query, "root_path": protocol.config.root_path, "headers": request.headers,
         "client": protocol.client, "server": protocol.server, "state": protocol.connection_state.copy(),
-        "extensions": {},
+        "extensions": {WHOLE_BODY: {}},
     }
     body: bytes | None = request.body
     status = 0
