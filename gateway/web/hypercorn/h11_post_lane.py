@@ -68,8 +68,13 @@ HIGH_WATER = 64 * 1024  # bytes waiting in the transport past which a response i
 LANE_AT = "gateway_lane_at"  # on a TCPServer: the loop time the lane last served it
 WHOLE_BODY = "gateway.whole_body"  # scope extension: the first ``receive()`` returns the whole body at once
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
-_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # a field value without control characters (CR, LF, NUL...)
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 token: a header name
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"  # a field value without control characters (CR, LF, NUL...)
+# Every header line of a head at once: a token, a colon, a value; so no folded line, no space before the colon,
+# no bare CR or LF (each line is checked with the CRLF that ends it).
+_HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+# A header as h11 sends it: a token name, a value that neither starts nor ends with whitespace.
+_SENDABLE = re.compile(_TOKEN + rb": (?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\r\n")
 _TARGET = re.compile(rb"/[!$&'()*+,\-./0-9:;=?@A-Z_a-z~]*")  # origin-form, nothing to percent-decode
 _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
@@ -106,24 +111,21 @@ def parse(data: bytes) -> Request | None:
     if not data.startswith(b"POST /"):
         return None
     end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
-    if end < 0:
+    first = data.find(b"\r\n", 0, end)
+    if end < 0 or first < 0 or not _HEADER_LINES.fullmatch(data, first + 2, end + 2):
         return None
-    lines = data[:end].split(b"\r\n")
-    if len(lines) > MAX_HEADERS + 1 or not lines[0].endswith(b" HTTP/1.1"):
+    lines = data[first + 2:end].split(b"\r\n")
+    if len(lines) > MAX_HEADERS or not data.endswith(b" HTTP/1.1", 0, first):
         return None
-    target = lines[0][5:-9]
+    target = data[5:first - 9]
     if not _TARGET.fullmatch(target):
         return None
     headers: list[tuple[bytes, bytes]] = []
     length = -1
     host = False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            return None
+    for line in lines:
+        name, _, value = line.partition(b":")
         value = value.strip(b" \t")
-        if not _VALUE.fullmatch(value):
-            return None
         name = name.lower()
         if name == b"content-length":
             if length >= 0 or not value.isdigit() or len(value) > 7:
@@ -150,12 +152,16 @@ def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
     """The response as h11 would frame it, or None when a header is not one h11 would send."""
     framed = [b"HTTP/1.1 %d \r\n" % status]
     length = False
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value) or value[:1] in (b" ", b"\t"):
-            return None
-        if name.lower() == b"content-length":
-            length = True
-        framed.append(b"%s: %s\r\n" % (name, value))
+    try:
+        for name, value in headers:
+            line = b"%s: %s\r\n" % (name, value)
+            if not _SENDABLE.fullmatch(line):
+                return None
+            if name.lower() == b"content-length":
+                length = True
+            framed.append(line)
+    except TypeError:  # not bytes
+        return None
     if body and not length:
         framed.append(b"content-length: %d\r\n" % len(body))
     framed.extend(b"%s: %s\r\n" % header for header in server_headers)
@@ -218,7 +224,7 @@ async def serve(protocol: Any, app: LaneApp, request: Request) -> None:
         kind = message["type"]
         if kind == "http.response.start" and not status:
             status = message["status"]
-            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            headers = list(message.get("headers", ()))
         elif kind == "http.response.body" and status and not ended:
             chunks.append(bytes(message.get("body", b"")))
             ended = not message.get("more_body", False)
