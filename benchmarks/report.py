@@ -207,6 +207,11 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
         "deadline.\n"
         "- **Coalescing**: writes are batched per loop round, so every event dispatched in the same iteration "
         "reaches a socket in one write and one compressor flush; under a burst, events coalesce by themselves.\n"
+        "- **The POST lane**: a plain HTTP/1.1 publish or command (one whole request in one read, a Content-Length "
+        "body) is served by the connection's own read loop, which awaits the same ASGI app and writes its answer "
+        "in one piece: no request task, no h11 events, no keep-alive timer task per request "
+        "(`gateway/web/hypercorn/h11_post_lane.py`, `server.post_lane`; everything else goes through Hypercorn). "
+        "Publishes read in the same loop iteration reach fan-out's round together.\n"
         "- **No per-event overhead**: one re-armed heartbeat timer per stream, write counters kept as plain "
         "numbers and reported once per round, no per-event logging or task creation.\n"
         "- `--loop uvloop` is available (`pip install 'gateway[uvloop]'`); its row shows what it buys here.\n")
