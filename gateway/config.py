@@ -109,9 +109,9 @@ class ServerSettings:
     gc_freeze: bool = _field(True, "freeze established objects out of the cyclic garbage collector's scans, and "
                              "sweep once many streams have closed: without it a full collection stalls every "
                              "stream (~1 s at 10,000 streams)")
-    keep_alive_timeout: float = _field(75 * SECONDS, "seconds an HTTP/1.1 connection may sit idle between requests "
-                                       "before it is closed; keep it above the idle timeout of the proxy's "
-                                       "upstream keep-alive (nginx: 60 s)", _between(1, 3600, " s"))
+    keep_alive_timeout: float = _field(75 * SECONDS, "seconds a TCP connection (HTTP/1.1 or h2) may sit with no "
+                                       "request in flight before it is closed; keep it above the idle timeout "
+                                       "of the proxy's upstream keep-alive (nginx: 60 s)", _between(1, 3600, " s"))
     backlog: int = _field(4096, "listen backlog of each TCP listener: connections the kernel queues before "
                           "accepting; reconnect storms after a restart need more than the usual 100",
                           _between(16, 65_535))
