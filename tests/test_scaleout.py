@@ -27,9 +27,9 @@ import redis
 from gateway.core.versions import version_key
 from tests.support.metrics import metric
 from tests.support.redis import RedisServer, drop_namespace, namespace_of, redis_namespace
-from tests.support.server import HUB_TOKEN, ROOT, Server, start_server
+from tests.support.server import HUB_TOKEN, ROOT, Server, free_port, start_server
 from tests.support.sse_client import SSEReader
-from tests.support.wait import wait_until
+from tests.support.wait import poll_until, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -314,12 +314,22 @@ async def test_a_gateway_started_before_redis_waits_not_ready_then_serves(tmp_pa
     url = broker.url + "?namespace=late"
     where = tmp_path / "gw"
     where.mkdir()
-    timer = threading.Timer(3.0, broker.start)  # the gateway's start-up must not wait for it
-    timer.start()
+    port = free_port()
+    log = where / f"gateway-{port}.log"  # start_server's log of the gateway on that port
+
+    def start_broker_once_the_gateway_is_up_without_it() -> None:
+        # The gateway says it started without Redis, then Redis comes: on a busy machine a fixed delay could let
+        # Redis come first. Reading the log is the only way to see another process's state; bounded.
+        poll_until(lambda: log.exists() and "unreachable at start" in log.read_text(errors="replace"), 30,
+                   what="the gateway starting without Redis")
+        broker.start()
+
+    starter = threading.Thread(target=start_broker_once_the_gateway_is_up_without_it)
+    starter.start()
     try:
-        gateway = start_server(where, certs, env=_env(url, records), args=APP)
+        gateway = start_server(where, certs, env=_env(url, records), args=APP, http_port=port)
     finally:
-        timer.join()
+        starter.join()
     try:
         assert "unreachable at start" in gateway.output()
         async with httpx.AsyncClient(timeout=10) as client, sse(client, f"{gateway.http}/count/updates") as view:
