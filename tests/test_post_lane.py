@@ -177,6 +177,15 @@ class Conn:
         self.writer.close()
 
 
+@contextlib.asynccontextmanager
+async def connected(port: int) -> AsyncIterator[Conn]:
+    conn = await Conn.open(port)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path]) -> Iterator[tuple[Server, Server]]:
     """The same gateway twice: with the lane (the default), and with every request through Hypercorn."""
@@ -216,8 +225,7 @@ async def test_a_publish_through_the_lane_is_delivered_and_answered_as_hypercorn
     answers = []
     for server, served in ((lane, 1), (hypercorn, 0)):
         stream = await RawStream.open(server.http_port, "/hub/subscribe?topic=lane-delivery")
-        conn = await Conn.open(server.http_port)
-        try:
+        async with connected(server.http_port) as conn:
             async with lane_served(server, served):
                 answer = await conn.exchange(publish("lane-delivery", {"n": 1}))
             assert answer.status == 204, answer
@@ -225,8 +233,6 @@ async def test_a_publish_through_the_lane_is_delivered_and_answered_as_hypercorn
             assert orjson.loads(event.data) == {"n": 1}
             assert event.id == answer.header("event-id")
             answers.append(answer)
-        finally:
-            conn.close()
             stream.close()
     assert comparable(answers[0]) == comparable(answers[1])
     assert [k for k, _ in answers[0].headers] == ["event-id", "event-version", "date", "alt-svc"]
@@ -254,13 +260,10 @@ async def test_a_refusal_through_the_lane_is_hypercorns_refusal(gateways: tuple[
     lane, hypercorn = gateways
     answers = []
     for server in (lane, hypercorn):
-        conn = await Conn.open(server.http_port)
-        try:
+        async with connected(server.http_port) as conn:
             async with lane_served(server, 1 if server is lane else 0):
                 answers.append(await conn.exchange(raw))
             assert (await conn.exchange(publish("after-refusal", 1))).status == 204  # the connection lives on
-        finally:
-            conn.close()
     assert answers[0].status == status, answers[0]
     assert comparable(answers[0]) == comparable(answers[1])
 
@@ -270,8 +273,7 @@ async def test_a_refusal_through_the_lane_is_hypercorns_refusal(gateways: tuple[
 async def test_a_command_through_the_lane_is_executed(gateways: tuple[Server, Server]) -> None:
     lane, _ = gateways
     view = await RawStream.open(lane.http_port, "/todos/updates")
-    conn = await Conn.open(lane.http_port)
-    try:
+    async with connected(lane.http_port) as conn:
         await view.next_parsed()  # the current state, first
         text = f"through the lane {time.monotonic_ns()}"
         async with lane_served(lane, 1):
@@ -284,8 +286,6 @@ async def test_a_command_through_the_lane_is_executed(gateways: tuple[Server, Se
                 pass
 
         await asyncio.wait_for(shown(), 10)
-    finally:
-        conn.close()
         view.close()
 
 
@@ -293,8 +293,7 @@ async def test_a_command_through_the_lane_is_executed(gateways: tuple[Server, Se
 @pytest.mark.asyncio
 async def test_other_shapes_are_served_by_hypercorn(gateways: tuple[Server, Server]) -> None:
     lane, _ = gateways
-    conn = await Conn.open(lane.http_port)
-    try:
+    async with connected(lane.http_port) as conn:
         async with lane_served(lane, 0):
             await conn.send(publish("shapes", 1) + publish("shapes", 2))  # pipelined: one read, two requests
             assert [(await conn.answer()).status for _ in range(2)] == [204, 204]
@@ -314,8 +313,6 @@ async def test_other_shapes_are_served_by_hypercorn(gateways: tuple[Server, Serv
             assert closing.status == 204
             assert closing.header("connection") == "close"
             assert await conn.closed_by_server(5)
-    finally:
-        conn.close()
 
 
 @pytest.mark.live
@@ -324,23 +321,18 @@ async def test_a_request_served_by_the_lane_ends_the_head_deadline(gateways: tup
     """A connection's first head must arrive within limits.header_timeout of its accept; a head the lane read
     ends that deadline as one h11 read does, so the connection idles under keep_alive_timeout only."""
     lane, _ = gateways
-    conn = await Conn.open(lane.http_port)
-    try:
-        async with lane_served(lane, 2):
-            assert (await conn.exchange(publish("deadline", 1))).status == 204
-            with pytest.raises(TimeoutError):  # past the head deadline, the connection is still open
-                await conn.closed_by_server(HEADER_TIMEOUT + 0.5)
-            assert (await conn.exchange(publish("deadline", 2))).status == 204
-    finally:
-        conn.close()
+    async with connected(lane.http_port) as conn, lane_served(lane, 2):
+        assert (await conn.exchange(publish("deadline", 1))).status == 204
+        with pytest.raises(TimeoutError):  # past the head deadline, the connection is still open
+            await conn.closed_by_server(HEADER_TIMEOUT + 0.5)
+        assert (await conn.exchange(publish("deadline", 2))).status == 204
 
 
 @pytest.mark.live
 @pytest.mark.asyncio
 async def test_keep_alive_counts_from_the_last_request_the_lane_served(gateways: tuple[Server, Server]) -> None:
     lane, _ = gateways
-    conn = await Conn.open(lane.http_port)
-    try:
+    async with connected(lane.http_port) as conn:
         started = last = time.monotonic()
         n = 0
         while time.monotonic() - started < KEEP_ALIVE * 1.5:  # busy for longer than the keep-alive timeout
@@ -351,8 +343,6 @@ async def test_keep_alive_counts_from_the_last_request_the_lane_served(gateways:
         assert await conn.closed_by_server(KEEP_ALIVE + 5)  # then idle: closed
         idle = time.monotonic() - last
         assert KEEP_ALIVE - 0.3 <= idle <= KEEP_ALIVE + 2, idle
-    finally:
-        conn.close()
 
 
 @pytest.mark.live
@@ -387,10 +377,7 @@ async def test_a_client_that_does_not_read_its_answers_is_held_back(gateways: tu
                 held = True  # or the server cut it (a pipelined head left waiting past limits.header_timeout)
         assert held, f"the server read {sent} requests whose answers were never read, for 20 s"
         assert sent > 30  # well past what fits in the client's 4 KiB of unread answers
-        conn = await Conn.open(lane.http_port)
-        try:
+        async with connected(lane.http_port) as conn:
             assert (await conn.exchange(publish("others", 1))).status == 204
-        finally:
-            conn.close()
     finally:
         sock.close()
