@@ -1,0 +1,101 @@
+"""``h3_send_coalescing.datagrams`` writes the STREAM frames of a connection's busy streams inside aioquic's own
+packet loop: checked here between two real aioquic connections in memory (``tests/support/quicpair``), where a
+test controls windows, losses and resets. Every stream must get every byte in order, whatever flow control,
+congestion control, loss recovery and resets do; the send queue must keep every stream, in aioquic's rotation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.web.hypercorn.h3_send_coalescing import FEW_STREAMS, datagrams
+from tests.support.quicpair import QuicPair
+
+pytestmark = pytest.mark.unit
+
+STREAMS = 40  # more than ``FEW_STREAMS``: the service, not aioquic's own walk, builds the packets
+assert STREAMS > FEW_STREAMS
+
+
+def events(stream_id: int, count: int) -> list[bytes]:
+    """``count`` events of sizes from 9 to ~400 bytes, different on every stream: frames end mid-packet, split
+    across packets, and a misplaced byte shows."""
+    return [b"%d.%d:" % (stream_id, n) + bytes([65 + (stream_id + n) % 26]) * ((stream_id * 31 + n * 57) % 400)
+            for n in range(count)]
+
+
+def write_all(pair: QuicPair, ids: list[int], count: int, *, end: bool = False,
+              rounds: bool = True) -> dict[int, bytes]:
+    """Every event of every stream, what each stream must receive. With ``rounds``, as a broadcast does: one event to
+    every stream, then one step of the pair (a flush), and so on; without, all at once, as a burst."""
+    chunks = {stream_id: events(stream_id, count) for stream_id in ids}
+    for n in range(count):
+        for stream_id in ids:
+            pair.server.send_stream_data(stream_id, chunks[stream_id][n], end_stream=end and n == count - 1)
+        if rounds:
+            pair.step()
+    return {stream_id: b"".join(chunks[stream_id]) for stream_id in ids}
+
+
+def test_every_stream_gets_every_byte_in_order_through_tiny_windows(certs: tuple[Path, Path]) -> None:
+    # 700 bytes a stream and 1,500 a connection at first: most frames wait for the client's MAX_STREAM_DATA and
+    # MAX_DATA; one byte past a limit and the client closes the connection (FLOW_CONTROL_ERROR).
+    pair = QuicPair(certs, max_stream_data=700, max_data=1500)
+    ids = pair.open(STREAMS)
+    expected = write_all(pair, ids, 30)
+    expected = {i: expected[i] + more for i, more in write_all(pair, ids, 10, rounds=False).items()}
+    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids))
+    # The client's packets (its MAX_DATA and MAX_STREAM_DATA) were acknowledged in the server's packets.
+    pair.until(lambda: pair.client._loss.bytes_in_flight == 0)
+    assert pair.terminated is None
+
+
+def test_lost_packets_are_sent_again_until_every_byte_is_there(certs: tuple[Path, Path]) -> None:
+    pair = QuicPair(certs, drop=lambda number: number % 5 == 0)  # every fifth datagram of the server is lost
+    ids = pair.open(STREAMS)
+    sent_before = pair.sent
+    expected = write_all(pair, ids, 20)
+    expected = {i: expected[i] + more for i, more in write_all(pair, ids, 10, rounds=False).items()}
+    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids))
+    assert pair.sent - sent_before >= 10  # (so losses happened: two per ten datagrams)
+    pair.until(lambda: pair.server._loss.bytes_in_flight == 0)  # every retransmission acknowledged too
+
+
+def test_a_reset_mid_burst_spares_the_others_and_finished_streams_are_discarded(certs: tuple[Path, Path]) -> None:
+    pair = QuicPair(certs)
+    ids = pair.open(STREAMS)
+    doomed = ids[STREAMS // 2]
+    expected = write_all(pair, ids, 40, end=True, rounds=False)
+    pair.until(lambda: len(pair.received.get(doomed, b"")) > 0)
+    assert len(pair.received[doomed]) < len(expected[doomed]), "the burst reached the stream whole: make it longer"
+    pair.server.reset_stream(doomed, 0x10C)  # as Hypercorn does on the client's STOP_SENDING
+    for stream_id in ids:
+        pair.client.send_stream_data(stream_id, b"", end_stream=True)  # each request's side ends
+    kept = [i for i in ids if i != doomed]
+    pair.until(lambda: pair.ended >= set(kept) and doomed in pair.reset)
+    assert all(bytes(pair.received[i]) == expected[i] for i in kept)
+    assert pair.reset[doomed] == 0x10C
+    assert expected[doomed].startswith(bytes(pair.received[doomed]))
+    # Each stream is finished once its FIN or reset is acknowledged: aioquic discards it (the queue follows).
+    pair.until(lambda: not any(i in pair.server._streams for i in ids))
+
+
+def test_streams_not_served_go_first_next_time(certs: tuple[Path, Path]) -> None:
+    pair = QuicPair(certs)
+    ids = pair.open(STREAMS)
+    write_all(pair, ids, 1, rounds=False)
+    for stream_id in ids:  # 2 KB each, 80 KB in all: far more than the congestion window lets out at once
+        pair.server.send_stream_data(stream_id, b"x" * 2000)
+    order = [stream.stream_id for stream in pair.server._streams_queue if stream.stream_id in ids]
+    out, more = datagrams(pair.server, pair.now)
+    assert out
+    assert not more
+    served = [i for i in order if pair.server._streams[i].sender.highest_offset > 0]
+    assert 0 < len(served) < STREAMS
+    assert served == order[:len(served)]  # in queue order, from the front
+    after = [stream.stream_id for stream in pair.server._streams_queue if stream.stream_id in ids]
+    # Those that waited now come first, in their order; the served ones after them.
+    assert after[:STREAMS - len(served)] == order[len(served):]
+    assert sorted(after[STREAMS - len(served):]) == sorted(served)
