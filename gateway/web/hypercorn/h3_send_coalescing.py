@@ -67,6 +67,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from aioquic.quic.packet_builder import QuicDeliveryState
 from aioquic.quic.stream import QuicStream
 
 PENDING = "gateway_flush_pending"  # set on a Hypercorn ``_Connection`` while a flush of it is scheduled
@@ -75,6 +76,7 @@ SENDTO = "gateway_sendto"  # on a ``QuicProtocol``: its UDP transport's ``sendto
 FEW_STREAMS = 8  # with this many streams or fewer, aioquic's own walk costs no more than choosing the busy ones
 STREAM = 0x0A  # a STREAM frame with a length (RFC 9000, 19.8), as aioquic writes it: no offset (0), no FIN
 STREAM_WITH_OFFSET = 0x0E  # and with an offset
+ACKED = QuicDeliveryState.ACKED
 MAX_PACKETS = 4096  # packets one flush builds at most (~5 MiB); congestion control stops it long before
 
 SendTo = Callable[[bytes, Any], None]
@@ -127,7 +129,7 @@ def stream_frame(builder: Any, stream: Any, sender: Any, start: int, stop: int, 
     ``_write_stream_frame`` and ``QuicStreamSender.get_frame`` would make it, the sender's state moved as they move
     it; the bytes of connection credit it used (those past the highest offset sent so far)."""
     buf = builder.start_frame(STREAM_WITH_OFFSET if start else STREAM, capacity=overhead,
-                              handler=sender.on_data_delivery, handler_args=(start, stop, False))
+                              handler=delivered, handler_args=(sender, start, stop))
     base = sender._buffer_start
     data = bytes(sender._buffer[start - base:stop - base])
     sender._pending.shift()  # the range sent: nothing pending, and no FIN to send (``buffer_is_empty`` next time)
@@ -144,18 +146,34 @@ def stream_frame(builder: Any, stream: Any, sender: Any, start: int, stop: int, 
     return 0
 
 
+def delivered(delivery: QuicDeliveryState, sender: Any, start: int, stop: int) -> None:
+    """The delivery handler of ``stream_frame``'s frames: ``QuicStreamSender.on_data_delivery(delivery, start,
+    stop, False)``, whose common case, the oldest bytes not yet acknowledged acknowledged in order, is done here
+    with the same state changes (the buffer's acknowledged head released; the sender finished if that reaches an
+    acknowledged FIN) and without its range bookkeeping; a loss, an ACK out of order or a reset stream is
+    aioquic's own method."""
+    if (delivery is ACKED and start == sender._buffer_start and not sender._acked._RangeSet__ranges
+            and sender._reset_error_code is None):
+        sender._buffer_start = stop
+        del sender._buffer[:stop - start]
+        if stop == sender._buffer_fin and sender._acked_fin:
+            sender.is_finished = True
+    else:
+        sender.on_data_delivery(delivery, start, stop, False)
+
+
 class Service:
     """One flush of a connection's streams inside aioquic's own packet loop (``datagrams``).
 
     ``sort`` splits the send queue once: ``busy``, the streams with data or a FIN waiting and nothing else for
     aioquic to do; ``window``, the streams aioquic handles itself, then ``driver``; ``idle``, the rest; ``view``,
     what aioquic's ``_streams`` holds meanwhile: the streams whose MAX_STREAM_DATA is due and the finished ones,
-    which aioquic pops. ``write`` stands in for ``QuicConnection._write_stream_frame``: for ``driver`` it fills
-    the packet from ``busy`` in order, each frame made by ``stream_frame`` (a whole pending range) or aioquic's own
-    method, with the offset limit aioquic computes (MAX_DATA and MAX_STREAM_DATA); a stream that sent and still has something waiting goes to the back
-    (aioquic's rotation), one that flow control holds waits for the next flush (nothing this flush builds can
-    lift its limit). A packet is full when the next stream's frame header and one byte no longer fit: its stream
-    opens the next packet."""
+    which aioquic pops. ``write`` stands in for ``QuicConnection._write_stream_frame``: for ``driver`` it fills the
+    packet from ``busy`` in order, each frame made by ``stream_frame`` (a whole pending range) or aioquic's own
+    method, with the offset limit aioquic computes (MAX_DATA and MAX_STREAM_DATA); a stream that sent and still has
+    something waiting goes to the back (aioquic's rotation), one that flow control holds waits for the next flush
+    (nothing this flush builds can lift its limit). A packet is full when the next stream's frame header and one
+    byte no longer fit: its stream opens the next packet."""
 
     __slots__ = ("busy", "cursor", "driver", "finished", "idle", "more", "packets", "quic", "real", "sent", "view",
                  "whole", "window")
