@@ -175,11 +175,12 @@ class Service:
     (nothing this flush builds can lift its limit). A packet is full when the next stream's frame header and one
     byte no longer fit: its stream opens the next packet."""
 
-    __slots__ = ("busy", "cursor", "driver", "finished", "idle", "more", "packets", "quic", "real", "sent", "view",
-                 "whole", "window")
+    __slots__ = ("busy", "cursor", "driver", "finished", "idle", "more", "packets", "queue", "quic", "real", "sent",
+                 "view", "whole", "window")
 
     def __init__(self, quic: Any, queue: list[Any]) -> None:
         self.quic = quic
+        self.queue = queue
         self.real = quic._write_stream_frame
         self.whole = quic._quic_logger is None  # with qlog, every frame is aioquic's (it logs them)
         self.driver = QuicStream()  # never in ``_streams``: only in ``window``, while the flush runs
@@ -270,6 +271,9 @@ class Service:
             if stream_id not in self.view:  # discarded: aioquic popped it
                 del streams[stream_id]
         quic._streams = streams
+        if not self.sent and len(self.window) == 1:  # nothing sent, nothing for aioquic: the queue as it was
+            quic._streams_queue = self.queue
+            return
         served = set(self.sent)
         latest = list(dict.fromkeys(reversed(self.sent)))[::-1]
         waiting = [stream for stream in dict.fromkeys(self.busy) if stream not in served]
