@@ -30,13 +30,15 @@ Correction:
 Measured on the 2-core benchmark machine (server and load generator each on one core, 100 streams a connection,
 ~180-byte events): a burst of 200 events to 1,000 streams went from 151 to 46 µs of server CPU per delivered event
 (HTTP/1.1: 4-5), and a broadcast to 1,000 streams from 428 µs and a p99 of 14.2 s to 114 µs and 358 ms (HTTP/1.1:
-22 µs, 74 ms). Building a connection's packets inside one ``datagrams_to_send`` call, with the whole-range frames,
-instead of one call a packet that stopped at a full packet and with aioquic's own ``_write_stream_frame``: a
-broadcast to 10,000 streams (100 a connection, ~180-byte events, 0.5 s apart) went from 51 to 31 µs per
-delivered event, p99 1.0 s to 0.67 s (medians of three interleaved runs on a slower 2-core machine, busy with
-other work; HTTP/1.1 in the same conditions: ~20 µs); in memory (``aioquic`` client and server, 100 streams,
-190-byte events) the send side went from ~21 to ~12 µs an event. What remains is aioquic protecting and
-accounting each packet (~6 events a packet), the ACKs' per-frame delivery handlers, and fan-out.
+22 µs, 74 ms). Building a connection's packets inside one ``datagrams_to_send`` call, with the whole-range frames
+and their delivery handler, instead of one call a packet that stopped at a full packet and with aioquic's own
+``_write_stream_frame``: a broadcast to 10,000 streams (100 a connection, ~180-byte events, 0.5 s apart) went from
+40.0 to 31.1 µs per delivered event, p99 507 to 462 ms (medians of four interleaved runs on a slower 2-core machine,
+busy at times with other work; HTTP/1.1 in the same runs: 17.6-18.4 µs, p99 257-268 ms); in memory (an aioquic
+client and server, 100 streams, 190-byte events) the send side went from ~21 to ~9 µs an event and the ACKs'
+processing from ~2.7 to ~1.7. What remains is aioquic building, protecting and accounting each packet (~6 events a
+packet) and processing each ACK, the look at every stream of the connection in each flush (half the flushes, those
+an ACK asks for, send nothing), and fan-out.
 
 QUIC's own rules are untouched: aioquic still builds every packet, with its ACK and control frames first, within
 flow control (each frame's offset limit is the one aioquic computes from MAX_DATA and MAX_STREAM_DATA, and the
@@ -49,8 +51,10 @@ aioquic on the next flush, which a write or a received datagram schedules, as be
 Upstream: pgjones/hypercorn#201 (an open draft rewriting H3) reports the cost of Hypercorn's per-send timer tasks
 ("much of the time spent seems related to task scheduling"), and pgjones/hypercorn#350 (an open pull request)
 batches H3 sends; neither is released. aioquic has no issue for ``_write_application`` visiting every stream per
-packet. The upstream fix: Hypercorn transmits a QUIC connection once per batch of writes and keeps one timer;
-aioquic's send loop visits only the streams with something to send and stops at a full packet.
+packet, nor for the objects and range bookkeeping each STREAM frame and its acknowledgement cost. The upstream fix:
+Hypercorn transmits a QUIC connection once per batch of writes and keeps one timer; aioquic's send loop visits only
+the streams with something to send, stops at a full packet, and writes and releases a whole pending range without
+per-frame objects.
 
 Test that fails without it: ``tests/test_h3_send_coalescing.py::test_one_event_to_many_streams_is_one_flush``
 (and the measurement in the module's commit: burst and broadcast over h3 in ``python -m benchmarks``);
@@ -58,7 +62,8 @@ Test that fails without it: ``tests/test_h3_send_coalescing.py::test_one_event_t
 mid-burst, rotation) between two aioquic connections in memory.
 
 Remove it when Hypercorn flushes a QUIC connection once per batch of writes with one timer, and aioquic builds
-packets without visiting idle streams: pin both, delete this module, and the test above must still pass.
+packets without visiting idle streams and without per-frame objects: pin both, delete this module, and the first
+test above must still pass (``tests/support/quicpair.py`` then sends with ``datagrams_to_send`` itself).
 """
 
 from __future__ import annotations
