@@ -10,10 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from gateway.web.hypercorn.h3_send_coalescing import FEW_STREAMS, datagrams
+from gateway.web.hypercorn import h3_send_coalescing
+from gateway.web.hypercorn.h3_send_coalescing import CLEAN, FEW_STREAMS, Service, datagrams, track_changes
 from tests.support.quicpair import QuicPair
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True, params=["every flush visits the streams", "quiet connections skip them"])
+def tracking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every scenario twice: with ``track_changes`` (as installed in the gateway), a flush of a connection to which
+    nothing can have come since its last flush left nothing to do skips its streams; without, none does."""
+    track_changes()  # (class patches that only count: installing them for the whole test process changes nothing)
+    on: bool = request.param.startswith("quiet")
+    monkeypatch.setattr(h3_send_coalescing, "_tracked", [on])
+    return on
 
 STREAMS = 40  # more than ``FEW_STREAMS``: the service, not aioquic's own walk, builds the packets
 assert STREAMS > FEW_STREAMS
@@ -99,3 +110,31 @@ def test_streams_not_served_go_first_next_time(certs: tuple[Path, Path]) -> None
     # Those that waited now come first, in their order; the served ones after them.
     assert after[:STREAMS - len(served)] == order[len(served):]
     assert sorted(after[STREAMS - len(served):]) == sorted(served)
+
+
+@pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
+def test_a_quiet_connection_skips_its_streams_until_something_comes_to_one(certs: tuple[Path, Path], tracking: bool,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tracking
+    pair = QuicPair(certs)
+    ids = pair.open(STREAMS)
+    expected = write_all(pair, ids, 3)
+    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids)
+               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(CLEAN) is not None)
+    services = []
+
+    class Counting(Service):
+        __slots__ = ()
+
+        def __init__(self, quic: object, queue: list[object]) -> None:
+            services.append(self)
+            super().__init__(quic, queue)
+
+    monkeypatch.setattr(h3_send_coalescing, "Service", Counting)
+    for _ in range(10):  # ACKs and timers only: no flush visits a stream
+        pair.step()
+    assert services == []
+    pair.server.send_stream_data(ids[7], b"one more")  # something for one stream: the next flush sees it
+    pair.until(lambda: bytes(pair.received[ids[7]]).endswith(b"one more"))
+    assert services
+    assert all(bytes(pair.received[i]) == expected[i] for i in ids if i != ids[7])

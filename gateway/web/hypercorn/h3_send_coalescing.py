@@ -84,7 +84,17 @@ STREAM_WITH_OFFSET = 0x0E  # and with an offset
 ACKED = QuicDeliveryState.ACKED
 MAX_PACKETS = 4096  # packets one flush builds at most (~5 MiB); congestion control stops it long before
 
+CLEAN = "gateway_clean_at"  # on a QuicConnection: ``_changes`` when a flush left every stream with nothing to do
+TOUCHED = "gateway_touched"  # on a QuicConnection: it received an ack-eliciting packet since that flush
+
 SendTo = Callable[[bytes, Any], None]
+
+# Bumped by everything that can give a stream of any connection something to send: a write, a reset, a STOP_SENDING
+# asked for, a delivery aioquic handles itself (a loss, a FIN acknowledged, an ACK out of order). A connection whose
+# last flush left nothing to do, which has received nothing but ACKs since and while this has not moved, has no
+# stream to visit: its flush builds only what aioquic sends for the connection (ACKs, control frames, probes).
+_changes = [0]
+_tracked = [False]  # whether ``track_changes`` is installed: without it, every flush visits the streams
 
 _request: Callable[[Any, Any], None] | None = None  # ``install``'s ``request``, once installed
 
@@ -114,14 +124,27 @@ def datagrams(quic: Any, now: float) -> tuple[list[tuple[bytes, Any]], bool]:
     queue: list[Any] = quic._streams_queue
     if len(streams) <= FEW_STREAMS or len(queue) != len(streams):  # (aioquic keeps every stream in both)
         return list(quic.datagrams_to_send(now=now)), False
+    state = quic.__dict__
+    if _tracked[0] and state.get(CLEAN) == _changes[0] and not state.get(TOUCHED):  # nothing came to a stream
+        quic._streams, quic._streams_queue = {}, []
+        try:
+            return list(quic.datagrams_to_send(now=now)), False
+        finally:
+            quic._streams, quic._streams_queue = streams, queue
     service = Service(quic, queue)
     quic._streams, quic._streams_queue = service.view, service.window
     quic._write_stream_frame = service.write
+    changes = _changes[0]
     try:
         return list(quic.datagrams_to_send(now=now)), service.more
     finally:
         del quic._write_stream_frame
         service.restore(streams)
+        if service.done() and _changes[0] == changes:
+            state[CLEAN] = changes
+            state[TOUCHED] = False
+        else:
+            state[CLEAN] = None
 
 
 def varint_size(value: int) -> int:
@@ -163,8 +186,9 @@ def delivered(delivery: QuicDeliveryState, sender: Any, start: int, stop: int) -
         del sender._buffer[:stop - start]
         if stop == sender._buffer_fin and sender._acked_fin:
             sender.is_finished = True
+            _changes[0] += 1  # a finished stream: aioquic discards it at the next flush
     else:
-        sender.on_data_delivery(delivery, start, stop, False)
+        sender.on_data_delivery(delivery, start, stop, False)  # (which counts as a change: ``install``)
 
 
 class Service:
@@ -268,6 +292,12 @@ class Service:
             if after < sender._buffer_stop or sender._pending_eof:  # and has more waiting
                 self.busy.append(stream)
 
+    def done(self) -> bool:
+        """Whether this flush left no stream anything to do: every busy stream sent all it had, and none needed
+        aioquic itself (limits, resets, STOP_SENDING, finished) - the idle ones had nothing to begin with."""
+        return (not self.more and len(self.window) == 1 and not self.view
+                and all(stream.sender.buffer_is_empty for stream in self.busy))
+
     def restore(self, streams: dict[int, Any]) -> None:
         """Give the connection back its streams: finished ones aioquic discarded gone, the send queue in aioquic's
         order (the idle, those not served, then the served in the order they last sent)."""
@@ -354,3 +384,45 @@ def install() -> None:
     global _request
     _request = request
     QuicProtocol.send_all = send_all  # type: ignore[method-assign]
+    track_changes()
+
+
+def track_changes() -> None:
+    """Count what can give a stream something to send (``_changes``) and mark a connection that received an
+    ack-eliciting packet (``TOUCHED``): any frame but ACK, PADDING and CONNECTION_CLOSE may concern a stream (data,
+    a reset, STOP_SENDING, a credit, a new stream)."""
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.quic.stream import QuicStreamReceiver, QuicStreamSender
+
+    if getattr(QuicConnection._payload_received, "__wrapped__", None) is not None:
+        _tracked[0] = True
+        return  # installed already
+
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _changes[0] += 1
+            return method(self, *args, **kwargs)
+
+        wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+        wrapper.__name__ = method.__name__
+        wrapper.__doc__ = method.__doc__
+        return wrapper
+
+    for cls, name in ((QuicStreamSender, "write"), (QuicStreamSender, "reset"),
+                      (QuicStreamSender, "on_data_delivery"), (QuicStreamReceiver, "stop")):
+        setattr(cls, name, counted(getattr(cls, name)))
+
+    payload_received = QuicConnection._payload_received
+
+    def _payload_received(self: Any, *args: Any, **kwargs: Any) -> tuple[bool, bool]:
+        state = self.__dict__
+        before = state.get(TOUCHED, False)
+        state[TOUCHED] = True  # (until it is known to be only ACKs: a frame that raises counts)
+        found: tuple[bool, bool] = payload_received(self, *args, **kwargs)
+        if not found[0]:  # not ack-eliciting: ACKs (their deliveries count themselves), padding, a close
+            state[TOUCHED] = before
+        return found
+
+    _payload_received.__wrapped__ = payload_received  # type: ignore[attr-defined]
+    QuicConnection._payload_received = _payload_received  # type: ignore[method-assign]
+    _tracked[0] = True
