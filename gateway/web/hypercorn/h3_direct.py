@@ -71,7 +71,7 @@ from hypercorn.protocol.quic import QuicProtocol, _Connection
 
 from gateway.web.hypercorn import direct_writes_trusted, installed
 from gateway.web.hypercorn.h3_disconnects import terminated
-from gateway.web.hypercorn.h3_send_coalescing import flush_soon
+from gateway.web.hypercorn.h3_send_coalescing import CHANGES, flush_soon
 
 __all__ = ["H3Link", "H3Writer", "data_frame", "h3_writer"]
 
@@ -144,6 +144,7 @@ class H3Writer:
             link.h3.connection.send_data(self.stream_id, data, False)
         else:
             self.sender.write(data_frame(data))
+            CHANGES[0] += 1  # (a stream has something to send: ``h3_send_coalescing`` visits the streams)
         return link
 
 

@@ -84,16 +84,17 @@ STREAM_WITH_OFFSET = 0x0E  # and with an offset
 ACKED = QuicDeliveryState.ACKED
 MAX_PACKETS = 4096  # packets one flush builds at most (~5 MiB); congestion control stops it long before
 
-CLEAN = "gateway_clean_at"  # on a QuicConnection: ``_changes`` when a flush left every stream with nothing to do
+CLEAN = "gateway_clean_at"  # on a QuicConnection: ``CHANGES`` when a flush left every stream with nothing to do
 TOUCHED = "gateway_touched"  # on a QuicConnection: it received an ack-eliciting packet since that flush
 
 SendTo = Callable[[bytes, Any], None]
 
-# Bumped by everything that can give a stream of any connection something to send: a write, a reset, a STOP_SENDING
-# asked for, a delivery aioquic handles itself (a loss, a FIN acknowledged, an ACK out of order). A connection whose
+# Bumped by everything that can give a stream of any connection something to send: a write (``send_stream_data``,
+# and ``h3_direct``'s own), a reset, a STOP_SENDING asked for, a delivery aioquic handles itself (a loss, a FIN
+# acknowledged, an ACK out of order). A connection whose
 # last flush left nothing to do, which has received nothing but ACKs since and while this has not moved, has no
 # stream to visit: its flush builds only what aioquic sends for the connection (ACKs, control frames, probes).
-_changes = [0]
+CHANGES = [0]
 _tracked = [False]  # whether ``track_changes`` is installed: without it, every flush visits the streams
 
 _request: Callable[[Any, Any], None] | None = None  # ``install``'s ``request``, once installed
@@ -125,7 +126,7 @@ def datagrams(quic: Any, now: float) -> tuple[list[tuple[bytes, Any]], bool]:
     if len(streams) <= FEW_STREAMS or len(queue) != len(streams):  # (aioquic keeps every stream in both)
         return list(quic.datagrams_to_send(now=now)), False
     state = quic.__dict__
-    if _tracked[0] and state.get(CLEAN) == _changes[0] and not state.get(TOUCHED):  # nothing came to a stream
+    if _tracked[0] and state.get(CLEAN) == CHANGES[0] and not state.get(TOUCHED):  # nothing came to a stream
         quic._streams, quic._streams_queue = {}, []
         try:
             return list(quic.datagrams_to_send(now=now)), False
@@ -134,13 +135,13 @@ def datagrams(quic: Any, now: float) -> tuple[list[tuple[bytes, Any]], bool]:
     service = Service(quic, queue)
     quic._streams, quic._streams_queue = service.view, service.window
     quic._write_stream_frame = service.write
-    changes = _changes[0]
+    changes = CHANGES[0]
     try:
         return list(quic.datagrams_to_send(now=now)), service.more
     finally:
         del quic._write_stream_frame
         service.restore(streams)
-        if service.done() and _changes[0] == changes:
+        if service.done() and CHANGES[0] == changes:
             state[CLEAN] = changes
             state[TOUCHED] = False
         else:
@@ -186,7 +187,7 @@ def delivered(delivery: QuicDeliveryState, sender: Any, start: int, stop: int) -
         del sender._buffer[:stop - start]
         if stop == sender._buffer_fin and sender._acked_fin:
             sender.is_finished = True
-            _changes[0] += 1  # a finished stream: aioquic discards it at the next flush
+            CHANGES[0] += 1  # a finished stream: aioquic discards it at the next flush
     else:
         sender.on_data_delivery(delivery, start, stop, False)  # (which counts as a change: ``install``)
 
@@ -388,11 +389,11 @@ def install() -> None:
 
 
 def track_changes() -> None:
-    """Count what can give a stream something to send (``_changes``) and mark a connection that received an
+    """Count what can give a stream something to send (``CHANGES``) and mark a connection that received an
     ack-eliciting packet (``TOUCHED``): any frame but ACK, PADDING and CONNECTION_CLOSE may concern a stream (data,
     a reset, STOP_SENDING, a credit, a new stream)."""
     from aioquic.quic.connection import QuicConnection
-    from aioquic.quic.stream import QuicStreamReceiver, QuicStreamSender
+    from aioquic.quic.stream import QuicStreamSender
 
     if getattr(QuicConnection._payload_received, "__wrapped__", None) is not None:
         _tracked[0] = True
@@ -400,7 +401,7 @@ def track_changes() -> None:
 
     def counted(method: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            _changes[0] += 1
+            CHANGES[0] += 1
             return method(self, *args, **kwargs)
 
         wrapper.__wrapped__ = method  # type: ignore[attr-defined]
@@ -408,8 +409,10 @@ def track_changes() -> None:
         wrapper.__doc__ = method.__doc__
         return wrapper
 
-    for cls, name in ((QuicStreamSender, "write"), (QuicStreamSender, "reset"),
-                      (QuicStreamSender, "on_data_delivery"), (QuicStreamReceiver, "stop")):
+    # The public ways to a stream (``h3_direct`` writes to a sender itself and counts its writes), and the
+    # deliveries aioquic handles itself. Not the sender's ``write``: a wrapper there costs every direct write.
+    for cls, name in ((QuicConnection, "send_stream_data"), (QuicConnection, "reset_stream"),
+                      (QuicConnection, "stop_stream"), (QuicStreamSender, "on_data_delivery")):
         setattr(cls, name, counted(getattr(cls, name)))
 
     payload_received = QuicConnection._payload_received
