@@ -127,6 +127,12 @@ def test_a_response_header_h11_would_refuse_is_refused(header: tuple[bytes, byte
     assert response_bytes(204, [header], b"", []) is None
 
 
+@pytest.mark.unit
+def test_a_response_that_is_not_http_is_refused() -> None:
+    assert response_bytes("204", [], b"", []) is None  # type: ignore[arg-type]
+    assert response_bytes(204, [("x", "y")], b"", []) is None  # type: ignore[list-item]
+
+
 # -- live: the lane against Hypercorn's path ------------------------------------------------------------------------
 
 

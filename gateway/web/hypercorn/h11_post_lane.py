@@ -150,9 +150,9 @@ def parse(data: bytes) -> Request | None:
 def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                    server_headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The response as h11 would frame it, or None when a header is not one h11 would send."""
-    framed = [b"HTTP/1.1 %d \r\n" % status]
     length = False
     try:
+        framed = [b"HTTP/1.1 %d \r\n" % status]
         for name, value in headers:
             line = b"%s: %s\r\n" % (name, value)
             if not _SENDABLE.fullmatch(line):
@@ -160,7 +160,7 @@ def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
             if name.lower() == b"content-length":
                 length = True
             framed.append(line)
-    except TypeError:  # not bytes
+    except TypeError:  # a status that is not a number, a header that is not bytes
         return None
     if body and not length:
         framed.append(b"content-length: %d\r\n" % len(body))
