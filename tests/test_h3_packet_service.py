@@ -114,15 +114,22 @@ def test_streams_not_served_go_first_next_time(certs: tuple[Path, Path]) -> None
     assert sorted(after[STREAMS - len(served):]) == sorted(served)
 
 
+def quiet_pair(certs: tuple[Path, Path], events: int) -> tuple[QuicPair, list[int], dict[int, bytes]]:
+    """A pair whose ``events`` on every stream were all delivered and acknowledged, the server's last flush having
+    left it quiet (``CLEAN``)."""
+    pair = QuicPair(certs)
+    ids = pair.open(STREAMS)
+    expected = write_all(pair, ids, events)
+    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids)
+               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(CLEAN) is not None)
+    return pair, ids, expected
+
+
 @pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
 def test_a_quiet_connection_skips_its_streams_until_something_comes_to_one(certs: tuple[Path, Path], tracking: bool,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracking
-    pair = QuicPair(certs)
-    ids = pair.open(STREAMS)
-    expected = write_all(pair, ids, 3)
-    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids)
-               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(CLEAN) is not None)
+    pair, ids, expected = quiet_pair(certs, 3)
     services = []
 
     class Counting(Service):
@@ -147,11 +154,7 @@ def test_a_stop_sending_followed_by_an_older_ack_is_still_answered(certs: tuple[
     """A STOP_SENDING touches the connection; an ACK-only packet that the network delivers after it (sent earlier)
     must not make the connection quiet again, or the RESET_STREAM it calls for would wait for some other event."""
     assert tracking
-    pair = QuicPair(certs)
-    ids = pair.open(STREAMS)
-    expected = write_all(pair, ids, 2)
-    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids)
-               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(CLEAN) is not None)
+    pair, ids, _ = quiet_pair(certs, 2)
     pair.server.send_stream_data(ids[3], b"more")  # something for the client to acknowledge
     out, _ = datagrams(pair.server, pair.now)
     for data, _ in out:
