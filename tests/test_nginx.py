@@ -91,6 +91,9 @@ async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path:
                 held = [await metric(b.http, "gateway_streams_active", kind="hub") for b in backends]
                 assert sum(held) == 6
                 assert min(held) >= 2, f"least_conn did not spread the streams: {held}"
+                for backend in backends:  # the publisher's connections exist already: their set-up is not timed
+                    answer = await publisher.get(f"{backend.http}/healthz")
+                    assert answer.status_code == 200
                 for i in range(5):
                     sent = time.perf_counter()  # the publisher's client exists already: its set-up is not timed
                     await _publish_once(publisher, backends[i % 2], f"event {i}")
