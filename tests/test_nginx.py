@@ -104,7 +104,11 @@ async def test_streams_through_nginx_are_unbuffered_keep_br_and_spread(tmp_path:
                         return time.perf_counter() - since
 
                     lags = await asyncio.gather(*(latency(r) for r in readers))
-                    assert max(lags) < 0.1, f"event {i} took {max(lags) * 1000:.0f} ms through nginx: buffered?"
+                    # nginx buffering holds a ~20-byte event until its buffer fills or the stream ends: seconds or
+                    # never. Twice in full-suite CI runs (never alone) one event reached all six readers ~230 ms
+                    # late at once, a delay before the bus and not nginx's (cause not established): 1 s tells the
+                    # two apart.
+                    assert max(lags) < 1.0, f"event {i} took {max(lags) * 1000:.0f} ms through nginx: buffered?"
     finally:
         for srv in backends:
             assert srv.stop() == 0
