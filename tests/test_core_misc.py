@@ -492,3 +492,10 @@ def test_var_args_refused() -> None:
 
     with pytest.raises(TypeError, match="'items' must be a plain keyword"):
         CommandSpec.from_handler("/star", star)
+
+
+def test_parse_object_brackets_inside_strings_are_not_levels() -> None:
+    # More brackets than the limit (the bracket count cannot clear the body), all inside a string: one level deep.
+    assert parse_object(b'{"s": "' + b"[{" * 40 + b'"}', max_depth=32) == {"s": "[{" * 40}
+    with pytest.raises(BadRequest, match="deeper than 2"):
+        parse_object(b'{"a": {"b": [1]}}', max_depth=2)

@@ -74,6 +74,11 @@ OTHER_SHAPES = {
     "upgrade": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\n{}",
     "connection close": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
     "folded header": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\nContent-Length: 2\r\n\r\n{}",
+    "folded header that looks like one": (b"POST /hub/publish HTTP/1.1\r\nHost: a\r\n X-Y: 1\r\n"
+                                          b"Content-Length: 2\r\n\r\n{}"),
+    "line without a colon": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nNoColon\r\nContent-Length: 2\r\n\r\n{}",
+    "connection keep-alive and close": (b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n"
+                                        b"Content-Length: 2\r\n\r\n{}"),
     "space before colon": b"POST /hub/publish HTTP/1.1\r\nHost : a\r\nContent-Length: 2\r\n\r\n{}",
     "control character": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\nContent-Length: 2\r\n\r\n{}",
     "bare CR": b"POST /hub/publish HTTP/1.1\r\nHost: a\r\nX: a\rb\r\nContent-Length: 2\r\n\r\n{}",
@@ -105,7 +110,7 @@ def test_every_other_shape_of_request_is_left_to_h11(raw: bytes) -> None:
 ])
 def test_a_response_is_framed_as_h11_frames_it(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     server_headers = [(b"date", b"Mon, 07 Dec 2026 12:00:00 GMT"), (b"alt-svc", b'h3=":8443"; ma=3600')]
-    framed = response_bytes(status, headers, body, server_headers)
+    framed = response_bytes(status, headers, body, b"".join(b"%s: %s\r\n" % h for h in server_headers))
     assert framed is not None
     connection = h11.Connection(h11.SERVER)
     connection.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
@@ -122,15 +127,15 @@ def test_a_response_is_framed_as_h11_frames_it(status: int, headers: list[tuple[
 
 @pytest.mark.unit
 @pytest.mark.parametrize("header", [(b"x", b"a\r\nset-cookie: b"), (b"x", b"a\x00"), (b"bad name", b"a"),
-                                    (b"x", b" leading")])
+                                    (b"x", b" leading"), (b"a: b", b"c"), (b"x", b"a\n")])
 def test_a_response_header_h11_would_refuse_is_refused(header: tuple[bytes, bytes]) -> None:
-    assert response_bytes(204, [header], b"", []) is None
+    assert response_bytes(204, [(b"event-id", b"1"), header], b"", b"") is None
 
 
 @pytest.mark.unit
 def test_a_response_that_is_not_http_is_refused() -> None:
-    assert response_bytes("204", [], b"", []) is None  # type: ignore[arg-type]
-    assert response_bytes(204, [("x", "y")], b"", []) is None  # type: ignore[list-item]
+    assert response_bytes("204", [], b"", b"") is None  # type: ignore[arg-type]
+    assert response_bytes(204, [("x", "y")], b"", b"") is None  # type: ignore[list-item]
 
 
 # -- live: the lane against Hypercorn's path ------------------------------------------------------------------------

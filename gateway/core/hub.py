@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.core.sse import Event
+from gateway.core.sse import check_single_line, encode_message
 from gateway.core.topics import check_topic
 
 _MAGIC = b"sse2 "
@@ -33,9 +33,20 @@ class UnknownPayload(ValueError):
     """A hub notification whose payload is not an encoded ``HubEvent``."""
 
 
+class InvalidField(ValueError):
+    """A ``HubEvent`` field that cannot be sent; ``field`` names it (``topic``, ``event`` or ``id``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True, slots=True)
 class HubEvent:
-    """One event for the subscribers of ``topic``; ``data`` is text (JSON values are serialised by ``of``)."""
+    """One event for the subscribers of ``topic``; ``data`` is text (JSON values are serialised by ``of``).
+
+    Its fields are checked here, once, wherever an event enters (the publish endpoint, ``Gateway.publish``):
+    ``InvalidField`` says which field and why."""
 
     topic: str
     data: str
@@ -43,13 +54,20 @@ class HubEvent:
     id: str | None = None
 
     def __post_init__(self) -> None:
-        check_topic(self.topic)
+        try:
+            check_topic(self.topic)
+        except ValueError as exc:
+            raise InvalidField("topic", str(exc)) from None
         for name in ("event", "id"):
             value = getattr(self, name)
-            if value is not None and not 1 <= len(value) <= MAX_FIELD:
-                raise ValueError(f"{name}: must be 1-{MAX_FIELD} characters")
-        # Event() refuses CR, LF and NUL in the event type and id (SSE field injection).
-        Event(data=self.data, event=self.event, id=self.id)
+            if value is None:
+                continue
+            try:
+                check_single_line(name, value)  # CR, LF or NUL would inject SSE fields
+            except ValueError as exc:
+                raise InvalidField(name, f"{name}: {exc}") from None
+            if not 1 <= len(value) <= MAX_FIELD:
+                raise InvalidField(name, f"{name}: must be 1-{MAX_FIELD} characters")
 
     @classmethod
     def of(cls, topic: str, data: object, *, event: str | None = None, id: str | None = None) -> HubEvent:
@@ -63,7 +81,7 @@ class HubEvent:
         return self.stamped(time.time())
 
     def stamped(self, published: float) -> bytes:
-        fields = Event(data=self.data, event=self.event).encode()
+        fields = encode_message(self.data, event=self.event)
         return b"%s%.6f %s\n%s" % (_MAGIC, published, (self.id or "").encode(), fields)
 
 

@@ -53,7 +53,8 @@ class StreamRequest:
     @classmethod
     def from_scope(cls, scope: Scope) -> StreamRequest:
         headers = scope_headers(scope)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        raw_query = scope.get("query_string", b"")
+        query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
         client = scope.get("client")
         return cls(
             method=scope.get("method", "GET"),

@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-import orjson
 import pydantic
 
 from gateway.bus import Command
@@ -34,8 +33,7 @@ from gateway.core.errors import (
     Unavailable,
     ValidationFailed,
 )
-from gateway.core.hub import MAX_FIELD, HubEvent
-from gateway.core.sse import Event
+from gateway.core.hub import HubEvent, InvalidField
 from gateway.core.topics import check_topic, hub_key
 from gateway.web.asgi_util import Receive, Scope, Send, StreamRequest, send_error
 from gateway.web.auth import run_hook
@@ -76,8 +74,9 @@ async def _read_body(receive: Receive, limit: int, parts: list[bytes]) -> int:
 
 
 async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receive: Receive, *,
-                         whole: bool = False) -> bytes | None:
-    """The request's JSON object body, judged headers first (415), then size (413), then syntax (400).
+                         whole: bool = False) -> tuple[bytes, dict[str, Any]] | None:
+    """The request's JSON object body, judged headers first (415), then size (413), then syntax (400): its bytes
+    and the object they parse to (parsed once, here).
 
     None when the client went away while sending it. An over-limit body is still read, and discarded, up to
     ``LINGER_BYTES`` more: an HTTP/1.1 server that answers 413 and closes while the client is still uploading
@@ -111,8 +110,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str], receiv
         return None
     jsonbody.check_size(received, limit)
     body = b"".join(parts)
-    jsonbody.parse_object(body, max_depth=runtime.settings.commands.max_depth)
-    return body
+    return body, jsonbody.parse_object(body, max_depth=runtime.settings.commands.max_depth)
 
 
 # Left out of what a handler sees: the credentials themselves (a handler gets the identity they prove).
@@ -140,24 +138,27 @@ def command_context(runtime: AppContext, request: StreamRequest, identity: Ident
 
 
 async def accept_command(runtime: AppContext, spec: CommandSpec, request: StreamRequest, identity: Identity | None,
-                         body: bytes) -> list[tuple[bytes, bytes]]:
-    """Validate a command's body against its handler's signature and put it on the bus (204 once it is there)."""
+                         body: bytes, parsed: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """Validate a command's body (its bytes, and the object they parse to) against its handler's signature and put
+    it on the bus (204 once it is there)."""
     validated = spec.validate_body(body)
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise BadRequest("Idempotency-Key must be 1-255 printable characters")
-    args = spec.declared(orjson.loads(body)) if body.strip() else {}
+    args = spec.declared(parsed) if parsed else {}
     context = command_context(runtime, request, identity)
     command_id = await runtime.bus.submit(Command(spec.path, args, key, validated, context))
     return [(b"command-id", command_id.encode())]
 
 
-async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: bytes,
+async def hub_publish(runtime: AppContext, headers: Mapping[str, str], parsed: dict[str, Any],
                       grant: Identity = NOBODY) -> list[tuple[bytes, bytes]]:
-    """``POST /hub/publish``: one event on a topic, from a backend holding the publish token or a token whose
-    ``mercure.publish`` claim covers the topic (``grant``, from ``_authorize``)."""
+    """``POST /hub/publish``: one event on a topic (``parsed``: the body's JSON object), from a backend holding the
+    publish token or a token whose ``mercure.publish`` claim covers the topic (``grant``, from ``_authorize``).
+
+    The topic is judged (422) before the grant (403), and the grant before the event's other fields (422)."""
     try:
-        body_fields = PublishBody.model_validate_json(body)
+        body_fields = PublishBody.model_validate(parsed)  # strict: the same verdicts as on the JSON text
     except pydantic.ValidationError as exc:
         raise as_validation_failed(exc) from exc
     try:
@@ -165,16 +166,10 @@ async def hub_publish(runtime: AppContext, headers: Mapping[str, str], body: byt
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="topic") from exc
     check_publish(grant, body_fields.topic)
-    for field in ("event", "id"):
-        value = getattr(body_fields, field)
-        if value is not None:
-            try:
-                Event(**{field: value})
-            except ValueError as exc:
-                raise ValidationFailed(f"{field}: {exc}", field=field) from exc
-            if not value or len(value) > MAX_FIELD:
-                raise ValidationFailed(f"{field}: must be 1-{MAX_FIELD} characters", field=field)
-    event = HubEvent.of(body_fields.topic, body_fields.data, event=body_fields.event, id=body_fields.id)
+    try:
+        event = HubEvent.of(body_fields.topic, body_fields.data, event=body_fields.event, id=body_fields.id)
+    except InvalidField as exc:
+        raise ValidationFailed(str(exc), field=exc.field) from exc
     if runtime.draining:
         raise Unavailable("the gateway is shutting down", 2)
     version = await runtime.bus.publish(hub_key(event.topic), event.payload)
@@ -249,13 +244,13 @@ async def _serve_post(runtime: AppContext, spec: CommandSpec | None, scope: Scop
             if (hook := runtime.authorizers.get(spec.path)) is not None:
                 await run_hook(hook, identity, request)
             spec.validate_path(request.path_params)  # 422 before the body is read
-        body = await read_json_body(runtime, headers, receive, whole=WHOLE_BODY in (scope.get("extensions") or ()))
-        if body is None:
+        read = await read_json_body(runtime, headers, receive, whole=WHOLE_BODY in (scope.get("extensions") or ()))
+        if read is None:
             return  # the client left mid-body: nobody to answer, nothing accepted
         if spec is None:
-            extra = await hub_publish(runtime, headers, body, grant)
+            extra = await hub_publish(runtime, headers, read[1], grant)
         else:
-            extra = await accept_command(runtime, spec, request, identity, body)
+            extra = await accept_command(runtime, spec, request, identity, *read)
     except GatewayError as exc:
         if spec is not None:
             metrics.commands.labels(spec.path, exc.code).inc()

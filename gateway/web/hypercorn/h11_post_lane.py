@@ -70,15 +70,18 @@ WHOLE_BODY = "gateway.whole_body"  # scope extension: the first ``receive()`` re
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 token: a header name
 _VALUE = rb"[\t\x20-\x7e\x80-\xff]*"  # a field value without control characters (CR, LF, NUL...)
-# Every header line of a head at once: a token, a colon, a value; so no folded line, no space before the colon,
-# no bare CR or LF (each line is checked with the CRLF that ends it).
-_HEADER_LINES = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
-# A header as h11 sends it: a token name, a value that neither starts nor ends with whitespace.
-_SENDABLE = re.compile(_TOKEN + rb": (?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\r\n")
+# A header line: a token, a colon, a value, the CRLF that ends it. A head's lines are all of its bytes only when
+# none is folded, none has a space before the colon and none holds a bare CR or LF (see ``parse``).
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):(" + _VALUE + rb")\r\n")
+# A response header as h11 sends it: a token name, a value that neither starts nor ends with whitespace.
+_NAME = re.compile(_TOKEN)
+_SENDABLE_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
 _TARGET = re.compile(rb"/[!$&'()*+,\-./0-9:;=?@A-Z_a-z~]*")  # origin-form, nothing to percent-decode
-_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# The headers that frame a request or change its handling: each is looked at (the rest are passed on as they are).
+_FRAMING = frozenset({b"content-length", b"host", b"connection", b"transfer-encoding", b"expect", b"upgrade"})
 
 _observers: list[Callable[[], None]] = []  # the last configured gateway's
+_h11: Any = None  # the h11 module, once ``install`` has verified it (imported there, not on every request)
 
 
 def configure(on_served: Callable[[], None] | None) -> None:
@@ -112,78 +115,67 @@ def parse(data: bytes) -> Request | None:
         return None
     end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
     first = data.find(b"\r\n", 0, end)
-    if end < 0 or first < 0 or not _HEADER_LINES.fullmatch(data, first + 2, end + 2):
-        return None
-    lines = data[first + 2:end].split(b"\r\n")
-    if len(lines) > MAX_HEADERS or not data.endswith(b" HTTP/1.1", 0, first):
+    if end < 0 or first < 0 or not data.endswith(b" HTTP/1.1", 0, first) or len(data) - end - 4 > MAX_BODY:
         return None
     target = data[5:first - 9]
-    if not _TARGET.fullmatch(target):
+    if _TARGET.fullmatch(target) is None:
         return None
-    headers: list[tuple[bytes, bytes]] = []
+    fields = _FIELD.findall(data, first + 2, end + 2)
+    # ``findall`` skips what does not match: the lines found must add up to every byte between the request line
+    # and the blank line (each is its name, value, colon and CRLF).
+    if len(fields) > MAX_HEADERS or sum(len(name) + len(value) + 3 for name, value in fields) != end - first:
+        return None
+    headers = [(name.lower(), value.strip(b" \t")) for name, value in fields]
     length = -1
     host = False
-    for line in lines:
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        name = name.lower()
-        if name == b"content-length":
-            if length >= 0 or not value.isdigit() or len(value) > 7:
-                return None
-            length = int(value)
-        elif name == b"host":
-            if host:
-                return None
-            host = True
-        elif name == b"connection":
-            if value.lower() != b"keep-alive":
-                return None
-        elif name in _REFUSED:
-            return None
-        headers.append((name, value))
-    if not host or length < 0 or length > MAX_BODY or len(data) != end + 4 + length:
+    for name, value in headers:
+        if name in _FRAMING:
+            if name == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > 7:
+                    return None
+                length = int(value)
+            elif name == b"host":
+                if host:
+                    return None
+                host = True
+            elif name != b"connection" or value.lower() != b"keep-alive":
+                return None  # Transfer-Encoding, Expect, Upgrade, or a Connection other than keep-alive
+    if not host or len(data) != end + 4 + length:
         return None
     path, _, query = target.partition(b"?")
     return Request(path, query, headers, data[end + 4:])
 
 
-def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                   server_headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The response as h11 would frame it, or None when a header is not one h11 would send."""
-    length = False
+def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes, server_headers: bytes) -> bytes | None:
+    """The response as h11 would frame it, or None when a header is not one h11 would send. ``server_headers``:
+    Hypercorn's own lines, framed (``_ServerHeaders``)."""
     try:
-        framed = [b"HTTP/1.1 %d \r\n" % status]
+        status_line = b"HTTP/1.1 %d \r\n" % status
         for name, value in headers:
-            line = b"%s: %s\r\n" % (name, value)
-            if not _SENDABLE.fullmatch(line):
+            if _NAME.fullmatch(name) is None or _SENDABLE_VALUE.fullmatch(value) is None:
                 return None
-            if name.lower() == b"content-length":
-                length = True
-            framed.append(line)
-    except TypeError:  # a status that is not a number, a header that is not bytes
+        lines = b"".join([b"%s: %s\r\n" % header for header in headers])
+    except TypeError:  # a status that is not a number, a header that is not a pair of bytes
         return None
-    if body and not length:
-        framed.append(b"content-length: %d\r\n" % len(body))
-    framed.extend(b"%s: %s\r\n" % header for header in server_headers)
-    framed.append(b"\r\n")
-    framed.append(body)
-    return b"".join(framed)
+    if body and not any(name.lower() == b"content-length" for name, _ in headers):
+        lines += b"content-length: %d\r\n" % len(body)
+    return b"".join((status_line, lines, server_headers, b"\r\n", body))
 
 
 class _ServerHeaders:
-    """``Config.response_headers("h11")`` (the date is formatted each time there) computed once a second."""
+    """``Config.response_headers("h11")`` (the date is formatted each time there) framed once a second."""
 
     def __init__(self) -> None:
         self._second = -1
         self._config: Any = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines = b""
 
-    def of(self, config: Any) -> list[tuple[bytes, bytes]]:
+    def of(self, config: Any) -> bytes:
         second = int(time.time())
         if second != self._second or config is not self._config:
-            self._headers = list(config.response_headers("h11"))
+            self._lines = b"".join(b"%s: %s\r\n" % header for header in config.response_headers("h11"))
             self._second, self._config = second, config
-        return self._headers
+        return self._lines
 
 
 _server_headers = _ServerHeaders()
@@ -248,7 +240,7 @@ async def serve(protocol: Any, app: LaneApp, request: Request) -> None:
         from hypercorn.events import Closed, RawData
 
         failed = b"HTTP/1.1 500 \r\ncontent-length: 0\r\nconnection: close\r\n"
-        await protocol.send(RawData(data=failed + b"".join(b"%s: %s\r\n" % h for h in server_headers) + b"\r\n"))
+        await protocol.send(RawData(data=failed + server_headers + b"\r\n"))
         await protocol.send(Closed())
         return
     transport = tcp.writer.transport
@@ -264,11 +256,9 @@ async def serve(protocol: Any, app: LaneApp, request: Request) -> None:
 
 def ready(protocol: Any) -> bool:
     """Whether the connection is plain HTTP/1.1 between requests, with nothing buffered (see the module)."""
-    import h11
-
     connection = protocol.connection
-    return (type(connection) is h11.Connection and connection.our_state is h11.IDLE
-            and connection.their_state is h11.IDLE and protocol.stream is None
+    return (type(connection) is _h11.Connection and connection.our_state is _h11.IDLE
+            and connection.their_state is _h11.IDLE and protocol.stream is None
             and not connection.trailing_data[0] and not connection.trailing_data[1]
             and protocol.keep_alive_requests + 1 < protocol.config.keep_alive_max_requests
             and protocol.context.max_requests is None and not protocol.context.terminated.is_set()
@@ -276,12 +266,15 @@ def ready(protocol: Any) -> bool:
 
 
 def install() -> None:
+    global _h11
+    import h11
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.events import RawData
     from hypercorn.protocol.h11 import H11Protocol
 
     from gateway.web.hypercorn import header_deadline
 
+    _h11 = h11
     original_handle: Callable[[Any, Any], Awaitable[None]] = H11Protocol.handle
 
     async def handle(self: Any, event: Any) -> None:
