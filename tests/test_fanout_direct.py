@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.bus import create_bus
-from gateway.bus.base import Bus
+from gateway.bus.base import Bus, Notification
 from gateway.core.hub import HubEvent
 from gateway.core.stream import Frame
 from gateway.core.topics import hub_key, view_key
@@ -194,3 +194,57 @@ async def test_a_payload_fanout_cannot_read_is_counted_and_skipped(rig: Rig) -> 
         await target.got.wait()
     assert target.writes == [["3"]], "the readable event after the unreadable ones was not delivered"
     assert rig.metrics.notifications_skipped.labels("payload")._value.get() == 2
+
+
+# -- a round's events of a hub topic, shared by its streams ------------------------------------------------------
+
+
+def _note(topic: str, version: int) -> Notification:
+    return Notification(hub_key(topic), str(version), _event(topic, version))
+
+
+def _written(target: Target) -> list[str]:
+    return [version for write in target.writes for version in write]
+
+
+@pytest.mark.asyncio
+async def test_a_round_gives_every_stream_its_own_topics_events_in_order(rig: Rig) -> None:
+    """Streams of one topic share the round's list of its events; a stream of two topics, one not ready, and one
+    with a batch of its own (a view's) each get exactly their events, in the order they came."""
+    fanout = rig.fanout
+    a1, a2, b1, both, slow = Target(), Target(), Target(), Target(), Target(ready=False)
+    for target, topics in ((a1, ("a",)), (a2, ("a",)), (b1, ("b",)), (both, ("a", "b")), (slow, ("a",))):
+        fanout.attach_hub(topics, target)
+    for version, topic in enumerate("abaab", start=1):
+        fanout._dispatch(_note(topic, version))
+    fanout._flush()
+    assert a1.writes == a2.writes == [["1", "3", "4"]]
+    assert b1.writes == [["2", "5"]], "a stream of one topic was given another topic's events"
+    assert both.writes == [["1", "2", "3", "4", "5"]], "a stream of two topics lost their order"
+    assert slow.writes == []
+    assert slow.fed == ["1", "3", "4"]
+
+
+@pytest.mark.asyncio
+async def test_streams_that_come_or_go_mid_round_get_only_the_events_of_their_time(rig: Rig) -> None:
+    """A stream that attaches between two events of a round is given the later ones only; one that leaves keeps
+    what it had been given and is handed nothing after; the streams that stayed get every event."""
+    fanout = rig.fanout
+    stays, leaves, comes = Target(), Target(), Target()
+    fanout.attach_hub(("a",), stays)
+    fanout.attach_hub(("a",), leaves)
+    fanout._dispatch(_note("a", 1))
+    fanout.attach_hub(("a",), comes)
+    fanout._dispatch(_note("a", 2))
+    fanout.detach_hub(("a",), leaves)
+    fanout._dispatch(_note("a", 3))
+    fanout._dispatch(_note("a", 4))
+    fanout._flush()
+    assert stays.writes == [["1", "2", "3", "4"]]
+    assert leaves.writes == [["1", "2"]], "a stream that left was handed events from after it left"
+    assert comes.writes == [["2", "3", "4"]], "a stream that came mid-round was handed an event from before it came"
+    # the next round starts over: every stream of the topic shares its list again
+    fanout._dispatch(_note("a", 5))
+    fanout._flush()
+    assert _written(stays)[-1] == _written(comes)[-1] == "5"
+    assert _written(leaves) == ["1", "2"]

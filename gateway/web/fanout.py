@@ -122,6 +122,18 @@ class Members:
         return None
 
 
+@dataclass(slots=True)
+class _TopicRound:
+    """A hub topic's events in the current round. Its sinks that take direct writes hold ``frames`` itself as their
+    batch, so each later event of the topic is one append for all of them; ``others`` are its sinks that do not
+    (subscribed to other topics too, or not ready when the round began), each handed every event on its own.
+    Valid while fan-out's ``_epoch`` (bumped whenever a hub topic's sinks change) is ``epoch``."""
+
+    frames: list[Frame]
+    others: list[Sink]
+    epoch: int
+
+
 @dataclass(eq=False)
 class ViewChannel:
     """A view's shared state: its current version and (for shared views) the rendered frame."""
@@ -186,9 +198,13 @@ class Fanout:
         self._heartbeat = heartbeat
         self._tracing = tracing
         self._metrics = metrics
+        self._hub_lag = metrics.bus_lag.labels("hub")  # observed for every hub event: looked up once
         self._observe_hub = observe_hub
         self._on_flushed = on_flushed
         self._batch: dict[Sink, list[Frame]] = {}  # direct writes of this round, per stream
+        self._rounds: dict[str, _TopicRound] = {}  # this round's events of each hub topic (by bus key)
+        self._epoch = 0  # bumped when any hub topic's sinks change: a ``_TopicRound`` made before is stale
+        self._multi: set[Sink] = set()  # hub sinks of more than one topic: never share a topic's list
         self._flushed_at = 0.0  # loop time when the last flush ended
         self._flush_cost = 0.0  # how long it took
         self.views: dict[str, ViewChannel] = {}
@@ -313,13 +329,50 @@ class Fanout:
             log.warning("skipped a notification of hub topic %s that is not an encoded hub event", kind[1])
             return
         if frame.origin is not None:
-            self._metrics.bus_lag.labels("hub").observe(max(0.0, time.time() - frame.origin))
+            self._hub_lag.observe(max(0.0, time.time() - frame.origin))
         if self._observe_hub is not None:
             self._observe_hub(len(frame.data or b""))
         now = asyncio.get_running_loop().time()
-        for sink in sinks:
+        round_ = self._rounds.get(item.topic)
+        if round_ is not None and round_.epoch == self._epoch:
+            round_.frames.append(frame)  # for every sink that holds the list
+            others = round_.others
+        else:  # (``_topic_round`` puts ``frame`` in the list)
+            round_ = self._rounds[item.topic] = self._topic_round(sinks, frame, round_)
+            others = round_.others
+        for sink in others:
             if not self._offer(sink, frame, conflate=False):
                 sink.feed(frame, now)
+
+    def _topic_round(self, sinks: set[Sink], frame: Frame, stale: _TopicRound | None) -> _TopicRound:
+        """``frame`` is a hub topic's first event in this round, or its first since the topic's sinks changed
+        (``stale``: the round's list so far). The list gets ``frame``. On a first event, each ready sink of this
+        topic alone takes the list as its batch; after a change, the sinks that hold it keep it and any other
+        (one that came since) is handed its events on its own, as it would have been handed the rest had it been
+        there: so no sink is given an event from before it came. The others are left for the caller."""
+        batch = self._batch
+        others: list[Sink] = []
+        if stale is not None:
+            frames = stale.frames
+            frames.append(frame)
+            others.extend(sink for sink in sinks if batch.get(sink) is not frames)
+            return _TopicRound(frames, others, self._epoch)
+        frames = [frame]
+        for sink in sinks:
+            if sink not in batch and sink not in self._multi and sink.direct_ready():
+                if not batch:
+                    self._schedule_flush()
+                batch[sink] = frames
+            else:
+                others.append(sink)
+        return _TopicRound(frames, others, self._epoch)
+
+    def _unshare(self, sink: Sink) -> None:
+        """``sink`` leaves a hub topic: its batch, if it holds a topic's list, becomes its own (later events of the
+        topic in this round are not for it)."""
+        held = self._batch.get(sink)
+        if held is not None:
+            self._batch[sink] = held.copy()
 
     # -- the direct path --------------------------------------------------------------------------------------
 
@@ -335,14 +388,18 @@ class Fanout:
         if not sink.direct_ready():
             return False
         if not self._batch:
-            loop = asyncio.get_running_loop()
-            wait = self._flushed_at + min(self._flush_cost, MAX_DEFER) - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush)
-            else:
-                loop.call_soon(self._flush)
+            self._schedule_flush()
         self._batch[sink] = [frame]
         return True
+
+    def _schedule_flush(self) -> None:
+        """The round's first batch: its flush runs once this round of callbacks is over, or later under a burst."""
+        loop = asyncio.get_running_loop()
+        wait = self._flushed_at + min(self._flush_cost, MAX_DEFER) - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._flush)
+        else:
+            loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write this round's batches; a stream no longer ready gets its batch in the mailbox instead. HTTP/1.1
@@ -350,6 +407,7 @@ class Fanout:
         leaving in one write as soon as its streams are framed (not after the whole round: with 10,000 streams on
         100 connections, the first connection's events would otherwise wait for 9,900 other streams' framing)."""
         batch, self._batch = self._batch, {}
+        self._rounds = {}
         loop = asyncio.get_running_loop()
         now = loop.time()
         shared: dict[Flush, list[tuple[Sink, list[Frame]]]] = {}
@@ -464,6 +522,11 @@ class Fanout:
             sinks = self._hub[hub_key(topic)]  # attach_hub made it
             sinks.discard(sink)
             sinks.add(members)
+        self._unshare(sink)
+        self._multi.discard(sink)
+        if len(key) > 1:
+            self._multi.add(members)
+        self._epoch += 1
         self._hub_member_of[sink] = members
         return members.cohort, created
 
@@ -538,10 +601,16 @@ class Fanout:
     def attach_hub(self, topics: tuple[str, ...], sink: Sink) -> None:
         for topic in topics:
             self._hub.setdefault(hub_key(topic), set()).add(sink)
+        if len(topics) > 1:
+            self._multi.add(sink)
+        self._epoch += 1
         if not self._watched.issuperset(hub_key(t) for t in topics):
             self._restart_soon()
 
     def detach_hub(self, topics: tuple[str, ...], sink: Sink) -> None:
+        self._epoch += 1
+        self._unshare(sink)
+        self._multi.discard(sink)
         members = self._hub_member_of.pop(sink, None)
         if members is not None:
             if not self._leave(members, sink):
@@ -551,6 +620,7 @@ class Fanout:
             if not cohorts:
                 del self._hub_cohorts[members.topics]
             sink = members  # the last member gone: the cohort leaves its topics' sinks
+            self._multi.discard(members)
         for topic in topics:
             key = hub_key(topic)
             sinks = self._hub.get(key)
