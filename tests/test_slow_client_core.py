@@ -287,3 +287,29 @@ def test_latency_counts_deliveries_by_origin_and_observes_them_at_the_report() -
     total = registry.get_sample_value("t_delivery_seconds_sum", {"path": "batched"})
     assert total is not None  # None only for a sample the registry does not have
     assert exact <= total <= exact + (after - now) * sum(ages.values())
+
+
+def test_latency_counts_a_list_of_frames_once_per_stream_that_wrote_it() -> None:
+    """Direct writes hand over their lists of frames; a list several streams wrote (a topic's shared list) counts
+    each of its frames once per stream, as if each stream had counted them itself."""
+
+    class Frame:
+        def __init__(self, origin: float | None) -> None:
+            self.origin = origin
+
+    registry = CollectorRegistry()
+    hist = Histogram("t_delivery_seconds", "t", ["path"], registry=registry, buckets=LATENCY_BUCKETS)
+    latency = Latency(hist.labels("hub"))
+    now = time.time()
+    shared = [Frame(now - 0.0005), Frame(now - 0.3), Frame(None)]
+    own = [Frame(now - 0.3)]
+    latency.rounds.extend([shared, own, shared, shared])
+    latency.report()
+    assert not latency.rounds
+    assert not latency.pending
+
+    def count(le: str) -> float | None:
+        return registry.get_sample_value("t_delivery_seconds_bucket", {"path": "hub", "le": le})
+
+    assert count("+Inf") == 3 + 3 + 1  # three streams wrote the shared list's two timed frames, one its own
+    assert count("0.001") == 3

@@ -270,3 +270,15 @@ def test_close_reasons_are_the_metric_labels() -> None:
 def test_timing_is_validated() -> None:
     with pytest.raises(ValueError, match="positive"):
         Timing(heartbeat=0)
+
+
+def test_streams_writing_one_shared_list_get_its_bytes_as_it_is_when_each_writes() -> None:
+    """Fan-out hands the streams of a hub topic one list of the round's events: each stream's bytes are those of the
+    list as it is then (joined once for all of them), and a list that grew since is joined again."""
+    shared = [frame(1), frame(2)]
+    first, second, third = (stream_in(State.IDLE) for _ in range(3))
+    assert first.write_direct(shared, 0.0) == frame(1).data + frame(2).data
+    assert second.write_direct(shared, 0.0) == frame(1).data + frame(2).data
+    shared.append(frame(3))
+    assert third.write_direct(shared, 0.0) == frame(1).data + frame(2).data + frame(3).data
+    assert first.write_direct([frame(3), frame(4)], 0.0) == frame(3).data + frame(4).data

@@ -403,7 +403,7 @@ class SSEStream:
             frames = [f for f in frames if f.key > last]
             if not frames:
                 return None
-        data = frames[0].data or b"" if len(frames) == 1 else b"".join(f.data or b"" for f in frames)
+        data = _joined(frames)
         self.last_key = frames[-1].key
         self.heartbeat_at = now + self.timing.heartbeat
         self.counts.direct_writes += 1
@@ -458,6 +458,23 @@ class SSEStream:
             return False
         self._to(Input.CLOSE)
         return True
+
+
+_last_join: list[Any] = [None, 0, b""]  # the list of frames last joined, its length then, and the bytes
+
+
+def _joined(frames: list[Frame]) -> bytes:
+    """The frames' bytes in one piece. The streams of a hub topic write the same list in a round (fan-out shares
+    it), so the last join is kept for the next stream: the list itself and its length say it is the same."""
+    if len(frames) == 1:
+        return frames[0].data or b""
+    last = _last_join
+    if frames is last[0] and len(frames) == last[1]:
+        data: bytes = last[2]
+        return data
+    data = b"".join([f.data or b"" for f in frames])
+    last[0], last[1], last[2] = frames, len(frames), data
+    return data
 
 
 def _merged_signals(newest: Frame, folded: Fold) -> tuple[Frame, int]:

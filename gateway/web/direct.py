@@ -34,6 +34,15 @@ __all__ = ["HIGH_WATER", "H2Link", "H2Writer", "H3Link", "H3Writer", "chunk", "h
 HIGH_WATER = 64 * 1024
 
 
+_last_chunk: list[bytes] = [b"", b"0\r\n\r\n"]  # the bytes last framed, and their chunk
+
+
 def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked HTTP/1.1 body, exactly as h11 frames it."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    """One chunk of a chunked HTTP/1.1 body, exactly as h11 frames it. The streams that share a round's events
+    (and no compressor) write the very same bytes: the last chunk is kept for the next one."""
+    last = _last_chunk
+    if data is last[0]:
+        return last[1]
+    framed = last[1] = b"%x\r\n%b\r\n" % (len(data), data)
+    last[0] = data
+    return framed

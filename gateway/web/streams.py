@@ -242,15 +242,14 @@ class Stream:
         self._wake()
 
     def _delivered_in_round(self, frames: list[Frame]) -> None:
-        """``_delivered`` for fan-out's direct writes: each frame's delivery is counted under its origin and
+        """``_delivered`` for fan-out's direct writes: the frames' deliveries are counted under their origins and
         observed when the round of writes is over (``metrics.Latency``), a few microseconds later."""
-        pending = self._delivery.pending
-        for frame in frames:
-            origin = frame.origin
-            if origin is not None:
-                pending[origin] = pending.get(origin, 0) + 1
-            if frame.trace is not None:  # a traced version: its first delivery here is a span (gateway.tracing)
-                self.runtime.tracing.delivered(frame.trace, self.kind)
+        self._delivery.rounds.append(frames)
+        tracing = self.runtime.tracing
+        if tracing.on:  # (frames carry a trace only then)
+            for frame in frames:
+                if frame.trace is not None:  # a traced version: its first delivery here is a span
+                    tracing.delivered(frame.trace, self.kind)
 
     def _delivered(self, frames: list[Frame]) -> None:
         """Each frame's delivery latency: from when its change began (``Frame.origin``) to now, its bytes handed
