@@ -275,10 +275,13 @@ def test_timing_is_validated() -> None:
 def test_streams_writing_one_shared_list_get_its_bytes_as_it_is_when_each_writes() -> None:
     """Fan-out hands the streams of a hub topic one list of the round's events: each stream's bytes are those of the
     list as it is then (joined once for all of them), and a list that grew since is joined again."""
+    def data(*numbers: int) -> bytes:
+        return b"".join(b"id: %d\ndata: v%d\n\n" % (n, n) for n in numbers)
+
     shared = [frame(1), frame(2)]
     first, second, third = (stream_in(State.IDLE) for _ in range(3))
-    assert first.write_direct(shared, 0.0) == frame(1).data + frame(2).data
-    assert second.write_direct(shared, 0.0) == frame(1).data + frame(2).data
+    assert first.write_direct(shared, 0.0) == data(1, 2)
+    assert second.write_direct(shared, 0.0) == data(1, 2)
     shared.append(frame(3))
-    assert third.write_direct(shared, 0.0) == frame(1).data + frame(2).data + frame(3).data
-    assert first.write_direct([frame(3), frame(4)], 0.0) == frame(3).data + frame(4).data
+    assert third.write_direct(shared, 0.0) == data(1, 2, 3)
+    assert first.write_direct([frame(3), frame(4)], 0.0) == data(3, 4)
