@@ -13,7 +13,7 @@ import pytest
 from aioquic.quic.connection import QuicConnection
 
 from gateway.web.hypercorn import h3_send_coalescing
-from gateway.web.hypercorn.h3_send_coalescing import CLEAN, FEW_STREAMS, Service, datagrams, track_changes
+from gateway.web.hypercorn.h3_send_coalescing import FEW_STREAMS, QUIET, Service, datagrams, track_changes
 from tests.support.quicpair import ADDRESS, QuicPair
 
 pytestmark = pytest.mark.unit
@@ -116,12 +116,12 @@ def test_streams_not_served_go_first_next_time(certs: tuple[Path, Path]) -> None
 
 def quiet_pair(certs: tuple[Path, Path], events: int) -> tuple[QuicPair, list[int], dict[int, bytes]]:
     """A pair whose ``events`` on every stream were all delivered and acknowledged, the server's last flush having
-    left it quiet (``CLEAN``)."""
+    left it quiet (``QUIET``)."""
     pair = QuicPair(certs)
     ids = pair.open(STREAMS)
     expected = write_all(pair, ids, events)
     pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids)
-               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(CLEAN) is not None)
+               and pair.server._loss.bytes_in_flight == 0 and pair.server.__dict__.get(QUIET) is True)
     return pair, ids, expected
 
 
@@ -162,7 +162,7 @@ def test_a_stop_sending_followed_by_an_older_ack_is_still_answered(certs: tuple[
     pair.now += 0.05  # past the client's ACK delay
     ack_only = [data for data, _ in pair.client.datagrams_to_send(now=pair.now)]
     assert ack_only
-    assert pair.server.__dict__.get(CLEAN) is not None  # that flush left the server quiet
+    assert pair.server.__dict__.get(QUIET)  # that flush left the server quiet
     # The client's STOP_SENDING, through aioquic's own method: the gateway's counting of local calls stays out of it.
     unwrapped: Callable[..., None] = QuicConnection.stop_stream.__wrapped__  # type: ignore[attr-defined]
     unwrapped(pair.client, ids[5], 0x10C)
@@ -170,3 +170,64 @@ def test_a_stop_sending_followed_by_an_older_ack_is_still_answered(certs: tuple[
     for data in stop + ack_only:  # the newer packet first, the older ACK-only one after it
         pair.server.receive_datagram(data, ADDRESS, now=pair.now)
     pair.until(lambda: pair.reset.get(ids[5]) is not None)
+
+
+@pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
+def test_a_quiet_connection_stays_quiet_while_another_one_gets_writes(certs: tuple[Path, Path], tracking: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What comes to one connection's streams says nothing about another's: during a broadcast every ACK of a
+    connection asks for a flush while fan-out writes to the others, and that flush must not visit its streams."""
+    assert tracking
+    quiet, _, _ = quiet_pair(certs, 2)
+    busy, busy_ids, _ = quiet_pair(certs, 1)
+    services: list[object] = []
+
+    class Counting(Service):
+        __slots__ = ()
+
+        def __init__(self, quic: object, queue: list[object]) -> None:
+            services.append(quic)
+            super().__init__(quic, queue)
+
+    monkeypatch.setattr(h3_send_coalescing, "Service", Counting)
+    for stream_id in busy_ids:
+        busy.server.send_stream_data(stream_id, b"an event")
+    datagrams(quiet.server, quiet.now)
+    assert services == []
+    busy.until(lambda: all(bytes(busy.received[i]).endswith(b"an event") for i in busy_ids))
+    assert services
+    quiet.step()  # its ACKs and timers
+    assert all(quic is busy.server for quic in services)
+    assert quiet.server.__dict__.get(QUIET)
+
+
+@pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
+def test_acknowledging_frames_in_order_leaves_a_connection_quiet(certs: tuple[Path, Path], tracking: bool) -> None:
+    """An ACK gives a stream nothing to send, also for the frames aioquic wrote itself (a frame split at the end
+    of a packet): a connection whose flush sent everything stays quiet while its packets are acknowledged."""
+    assert tracking
+    pair, ids, _ = quiet_pair(certs, 1)
+    for stream_id in ids:  # ~70 bytes each: 3 packets, frames split across them, written by aioquic's own method
+        pair.server.send_stream_data(stream_id, b"%d:" % stream_id + b"e" * 64)
+    out, _ = datagrams(pair.server, pair.now)
+    assert len(out) > 1
+    assert pair.server.__dict__.get(QUIET)  # everything sent whole: nothing left to do
+    for data, _ in out:
+        pair.client.receive_datagram(data, ADDRESS, now=pair.now)
+    acks = [data for data, _ in pair.client.datagrams_to_send(now=pair.now + 0.05)]
+    assert acks
+    for data in acks:
+        pair.server.receive_datagram(data, ADDRESS, now=pair.now + 0.05)
+    assert pair.server._loss.bytes_in_flight == 0  # every packet acknowledged
+    assert pair.server.__dict__.get(QUIET)
+
+
+def test_a_lost_reset_is_sent_again_when_the_connection_was_quiet(certs: tuple[Path, Path]) -> None:
+    """A RESET_STREAM that is lost after the connection went quiet is rescheduled by its delivery handler inside
+    aioquic's loss recovery: the connection must be visited again, or the reset never leaves."""
+    pair, ids, _ = quiet_pair(certs, 2)
+    lost = pair.sent + 1
+    pair.drop = lambda number: number == lost  # the server's next datagram: the one carrying the RESET_STREAM
+    pair.server.reset_stream(ids[5], 0x10C)
+    pair.until(lambda: pair.reset.get(ids[5]) == 0x10C)
+    assert pair.sent > lost

@@ -71,7 +71,7 @@ from hypercorn.protocol.quic import QuicProtocol, _Connection
 
 from gateway.web.hypercorn import direct_writes_trusted, installed
 from gateway.web.hypercorn.h3_disconnects import terminated
-from gateway.web.hypercorn.h3_send_coalescing import CHANGES, flush_soon
+from gateway.web.hypercorn.h3_send_coalescing import QUIET, flush_soon
 
 __all__ = ["H3Link", "H3Writer", "data_frame", "h3_writer"]
 
@@ -90,13 +90,14 @@ class H3Link:
     """One QUIC connection's side of direct writes: its streams put their events in aioquic during fan-out's
     round, and ``flush`` asks for the connection's one flush once the round is over."""
 
-    __slots__ = ("connection", "h3", "logged", "protocol", "quic")
+    __slots__ = ("connection", "h3", "logged", "marks", "protocol", "quic")
 
     def __init__(self, protocol: QuicProtocol, connection: _Connection, h3: H3Protocol, quic: QuicConnection) -> None:
         self.protocol = protocol
         self.connection = connection
         self.h3 = h3
         self.quic = quic
+        self.marks: dict[str, Any] = quic.__dict__  # where ``h3_send_coalescing`` marks the connection
         # With qlog the frames go through aioquic's H3 to be logged (and through it if the attribute is missing).
         self.logged = getattr(h3.connection, "_quic_logger", True) is not None
 
@@ -144,7 +145,7 @@ class H3Writer:
             link.h3.connection.send_data(self.stream_id, data, False)
         else:
             self.sender.write(data_frame(data))
-            CHANGES[0] += 1  # (a stream has something to send: ``h3_send_coalescing`` visits the streams)
+            link.marks[QUIET] = False  # (a stream has something to send: ``h3_send_coalescing`` visits the streams)
         return link
 
 
