@@ -24,15 +24,21 @@ pytestmark = pytest.mark.unit
 class Target:
     """A stream that takes direct writes (or fails them), recording what it was given and what was queued."""
 
-    def __init__(self, fail: bool = False, ready: bool = True) -> None:
+    def __init__(self, fail: bool = False, ready: bool = True, offer: bool | None = None) -> None:
         self.fail = fail
         self.ready = ready
+        self.offer = ready if offer is None else offer
+        self.ready_checks = 0
         self.writes: list[list[str]] = []
         self.fed: list[str] = []
         self.got = asyncio.Event()
 
     def direct_ready(self) -> bool:
+        self.ready_checks += 1
         return self.ready
+
+    def direct_offer(self) -> bool:
+        return self.offer
 
     def direct_write(self, frames: list[Frame], now: float) -> None:
         if self.fail:
@@ -157,6 +163,28 @@ async def test_a_stream_not_ready_gets_its_frames_in_its_mailbox_in_order(rig: R
             await busy.got.wait()
     assert busy.fed == ["1", "2", "3"]
     assert busy.writes == []
+
+
+@pytest.mark.asyncio
+async def test_readiness_is_checked_once_a_round_at_the_write(rig: Rig) -> None:
+    """``direct_offer`` decides what is batched, ``direct_ready`` the write, once per stream and round (an h3
+    stream's readiness reads ten attributes through Hypercorn and aioquic); a stream offered but no longer ready
+    at the write gets the round's frames in its mailbox, in order."""
+    late, fine = Target(ready=False, offer=True), Target()
+    await rig.fanout.start()
+    for target in (late, fine):
+        rig.fanout.attach_hub(("t",), target)
+    for i in range(3):  # three publishes before the loop turns: one round
+        await rig.bus.publish(hub_key("t"), _event("t", i))
+    async with asyncio.timeout(5):
+        await fine.got.wait()
+        while len(late.fed) < 3:
+            late.got.clear()
+            await late.got.wait()
+    assert late.fed == ["1", "2", "3"]
+    assert late.writes == []
+    assert fine.writes == [["1", "2", "3"]]
+    assert (late.ready_checks, fine.ready_checks) == (1, 1)
 
 
 @pytest.mark.asyncio

@@ -30,6 +30,9 @@ class Sink:
     def direct_ready(self) -> bool:
         return False
 
+    def direct_offer(self) -> bool:
+        return False
+
     def direct_write(self, frames: list[Frame], now: float) -> None:
         pass
 

@@ -21,7 +21,8 @@ The fast path: a stream that can take a write without its task (``Sink.direct_re
 see ``gateway.web.direct``) gets the frame in a per-round batch instead of its mailbox. The batch is written once
 the current round of callbacks is over (``call_soon``), so every event dispatched in the same loop iteration
 reaches a socket in one write, and a lone event waits for nothing. A stream that stops being ready before the
-write gets the batch in its mailbox, in order.
+write gets the batch in its mailbox, in order; so what is batched needs only ``Sink.direct_offer`` (on HTTP/3,
+that the stream's task is idle), and the whole ``direct_ready`` is checked once, at the write.
 
 Under a burst, rounds are kept apart: a flush that starts while the previous one ended less than ``ROUND_SPACING``
 times its duration ago waits until that much time has passed (at most ``MAX_DEFER``). Writing to a thousand sockets
@@ -78,6 +79,11 @@ class Sink(Protocol):
     def direct_ready(self) -> bool:
         """True when a write now would neither block nor overtake anything the stream's task holds."""
 
+    def direct_offer(self) -> bool:
+        """Whether fan-out batches a frame for this stream's direct write this round rather than feeding it: the
+        part of ``direct_ready`` worth checking before the write (which checks ``direct_ready`` again and feeds a
+        stream no longer ready its batch, in order)."""
+
     def direct_write(self, frames: list[Frame], now: float) -> Flush | None:
         """Encode and write ``frames`` (oldest first) at once; ``now`` is the loop's time. An HTTP/2 or HTTP/3
         stream returns its connection, whose bytes leave together when the round is over (``Flush``)."""
@@ -120,6 +126,9 @@ class Members:
 
     def direct_ready(self) -> bool:
         return False  # fan-out feeds it at once; its members take the direct path
+
+    def direct_offer(self) -> bool:
+        return False
 
     def direct_write(self, frames: list[Frame], now: float) -> Flush | None:
         raise AssertionError("a cohort is fed, never written to")
@@ -391,7 +400,7 @@ class Fanout:
             else:
                 pending.append(frame)
             return True
-        if not sink.direct_ready():
+        if not sink.direct_offer():
             return False
         if not self._batch:
             self._schedule_flush()
