@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aioquic import tls
 from aioquic.quic.connection import QuicConnection
 
 from gateway.web.hypercorn import h3_send_coalescing
@@ -231,3 +232,18 @@ def test_a_lost_reset_is_sent_again_when_the_connection_was_quiet(certs: tuple[P
     pair.server.reset_stream(ids[5], 0x10C)
     pair.until(lambda: pair.reset.get(ids[5]) == 0x10C)
     assert pair.sent > lost
+
+
+def test_packets_of_stream_frames_are_in_flight_and_ack_eliciting(certs: tuple[Path, Path]) -> None:
+    """The packets the service fills count in the congestion window and arm loss detection, as aioquic's own
+    STREAM frames make them, and each frame's delivery handler is registered."""
+    pair, ids, _ = quiet_pair(certs, 1)
+    for stream_id in ids:
+        pair.server.send_stream_data(stream_id, b"%d:" % stream_id + b"f" * 64)
+    out, _ = datagrams(pair.server, pair.now)
+    packets = list(pair.server._spaces[tls.Epoch.ONE_RTT].sent_packets.values())
+    assert len(packets) == len(out) > 1
+    assert all(packet.in_flight and packet.is_ack_eliciting for packet in packets)
+    assert pair.server._loss.bytes_in_flight == sum(packet.sent_bytes for packet in packets)
+    assert sum(len(packet.delivery_handlers) for packet in packets) >= len(ids)
+    assert pair.server._loss.get_loss_detection_time(amplification_limited=False) is not None

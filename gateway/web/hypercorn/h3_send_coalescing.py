@@ -160,20 +160,23 @@ def datagrams(quic: Any, now: float) -> tuple[list[tuple[bytes, Any]], bool]:
             state[QUIET] = True
 
 
-def varint_size(value: int) -> int:
-    """Bytes of ``value`` as a QUIC variable-length integer (RFC 9000, 16)."""
-    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
-
-
 def stream_frame(builder: Any, stream: Any, sender: Any, start: int, stop: int, overhead: int) -> int:
     """The STREAM frame of ``sender``'s whole pending range ``start``-``stop`` (no FIN), as aioquic's
     ``_write_stream_frame`` and ``QuicStreamSender.get_frame`` would make it, the sender's state moved as they move
-    it; the bytes of connection credit it used (those past the highest offset sent so far)."""
-    buf = builder.start_frame(STREAM_WITH_OFFSET if start else STREAM, capacity=overhead,
-                              handler=delivered, handler_args=(sender, start, stop))
+    it; the bytes of connection credit it used (those past the highest offset sent so far). The caller checked that
+    the frame, ``overhead`` bytes and the data, fits in the packet's room within the congestion window (aioquic's
+    ``remaining_flight_space``, never more than its ``remaining_buffer_space``), so the frame is begun as
+    ``QuicPacketBuilder.start_frame`` begins a STREAM frame that fits, without its checks: the type, the packet
+    marked ack-eliciting and in flight, the delivery handler registered."""
+    buf = builder._buffer
+    packet = builder._packet
+    buf.push_uint8(STREAM_WITH_OFFSET if start else STREAM)
+    packet.is_ack_eliciting = True
+    packet.in_flight = True
+    packet.delivery_handlers.append((delivered, (sender, start, stop)))
     base = sender._buffer_start
     data = bytes(sender._buffer[start - base:stop - base])
-    sender._pending.shift()  # the range sent: nothing pending, and no FIN to send (``buffer_is_empty`` next time)
+    del sender._pending._RangeSet__ranges[0]  # the range sent: nothing pending, no FIN (``RangeSet.shift``)
     sender.buffer_is_empty = True
     highest: int = sender.highest_offset
     buf.push_uint_var(stream.stream_id)
@@ -272,27 +275,40 @@ class Service:
         """Frames of ``busy`` from ``cursor`` on, until the packet is full or every stream was served."""
         busy, quic, sent = self.busy, self.quic, self.sent
         whole = self.whole
-        while self.cursor < len(busy):
-            stream = busy[self.cursor]
-            sender = stream.sender
-            if sender.buffer_is_empty:  # (served whole earlier in this flush)
-                self.cursor += 1
-                continue
-            ranges = sender._pending._RangeSet__ranges  # (its list of ranges: read without a method call each)
-            offset = ranges[0].start if ranges else sender._buffer_stop  # (``next_offset``)
-            overhead = 1 + varint_size(stream.stream_id) + (varint_size(offset) if offset else 0) + 2
-            room = builder.remaining_flight_space - overhead
-            if room < 1:
-                return
-            self.cursor += 1
-            limit = min(sender.highest_offset + quic._remote_max_data - quic._remote_max_data_used,
-                        stream.max_stream_data_remote)
-            if (whole and len(ranges) == 1 and sender._buffer_fin is None
-                    and (stop := ranges[0].stop) - offset <= room and stop <= limit):
-                quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, stop, overhead)
-                sent.append(stream)
-                continue
-            self.part(builder, space, stream, sender, offset, limit)
+        buf = builder._buffer
+        # ``remaining_flight_space`` is this less the buffer's position (the capacity is set per packet)
+        capacity = builder._flight_capacity - builder._packet_crypto.aead_tag_size
+        cursor = self.cursor
+        try:
+            while cursor < len(busy):
+                stream = busy[cursor]
+                sender = stream.sender
+                if sender.buffer_is_empty:  # (served whole earlier in this flush)
+                    cursor += 1
+                    continue
+                ranges = sender._pending._RangeSet__ranges  # (its list of ranges: read without a method call)
+                offset = ranges[0].start if ranges else sender._buffer_stop  # (``next_offset``)
+                stream_id = stream.stream_id
+                # type, id and offset as varints (RFC 9000, 16), a two-byte length
+                overhead = (4 if stream_id < 0x40 else 5 if stream_id < 0x4000 else 7 if stream_id < 0x40000000
+                            else 11)
+                if offset:
+                    overhead += 1 if offset < 0x40 else 2 if offset < 0x4000 else 4 if offset < 0x40000000 else 8
+                room = capacity - buf.tell() - overhead
+                if room < 1:
+                    return
+                cursor += 1
+                limit = min(sender.highest_offset + quic._remote_max_data - quic._remote_max_data_used,
+                            stream.max_stream_data_remote)
+                if (whole and len(ranges) == 1 and sender._buffer_fin is None
+                        and (stop := ranges[0].stop) - offset <= room and stop <= limit):
+                    quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, stop, overhead)
+                    sent.append(stream)
+                    continue
+                self.cursor = cursor
+                self.part(builder, space, stream, sender, offset, limit)
+        finally:
+            self.cursor = cursor
 
     def part(self, builder: Any, space: Any, stream: Any, sender: Any, offset: int, limit: int) -> None:
         """What ``fill``'s whole frame does not cover (part of the data, a retransmission, a FIN, qlog): aioquic's
