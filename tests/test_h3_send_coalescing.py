@@ -16,7 +16,7 @@ import pytest
 from tests.support.h3client import H3Client
 from tests.support.h3readers import kept_and_dropped, publish, subscribed
 from tests.support.metrics import wait_metric
-from tests.support.quic_flushes import FlushProbe
+from tests.support.quic_flushes import FlushProbe, OrderProbe
 from tests.support.server import Server, start_server
 
 pytestmark = [pytest.mark.live, pytest.mark.asyncio]
@@ -84,3 +84,34 @@ async def test_a_reset_stream_and_a_closed_connection_mid_broadcast_disturb_no_o
         assert all(len(reader.data) < len(sent) for reader in doomed)
         # The gateway closed the reset stream and the closed connection's ten, and nothing else.
         await wait_metric(srv.http, "gateway_streams_active", 29, WAIT, kind="hub")
+
+
+async def test_each_connection_is_flushed_as_soon_as_its_streams_are_written(
+    tmp_path: Path, certs: tuple[Path, Path]
+) -> None:
+    """Fan-out's direct writes to two connections: the first one's packets are built before the second one's
+    streams are written (not once every stream of the round is), so they leave while fan-out works on the rest."""
+    probe = OrderProbe(tmp_path)
+    srv = start_server(tmp_path, certs, env=probe.env)
+    streams = 20
+    try:
+        async with (H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as first,
+                    H3Client("127.0.0.1", srv.tls_port, verify=False, timeout=WAIT) as second,
+                    httpx.AsyncClient(base_url=srv.http, timeout=WAIT) as http,
+                    subscribed(first, "early", streams, WAIT) as readers,
+                    subscribed(second, "early", streams, WAIT) as others):
+            await wait_metric(srv.http, "gateway_streams_active", 2 * streams, WAIT, kind="hub")
+            await publish(http, "early", ["warm-up"])  # every stream's task has written once, its state is made
+            for reader in (*readers, *others):
+                assert await reader.at_least(1) == ["warm-up"]
+            before = len(probe.log())
+            await publish(http, "early", ["one"])
+            for reader in (*readers, *others):
+                assert await reader.at_least(2) == ["warm-up", "one"]
+            log = probe.log()[before:]
+    finally:
+        assert srv.stop() == 0, srv.output()
+    assert "Traceback" not in srv.output(), srv.output()
+    writes = log.strip("f")  # from the event's first write to its last
+    assert writes.count("w") == 2 * streams, log
+    assert "f" in writes, f"no packets built between the event's first and last write: {log}"

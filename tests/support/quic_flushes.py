@@ -51,3 +51,50 @@ class FlushProbe:
             return int(self.path.read_text() or 0)
         except FileNotFoundError:
             return 0
+
+
+ORDER_SITECUSTOMIZE = """\
+import os
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.stream import QuicStreamSender
+
+_timer = QuicConnection.get_timer
+_write = QuicStreamSender.write
+_log = []
+
+
+def get_timer(self):
+    _log.append("f")
+    with open({temporary!r}, "w") as out:
+        out.write("".join(_log))
+    os.replace({temporary!r}, {path!r})
+    return _timer(self)
+
+
+def write(self, data, end_stream=False):
+    _log.append("w")
+    return _write(self, data, end_stream)
+
+
+QuicConnection.get_timer = get_timer
+QuicStreamSender.write = write
+"""
+
+
+class OrderProbe:
+    """``env`` makes a gateway process log, in order, every write to a QUIC stream's send buffer (``w``) and every
+    packet-building pass (``f``); ``log()`` reads the log as of the last pass."""
+
+    def __init__(self, directory: Path) -> None:
+        site = directory / "order-probe"
+        site.mkdir()
+        self.path = directory / "order"
+        (site / "sitecustomize.py").write_text(
+            ORDER_SITECUSTOMIZE.format(path=str(self.path), temporary=str(directory / "order.tmp")))
+        self.env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+
+    def log(self) -> str:
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            return ""

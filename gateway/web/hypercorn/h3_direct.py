@@ -7,9 +7,9 @@ each an awaited coroutine, before aioquic's ``H3Connection.send_data`` puts the 
 measured ~43 µs of the 46 µs of server CPU an event cost in a burst to 1,000 h3 streams (HTTP/1.1: 4 µs). Here
 fan-out appends each ready stream's DATA frame to its QUIC stream's send buffer itself, the bytes
 ``H3Connection.send_data`` would append (so aioquic's stream states and flow control stay the only truth; with a QUIC
-logger, ``send_data`` is called to log it), and once the round is over asks ``h3_send_coalescing`` for the
-connection's one flush, which
-builds the packets of every stream written in the round together (``H3Link.flush``). Measured with ``python -m
+logger, ``send_data`` is called to log it), and once the connection's streams of the round are written has
+``h3_send_coalescing`` flush the connection, which builds the packets of all of them together
+(``H3Link.flush``). Measured with ``python -m
 benchmarks --quick --peers gateway --scenarios burst,broadcast --protocols h1,h3`` (one run each, before and after,
 a 2-core VM shared with other work): burst to 100 and 300 h3 streams 37 and 35 -> 28 and 28.5 µs of server CPU per
 delivered event (HTTP/1.1 in the same runs: 9-11.5 and 5-7 µs), broadcast to 1,000 h3 streams 156 -> 72 µs and p99
@@ -37,9 +37,10 @@ never overtakes bytes of the task path.
 
 Flow control and everything on the wire are aioquic's: the bytes are appended to the stream's send buffer as
 ``H3Protocol.stream_send`` appends them, and packets carry them as MAX_STREAM_DATA, MAX_DATA, congestion control
-and pacing allow, in the flush that ``h3_send_coalescing`` runs after the round (``flush_soon``), together with any
-task-path write of the same round. Nothing of Hypercorn's state changes: its ``HTTPStream`` keeps its state, and a
-later task-path write, a reset or a close meets the same objects as if the task had sent the event.
+and pacing allow, in the flush that ``h3_send_coalescing`` runs once fan-out wrote the connection's streams of
+the round (``flush_now``), or in the one a task-path write asks for after the round. Nothing of Hypercorn's
+state changes: its ``HTTPStream`` keeps its state, and a later task-path write, a reset or a close meets the same
+objects as if the task had sent the event.
 
 It relies on these parts of Hypercorn 0.18.0 and aioquic 1.7.2, none of them public API (each checked by type in
 ``h3_writer``, which answers None when any differs, and only once ``gateway.web.hypercorn.install`` found every
@@ -71,7 +72,7 @@ from hypercorn.protocol.quic import QuicProtocol, _Connection
 
 from gateway.web.hypercorn import direct_writes_trusted, installed
 from gateway.web.hypercorn.h3_disconnects import terminated
-from gateway.web.hypercorn.h3_send_coalescing import QUIET, flush_soon
+from gateway.web.hypercorn.h3_send_coalescing import QUIET, flush_now
 
 __all__ = ["H3Link", "H3Writer", "data_frame", "h3_writer"]
 
@@ -88,7 +89,7 @@ def data_frame(data: bytes) -> bytes:
 
 class H3Link:
     """One QUIC connection's side of direct writes: its streams put their events in aioquic during fan-out's
-    round, and ``flush`` asks for the connection's one flush once the round is over."""
+    round, and ``flush`` sends the connection's packets once its streams of the round are written."""
 
     __slots__ = ("connection", "h3", "logged", "marks", "protocol", "quic")
 
@@ -107,9 +108,11 @@ class H3Link:
         return quic._state is _CONNECTED and not quic._close_pending and not terminated(self.h3)
 
     def flush(self) -> None:
-        """Have ``h3_send_coalescing`` send the connection's packets after this round (one flush, whatever else
-        the round wrote to it)."""
-        flush_soon(self.protocol, self.connection)
+        """Have ``h3_send_coalescing`` send the connection's packets now: fan-out calls this once per connection
+        and round, as soon as the round's streams of the connection are written, so the first connections' packets
+        leave while fan-out writes the others' (a flush after the round held every connection's packets until all
+        10,000 streams of a broadcast were written)."""
+        flush_now(self.protocol, self.connection)
 
 
 class H3Writer:

@@ -13,7 +13,8 @@ Correction:
 
 - ``QuicProtocol.send_all`` only asks for a flush of the connection; the flush runs once, after the current round
   of callbacks (``call_soon``), so every write made in one loop iteration (fan-out wakes all the streams of an event
-  in the same one) leaves in the same packets, and a lone write waits for nothing;
+  in the same one) leaves in the same packets, and a lone write waits for nothing; fan-out's direct writes
+  (``h3_direct``) flush a connection at once (``flush_now``) when its streams of the round are written;
 - the flush builds datagrams in one ``datagrams_to_send`` call, aioquic's own packet loop, showing aioquic only
   the streams it must handle itself (a MAX_STREAM_DATA to raise or send, a RESET_STREAM or STOP_SENDING pending,
   finished and to be discarded) and one stand-in stream; when aioquic asks for the stand-in's STREAM frame, the
@@ -112,6 +113,7 @@ DELIVERIES = [0]
 _tracked = [False]  # whether ``track_changes`` is installed: without it, every flush visits the streams
 
 _request: Callable[[Any, Any], None] | None = None  # ``install``'s ``request``, once installed
+_flush: Callable[[Any, Any], None] | None = None  # ``install``'s ``flush_at_once``, once installed
 
 
 def flush_soon(protocol: Any, connection: Any) -> bool:
@@ -121,6 +123,17 @@ def flush_soon(protocol: Any, connection: Any) -> bool:
     if _request is None:
         return False
     _request(protocol, connection)
+    return True
+
+
+def flush_now(protocol: Any, connection: Any) -> bool:
+    """Flush ``connection`` at once (its packets built and handed to the UDP transport); False when the correction
+    is not installed. Fan-out's direct HTTP/3 writes (``h3_direct``) flush each connection as soon as its streams
+    of the round are written, so that its packets leave while fan-out writes the other connections' streams rather
+    than after all of them. A flush already asked for still runs (and finds what was written since, if anything)."""
+    if _flush is None:
+        return False
+    _flush(protocol, connection)
     return True
 
 
@@ -410,8 +423,15 @@ def install() -> None:
     async def send_all(self: Any, connection: Any) -> None:
         request(self, connection)
 
-    global _request
+    def flush_at_once(protocol: Any, connection: Any) -> None:
+        pending = getattr(connection, PENDING, False)
+        flush(protocol, connection)
+        if pending:  # (its callback is still to run: a write meanwhile need not ask for another)
+            setattr(connection, PENDING, True)
+
+    global _request, _flush
     _request = request
+    _flush = flush_at_once
     QuicProtocol.send_all = send_all  # type: ignore[method-assign]
     track_changes()
 
