@@ -53,48 +53,43 @@ class FlushProbe:
             return 0
 
 
-ORDER_SITECUSTOMIZE = """\
+WRITTEN_SITECUSTOMIZE = """\
 import os
+import weakref
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.stream import QuicStreamSender
 
 _timer = QuicConnection.get_timer
-_write = QuicStreamSender.write
+_known = weakref.WeakSet()
 _log = []
 
 
 def get_timer(self):
-    _log.append("f")
+    _known.add(self)
+    _log.append(str(sum(stream.sender._buffer_stop for quic in list(_known) for stream in quic._streams.values())))
     with open({temporary!r}, "w") as out:
-        out.write("".join(_log))
+        out.write(",".join(_log))
     os.replace({temporary!r}, {path!r})
     return _timer(self)
 
 
-def write(self, data, end_stream=False):
-    _log.append("w")
-    return _write(self, data, end_stream)
-
-
 QuicConnection.get_timer = get_timer
-QuicStreamSender.write = write
 """
 
 
-class OrderProbe:
-    """``env`` makes a gateway process log, in order, every write to a QUIC stream's send buffer (``w``) and every
-    packet-building pass (``f``); ``log()`` reads the log as of the last pass."""
+class WrittenProbe:
+    """``env`` makes a gateway process note, at every packet-building pass, how many bytes have been written to the
+    QUIC streams of every connection it has built packets for so far; ``totals()`` reads them, oldest first."""
 
     def __init__(self, directory: Path) -> None:
-        site = directory / "order-probe"
+        site = directory / "written-probe"
         site.mkdir()
-        self.path = directory / "order"
+        self.path = directory / "written"
         (site / "sitecustomize.py").write_text(
-            ORDER_SITECUSTOMIZE.format(path=str(self.path), temporary=str(directory / "order.tmp")))
+            WRITTEN_SITECUSTOMIZE.format(path=str(self.path), temporary=str(directory / "written.tmp")))
         self.env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
 
-    def log(self) -> str:
+    def totals(self) -> list[int]:
         try:
-            return self.path.read_text()
+            return [int(total) for total in self.path.read_text().split(",") if total]
         except FileNotFoundError:
-            return ""
+            return []

@@ -74,7 +74,7 @@ from gateway.web.hypercorn import direct_writes_trusted, installed
 from gateway.web.hypercorn.h3_disconnects import terminated
 from gateway.web.hypercorn.h3_send_coalescing import QUIET, flush_now
 
-__all__ = ["H3Link", "H3Writer", "data_frame", "h3_writer"]
+__all__ = ["H3Link", "H3Writer", "append_data_frame", "data_frame", "h3_writer"]
 
 LINK = "gateway_h3_link"  # the ``H3Link`` kept on an ``H3Protocol`` once one of its streams wrote directly
 # What direct writes read and rely on: the stream's closing, backpressure and the connection's one flush.
@@ -85,6 +85,24 @@ _CONNECTED = QuicConnectionState.CONNECTED  # (an enum member read per ready str
 def data_frame(data: bytes) -> bytes:
     """An HTTP/3 DATA frame of ``data`` (RFC 9114, 7.2.1: type 0x00, the length as a QUIC varint, the payload)."""
     return b"\x00" + encode_uint_var(len(data)) + data
+
+
+def append_data_frame(sender: QuicStreamSender, data: bytes) -> None:
+    """``sender.write(data_frame(data))`` for a sender with no FIN queued and not reset (``H3Writer.ready``), with
+    the same state changes and without its method calls: the frame's bytes appended to the send buffer, their range
+    added to what is pending (merged with the last pending range when it ends where they begin, as
+    ``RangeSet.add`` merges it: nothing pending lies past the end of the buffer)."""
+    frame = data_frame(data)
+    start = sender._buffer_stop
+    stop = start + len(frame)
+    ranges = sender._pending._RangeSet__ranges  # type: ignore[attr-defined]
+    if ranges and ranges[-1].stop == start:
+        ranges[-1] = range(ranges[-1].start, stop)
+    else:
+        ranges.append(range(start, stop))
+    sender._buffer += frame
+    sender._buffer_stop = stop
+    sender.buffer_is_empty = False
 
 
 class H3Link:
@@ -147,7 +165,7 @@ class H3Writer:
         if link.logged:
             link.h3.connection.send_data(self.stream_id, data, False)
         else:
-            self.sender.write(data_frame(data))
+            append_data_frame(self.sender, data)
             link.marks[QUIET] = False  # (a stream has something to send: ``h3_send_coalescing`` visits the streams)
         return link
 
