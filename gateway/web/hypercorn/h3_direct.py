@@ -83,8 +83,15 @@ _CONNECTED = QuicConnectionState.CONNECTED  # (an enum member read per ready str
 
 
 def data_frame(data: bytes) -> bytes:
-    """An HTTP/3 DATA frame of ``data`` (RFC 9114, 7.2.1: type 0x00, the length as a QUIC varint, the payload)."""
-    return b"\x00" + encode_uint_var(len(data)) + data
+    """An HTTP/3 DATA frame of ``data`` (RFC 9114, 7.2.1: type 0x00, the length as a QUIC varint, the payload).
+    The one- and two-byte lengths (every event under 16 KiB) are written here: aioquic's ``encode_uint_var`` builds
+    a ``Buffer`` for each (2.5% of the server's CPU in a broadcast to 10,000 h3 streams)."""
+    size = len(data)
+    if size < 0x40:
+        return bytes((0, size)) + data
+    if size < 0x4000:
+        return bytes((0, 0x40 | size >> 8, size & 0xFF)) + data
+    return b"\x00" + encode_uint_var(size) + data
 
 
 def append_data_frame(sender: QuicStreamSender, data: bytes) -> None:
