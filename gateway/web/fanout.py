@@ -361,10 +361,11 @@ class Fanout:
 
     def _topic_round(self, sinks: set[Sink], frame: Frame, stale: _TopicRound | None) -> _TopicRound:
         """``frame`` is a hub topic's first event in this round, or its first since the topic's sinks changed
-        (``stale``: the round's list so far). The list gets ``frame``. On a first event, each ready sink of this
-        topic alone takes the list as its batch; after a change, the sinks that hold it keep it and any other
-        (one that came since) is handed its events on its own, as it would have been handed the rest had it been
-        there: so no sink is given an event from before it came. The others are left for the caller."""
+        (``stale``: the round's list so far). The list gets ``frame``. On a first event, each sink of this topic
+        alone that fan-out may batch (``direct_offer``) takes the list; after a change, the sinks that hold it keep
+        it and any other (one that came since) is handed its events on its own, as it would have been handed the
+        rest had it been there: so no sink is given an event from before it came. The others are left for the
+        caller."""
         batch = self._batch
         others: list[Sink] = []
         if stale is not None:
@@ -374,7 +375,7 @@ class Fanout:
             return _TopicRound(frames, others, self._epoch)
         frames = [frame]
         for sink in sinks:
-            if sink not in batch and sink not in self._multi and sink.direct_ready():
+            if sink not in batch and sink not in self._multi and sink.direct_offer():
                 if not batch:
                     self._schedule_flush()
                 batch[sink] = frames
