@@ -24,12 +24,11 @@ reaches a socket in one write, and a lone event waits for nothing. A stream that
 write gets the batch in its mailbox, in order; so what is batched needs only ``Sink.direct_offer`` (on HTTP/3,
 that the stream's task is idle), and the whole ``direct_ready`` is checked once, at the write.
 
-Under a burst, rounds are kept apart: a flush that starts while the previous one ended less than ``ROUND_SPACING``
-times its duration ago waits until that much time has passed (at most ``MAX_DEFER``). Writing to a thousand sockets
-takes milliseconds; in the same milliseconds the loop accepts the next publishes, and they leave in the same write,
-one system call per subscriber for several events instead of one each. Idle or lightly loaded fan-out (flushes
-short or far apart) is never deferred, and fan-out never holds the loop more than about a third of a busy period.
-An event waits at most twice the last flush's duration (and ``MAX_DEFER``) more than it would without spacing.
+Under a burst, rounds are kept apart: a flush that starts while the previous one ended less than its own duration
+ago waits until that much time has passed (at most ``MAX_DEFER``). Writing to a thousand sockets takes milliseconds;
+in the same milliseconds the loop accepts the next publishes, and they leave in the same write, one system call
+per subscriber for several events instead of one each. Idle or lightly loaded fan-out (flushes short or far apart)
+is never deferred, and fan-out never holds the loop more than about half of a busy period.
 """
 
 from __future__ import annotations
@@ -57,11 +56,6 @@ from gateway.tracing import NO_TRACING, Tracing
 log = logging.getLogger("gateway.fanout")
 
 MAX_DEFER = 0.02  # seconds a busy fan-out may hold a round back to gather more events into its writes
-# A busy fan-out's next flush waits this many times the last flush's duration. Measured in the burst to 100 HTTP/1.1
-# streams (8 publishers): 1 gave 5.5 events a round and 3.1-3.2 us of server CPU per event, 2 gave 9 and 2.3-2.6,
-# 3 gave 10-11 and 1.7-2.3 (the system call per stream and round is most of the cost). 2 takes fan-out from at most
-# half of a busy loop to at most a third, and keeps the added wait within two flushes.
-ROUND_SPACING = 2.0
 SHRINK_DELAY = 1.0  # seconds after the last hub client of a topic left before the subscription drops it
 
 
@@ -411,7 +405,7 @@ class Fanout:
     def _schedule_flush(self) -> None:
         """The round's first batch: its flush runs once this round of callbacks is over, or later under a burst."""
         loop = asyncio.get_running_loop()
-        wait = self._flushed_at + min(self._flush_cost * ROUND_SPACING, MAX_DEFER) - loop.time()
+        wait = self._flushed_at + min(self._flush_cost, MAX_DEFER) - loop.time()
         if wait > 0:
             loop.call_later(wait, self._flush)
         else:
