@@ -12,11 +12,12 @@ import pytest_asyncio
 
 from gateway.bus import create_bus
 from gateway.bus.base import Bus, Notification
+from gateway.core.encoders import create_encoder
 from gateway.core.hub import HubEvent
-from gateway.core.stream import Frame
+from gateway.core.stream import HEARTBEAT, Frame
 from gateway.core.topics import hub_key, view_key
 from gateway.metrics import Metrics
-from gateway.web.fanout import Fanout
+from gateway.web.fanout import Fanout, Members
 
 pytestmark = pytest.mark.unit
 
@@ -276,3 +277,52 @@ async def test_streams_that_come_or_go_mid_round_get_only_the_events_of_their_ti
     fanout._flush()
     assert _written(stays)[-1] == _written(comes)[-1] == "5"
     assert _written(leaves) == ["1", "2"]
+
+
+@pytest.mark.asyncio
+async def test_a_cohorts_members_share_its_round_and_one_that_joins_mid_round_gets_only_later_chunks(rig: Rig) -> None:
+    """A hub cohort's members write the round's chunks from one list; a member that joins after a chunk of the
+    round (a heartbeat: the cohort is still joinable) is handed only the chunks that follow."""
+    fanout = rig.fanout
+    first, second, late = Target(), Target(), Target()
+
+    def join(target: Target) -> Members:
+        fanout.attach_hub(("t",), target)
+        fanout.join_hub_cohort(("t",), target, (0, 0), b"", create_encoder("br"), None, lambda: None,
+                               lambda seconds: None)
+        return fanout._hub_member_of[target]
+
+    members = join(first)
+    assert join(second) is members
+    now = asyncio.get_running_loop().time()
+    fanout._advance(members, Frame((0, 0), "", HEARTBEAT), HEARTBEAT, now, heartbeat=True)
+    assert join(late) is members, "a cohort that sent only heartbeats takes newcomers"
+    fanout._dispatch(_note("t", 1))
+    fanout._dispatch(_note("t", 2))
+    fanout._flush()
+    assert first.writes == second.writes == [["", "1", "2"]]
+    assert late.writes == [["1", "2"]], "a member that joined mid-round was handed a chunk from before it joined"
+
+
+@pytest.mark.asyncio
+async def test_a_view_cohort_member_that_joins_mid_round_gets_only_later_chunks(rig: Rig) -> None:
+    """The same for a view's cohort, whose members join by the render they opened on (no hub topic changes)."""
+    fanout = rig.fanout
+    channel = fanout.add_view("/v", ("v",), None)
+    opened_on = Frame((1, 0), "1", b"data: one\n\n")
+    first, late = Target(), Target()
+
+    def join(target: Target) -> Members:
+        fanout.attach_view(channel, target)
+        fanout.join_cohort(channel, target, opened_on, b"data: one\n\n", create_encoder("br"), None, lambda: None,
+                           lambda seconds: None)
+        return channel.member_of[target]
+
+    members = join(first)
+    now = asyncio.get_running_loop().time()
+    fanout._advance(members, Frame((0, 0), "", HEARTBEAT), HEARTBEAT, now, heartbeat=True)
+    assert join(late) is members
+    fanout._advance(members, Frame((2, 0), "2", b"data: two\n\n"), b"data: two\n\n", now)
+    fanout._flush()
+    assert first.writes == [["", "2"]]
+    assert late.writes == [["2"]], "a member that joined mid-round was handed a chunk from before it joined"

@@ -211,7 +211,7 @@ class Fanout:
         self._observe_hub = observe_hub
         self._on_flushed = on_flushed
         self._batch: dict[Sink, list[Frame]] = {}  # direct writes of this round, per stream
-        self._rounds: dict[str, _TopicRound] = {}  # this round's events of each hub topic (by bus key)
+        self._rounds: dict[object, _TopicRound] = {}  # this round's frames of each hub topic (bus key) and cohort
         self._epoch = 0  # bumped when any hub topic's sinks change: a ``_TopicRound`` made before is stale
         self._multi: set[Sink] = set()  # hub sinks of more than one topic: never share a topic's list
         self._flushed_at = 0.0  # loop time when the last flush ended
@@ -341,13 +341,17 @@ class Fanout:
             self._hub_lag.observe(max(0.0, time.time() - frame.origin))
         if self._observe_hub is not None:
             self._observe_hub(len(frame.data or b""))
-        now = asyncio.get_running_loop().time()
-        round_ = self._rounds.get(item.topic)
+        self._share(item.topic, sinks, frame, asyncio.get_running_loop().time())
+
+    def _share(self, key: object, sinks: set[Sink], frame: Frame, now: float) -> None:
+        """``frame`` to ``sinks``, all of which get every frame of ``key`` (a hub topic's bus key, or a cohort),
+        in order: the ones that hold ``key``'s list of this round get it by one append."""
+        round_ = self._rounds.get(key)
         if round_ is not None and round_.epoch == self._epoch:
             round_.frames.append(frame)  # for every sink that holds the list
             others = round_.others
         else:  # (``_topic_round`` puts ``frame`` in the list)
-            round_ = self._rounds[item.topic] = self._topic_round(sinks, frame, round_)
+            round_ = self._rounds[key] = self._topic_round(sinks, frame, round_)
             others = round_.others
         for sink in others:
             if not self._offer(sink, frame, conflate=False):
@@ -560,12 +564,15 @@ class Fanout:
             if self._beat_handle is None:
                 self._beat_handle = asyncio.get_running_loop().call_later(self._heartbeat / 2, self._beat)
         members.sinks.add(sink)
+        self._epoch += 1  # a member that joins mid-round is not handed the round's earlier chunks
         self._metrics.cohort_streams.inc()
         return members, created
 
     def _leave(self, members: Members, sink: Sink) -> bool:
         """``sink`` leaves its cohort; True when it was the last member (the cohort is gone, its memory given back)."""
         members.sinks.discard(sink)
+        self._epoch += 1
+        self._unshare(sink)
         self._metrics.cohort_streams.dec()
         if members.sinks:
             return False
@@ -585,9 +592,9 @@ class Fanout:
             cohort.frame = frame
         shared = Frame((cohort.position - 1, 0), frame.version, chunk, frame.id, None, frame.origin, frame.trace,
                        len(data), cohort.check)
-        for sink in members.sinks:  # nothing here adds or removes members (a cut one leaves from its own task)
-            if not self._offer(sink, shared, conflate=False):
-                sink.feed(shared, now)
+        # Nothing here adds or removes members (a cut one leaves from its own task). A member gets nothing but its
+        # cohort's chunks, so the members share the cohort's list of the round as a topic's streams do.
+        self._share(members, members.sinks, shared, now)
         if heartbeat:
             self._metrics.heartbeats_sent.inc(len(members.sinks))
 
