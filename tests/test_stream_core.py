@@ -285,3 +285,32 @@ def test_streams_writing_one_shared_list_get_its_bytes_as_it_is_when_each_writes
     shared.append(frame(3))
     assert third.write_direct(shared, 0.0) == data(1, 2, 3)
     assert first.write_direct([frame(3), frame(4)], 0.0) == data(3, 4)
+
+
+def test_cohort_members_writing_one_list_count_its_events_and_bytes_as_it_is_when_each_writes() -> None:
+    """A cohort's members write the round's chunks from one list: each counts the events (a heartbeat chunk is
+    none) and the uncompressed bytes of the list as it is then, and keeps them in its seat."""
+    from gateway.core.cohort import Seat
+
+    def member() -> SSEStream:
+        limits = Limits(max_items=10, max_bytes=100_000, policy="disconnect")
+        s = SSEStream(BoundedMailbox(limits), create_encoder("br"), TIMING, 0.0)
+        s.join(Seat("br"), BoundedMailbox(limits), (0, 0))
+        s.start(b"", 0.0, 0)
+        s.written(None, 0.0)
+        return s
+
+    def chunk(n: int, raw: int, version: str) -> Frame:
+        return Frame((n, 0), version, b"c%d" % n, version, None, None, None, raw, n)
+
+    shared = [chunk(1, 100, "1"), chunk(2, 7, "")]
+    first, second, third = member(), member(), member()
+    for s in (first, second):
+        s.write_direct(shared, 0.0)
+        assert (s.counts.events, s.counts.bytes_in) == (1, 107)
+    shared.append(chunk(3, 50, "3"))
+    third.write_direct(shared, 0.0)
+    assert (third.counts.events, third.counts.bytes_in) == (2, 157)
+    seat = third.encoder
+    assert isinstance(seat, Seat)
+    assert (seat.length, seat.check) == (157, 3)
