@@ -248,7 +248,8 @@ def _reading(r: dict[str, Any]) -> str:
             fixed = (f" Solving CPU per publish = fixed + N × per delivery from the two sizes: about "
                      f"{ours_fixed:.0f} µs fixed and {ours_per:.2f} µs per delivery here, against nchan's "
                      f"{nchan_fixed:.0f} µs fixed.")
-        lead = ("is where nchan keeps its lead" if ours_small > nchan_small else "is level with nchan")
+        lead = ("is where nchan keeps its lead" if ours_small > nchan_small
+                else "is level with nchan" if ours_small > 0.95 * nchan_small else "costs less than nchan's")
         lines.append(f"- **Small fan-out {lead}** ({ours_small:.1f} vs {nchan_small:.1f} µs per delivered event at "
                      f"N={n_small}): each publish is an HTTP request handled in Python (a plain one in its "
                      "connection's read loop, the POST lane: no request task, no h11 events, no keep-alive timer "
