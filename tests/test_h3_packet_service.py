@@ -126,21 +126,27 @@ def quiet_pair(certs: tuple[Path, Path], events: int) -> tuple[QuicPair, list[in
     return pair, ids, expected
 
 
-@pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
-def test_a_quiet_connection_skips_its_streams_until_something_comes_to_one(certs: tuple[Path, Path], tracking: bool,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tracking
-    pair, ids, expected = quiet_pair(certs, 3)
-    services = []
+def services_built(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The connection of every packet service built from now on (a flush that visits a connection's streams)."""
+    built: list[object] = []
 
     class Counting(Service):
         __slots__ = ()
 
         def __init__(self, quic: object, queue: list[object]) -> None:
-            services.append(self)
+            built.append(quic)
             super().__init__(quic, queue)
 
     monkeypatch.setattr(h3_send_coalescing, "Service", Counting)
+    return built
+
+
+@pytest.mark.parametrize("tracking", ["quiet connections skip them"], indirect=True)
+def test_a_quiet_connection_skips_its_streams_until_something_comes_to_one(certs: tuple[Path, Path], tracking: bool,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tracking
+    pair, ids, expected = quiet_pair(certs, 3)
+    services = services_built(monkeypatch)
     for _ in range(10):  # ACKs and timers only: no flush visits a stream
         pair.step()
     assert services == []
@@ -181,16 +187,7 @@ def test_a_quiet_connection_stays_quiet_while_another_one_gets_writes(certs: tup
     assert tracking
     quiet, _, _ = quiet_pair(certs, 2)
     busy, busy_ids, _ = quiet_pair(certs, 1)
-    services: list[object] = []
-
-    class Counting(Service):
-        __slots__ = ()
-
-        def __init__(self, quic: object, queue: list[object]) -> None:
-            services.append(quic)
-            super().__init__(quic, queue)
-
-    monkeypatch.setattr(h3_send_coalescing, "Service", Counting)
+    services = services_built(monkeypatch)
     for stream_id in busy_ids:
         busy.server.send_stream_data(stream_id, b"an event")
     datagrams(quiet.server, quiet.now)

@@ -34,16 +34,24 @@ QuicConnection.get_timer = get_timer
 """
 
 
-class FlushProbe:
+class _SiteProbe:
+    """A ``sitecustomize`` (``template``, given the file it writes) that a gateway process started with ``env``
+    imports first; what it records is in ``path``, replaced whole each time."""
+
+    def __init__(self, directory: Path, name: str, template: str) -> None:
+        site = directory / f"{name}-probe"
+        site.mkdir()
+        self.path = directory / name
+        (site / "sitecustomize.py").write_text(
+            template.format(path=str(self.path), temporary=str(directory / f"{name}.tmp")))
+        self.env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+class FlushProbe(_SiteProbe):
     """``env`` makes a gateway process count its packet-building passes; ``count()`` reads the count so far."""
 
     def __init__(self, directory: Path) -> None:
-        site = directory / "flush-probe"
-        site.mkdir()
-        self.path = directory / "flushes"
-        (site / "sitecustomize.py").write_text(
-            SITECUSTOMIZE.format(path=str(self.path), temporary=str(directory / "flushes.tmp")))
-        self.env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+        super().__init__(directory, "flushes", SITECUSTOMIZE)
 
     def count(self) -> int:
         """Passes so far (0 before the first): a small local file, replaced whole on every pass."""
@@ -76,17 +84,12 @@ QuicConnection.get_timer = get_timer
 """
 
 
-class WrittenProbe:
+class WrittenProbe(_SiteProbe):
     """``env`` makes a gateway process note, at every packet-building pass, how many bytes have been written to the
     QUIC streams of every connection it has built packets for so far; ``totals()`` reads them, oldest first."""
 
     def __init__(self, directory: Path) -> None:
-        site = directory / "written-probe"
-        site.mkdir()
-        self.path = directory / "written"
-        (site / "sitecustomize.py").write_text(
-            WRITTEN_SITECUSTOMIZE.format(path=str(self.path), temporary=str(directory / "written.tmp")))
-        self.env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)}
+        super().__init__(directory, "written", WRITTEN_SITECUSTOMIZE)
 
     def totals(self) -> list[int]:
         try:
