@@ -416,16 +416,15 @@ class SSEStream:
     def _chunks(self, frames: list[Frame]) -> tuple[int, int]:
         """(events, uncompressed bytes) of the cohort chunks a member is writing (a heartbeat chunk, version "", is
         no event); its seat keeps the CRC-32 and length of what it has then sent (gzip's trailer)."""
-        last = _last_chunks
-        if frames is last[0] and len(frames) == last[1]:  # the cohort's list of the round: summed once for all
-            events, raw = last[2], last[3]
-        else:
+        summed: tuple[int, int] | None = _last_sums.of(frames)  # the cohort's list of the round: summed once
+        if summed is None:
             events = raw = 0
             for frame in frames:
                 raw += frame.raw
                 if frame.version:
                     events += 1
-            last[0], last[1], last[2], last[3] = frames, len(frames), events, raw
+            summed = _last_sums.keep(frames, (events, raw))
+        events, raw = summed
         seat = self.encoder
         assert isinstance(seat, Seat)
         seat.check = frames[-1].check
@@ -465,21 +464,37 @@ class SSEStream:
         return True
 
 
-_last_join: list[Any] = [None, 0, b""]  # the list of frames last joined, its length then, and the bytes
-_last_chunks: list[Any] = [None, 0, 0, 0]  # the cohort chunks last summed, their count then, events, raw bytes
+class _LastOfList:
+    """What was last worked out from a list of frames, kept for the next stream that writes the same list: fan-out
+    hands the streams of a hub topic, and the members of a cohort, one list per round. The list itself (held, so
+    no other list can take its identity) and its length say it is the same; a list that grew is worked out again."""
+
+    __slots__ = ("_frames", "_length", "_value")
+
+    def __init__(self) -> None:
+        self._frames: list[Frame] | None = None
+        self._length = 0
+        self._value: Any = None
+
+    def of(self, frames: list[Frame]) -> Any:
+        return self._value if frames is self._frames and len(frames) == self._length else None
+
+    def keep(self, frames: list[Frame], value: Any) -> Any:
+        self._frames, self._length, self._value = frames, len(frames), value
+        return value
+
+
+_last_join = _LastOfList()  # the bytes of the list last joined
+_last_sums = _LastOfList()  # (events, uncompressed bytes) of the cohort chunks last summed
 
 
 def _joined(frames: list[Frame]) -> bytes:
-    """The frames' bytes in one piece. The streams of a hub topic write the same list in a round (fan-out shares
-    it), so the last join is kept for the next stream: the list itself and its length say it is the same."""
+    """The frames' bytes in one piece (joined once per shared list, ``_LastOfList``)."""
     if len(frames) == 1:
         return frames[0].data or b""
-    last = _last_join
-    if frames is last[0] and len(frames) == last[1]:
-        data: bytes = last[2]
-        return data
-    data = b"".join([f.data or b"" for f in frames])
-    last[0], last[1], last[2] = frames, len(frames), data
+    data: bytes | None = _last_join.of(frames)
+    if data is None:
+        data = _last_join.keep(frames, b"".join([f.data or b"" for f in frames]))
     return data
 
 

@@ -132,11 +132,12 @@ class Members:
 
 
 @dataclass(slots=True)
-class _TopicRound:
-    """A hub topic's events in the current round. Its sinks that take direct writes hold ``frames`` itself as their
-    batch, so each later event of the topic is one append for all of them; ``others`` are its sinks that do not
-    (subscribed to other topics too, or not ready when the round began), each handed every event on its own.
-    Valid while fan-out's ``_epoch`` (bumped whenever a hub topic's sinks change) is ``epoch``."""
+class _Round:
+    """A hub topic's events (or a cohort's chunks) in the current round. Its sinks that take direct writes hold
+    ``frames`` itself as their batch, so each later event is one append for all of them; ``others`` are its sinks
+    that do not (subscribed to other topics too, not ready when the round began, or come since), each handed every
+    event on its own. Valid while fan-out's ``_epoch`` (bumped whenever a topic's sinks or a cohort's members
+    change) is ``epoch``."""
 
     frames: list[Frame]
     others: list[Sink]
@@ -211,8 +212,8 @@ class Fanout:
         self._observe_hub = observe_hub
         self._on_flushed = on_flushed
         self._batch: dict[Sink, list[Frame]] = {}  # direct writes of this round, per stream
-        self._rounds: dict[object, _TopicRound] = {}  # this round's frames of each hub topic (bus key) and cohort
-        self._epoch = 0  # bumped when any hub topic's sinks change: a ``_TopicRound`` made before is stale
+        self._rounds: dict[object, _Round] = {}  # this round's frames of each hub topic (bus key) and cohort
+        self._epoch = 0  # bumped when a hub topic's sinks or a cohort's members change: older ``_Round`` are stale
         self._multi: set[Sink] = set()  # hub sinks of more than one topic: never share a topic's list
         self._flushed_at = 0.0  # loop time when the last flush ended
         self._flush_cost = 0.0  # how long it took
@@ -351,13 +352,13 @@ class Fanout:
             round_.frames.append(frame)  # for every sink that holds the list
             others = round_.others
         else:  # (``_topic_round`` puts ``frame`` in the list)
-            round_ = self._rounds[key] = self._topic_round(sinks, frame, round_)
+            round_ = self._rounds[key] = self._new_round(sinks, frame, round_)
             others = round_.others
         for sink in others:
             if not self._offer(sink, frame, conflate=False):
                 sink.feed(frame, now)
 
-    def _topic_round(self, sinks: set[Sink], frame: Frame, stale: _TopicRound | None) -> _TopicRound:
+    def _new_round(self, sinks: set[Sink], frame: Frame, stale: _Round | None) -> _Round:
         """``frame`` is a hub topic's first event in this round, or its first since the topic's sinks changed
         (``stale``: the round's list so far). The list gets ``frame``. On a first event, each sink of this topic
         alone that fan-out may batch (``direct_offer``) takes the list; after a change, the sinks that hold it keep
@@ -370,7 +371,7 @@ class Fanout:
             frames = stale.frames
             frames.append(frame)
             others.extend(sink for sink in sinks if batch.get(sink) is not frames)
-            return _TopicRound(frames, others, self._epoch)
+            return _Round(frames, others, self._epoch)
         frames = [frame]
         for sink in sinks:
             if sink not in batch and sink not in self._multi and sink.direct_offer():
@@ -379,7 +380,7 @@ class Fanout:
                 batch[sink] = frames
             else:
                 others.append(sink)
-        return _TopicRound(frames, others, self._epoch)
+        return _Round(frames, others, self._epoch)
 
     def _unshare(self, sink: Sink) -> None:
         """``sink`` leaves a hub topic: its batch, if it holds a topic's list, becomes its own (later events of the
@@ -540,8 +541,7 @@ class Fanout:
         self._multi.discard(sink)
         if len(key) > 1:
             self._multi.add(members)
-        self._epoch += 1
-        self._hub_member_of[sink] = members
+        self._hub_member_of[sink] = members  # (``_join`` bumped the epoch)
         return members.cohort, created
 
     def _join(self, cohorts: list[Members], sink: Sink, frame: object, opening: bytes, encoder: StreamEncoder,
