@@ -8,7 +8,6 @@ command durability, so a restart comes back with everything acknowledged before 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "free_tcp_port"]
+from benchmarks.ports import free_port
 
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RedisServer"]
 
 
 class RedisServer:
@@ -34,7 +29,7 @@ class RedisServer:
         self.persistent = persistent
         self.cpu = cpu
         self.extra: tuple[str, ...] = ()
-        self.port = port or free_tcp_port()
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gateway-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from benchmarks import RESULTS_DIR, ROOT, machine_info, terminate, write_json
+from benchmarks.ports import free_port
 from benchmarks.procstat import cpu_seconds, rss_bytes
 from gateway.core.sse import SSEParser
 
@@ -122,12 +123,6 @@ def _ms(ns: float | None) -> float | None:
 def proc_fds(pid: int) -> int:
     """Open file descriptors of a process (its sockets, mostly)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def raise_nofile(needed: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from benchmarks.redis_server import free_tcp_port
+from benchmarks.ports import free_port
 from gateway.bus import Command, Notification, create_bus
 from gateway.bus.redis_layout import parse_url
 from tests.support.redis import RedisServer
@@ -22,7 +22,7 @@ WAIT = 10.0
 @pytest.fixture
 def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
     with RedisServer() as master:
-        port = free_tcp_port()
+        port = free_port()
         conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its file: it must be its own and writable
         conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
                         f"sentinel monitor primary 127.0.0.1 {master.port} 1\n"

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from benchmarks.peers.base import PublishRequest, Target
-from benchmarks.peers.process import HOST, ServerSpec, free_port, free_udp_port, serve
+from benchmarks.peers.process import HOST, ServerSpec, free_port, serve
 
 __all__ = ["GatewayPeer"]
 
@@ -59,7 +59,7 @@ class GatewayPeer:
     ) -> Iterator[Target]:
         from gateway import devcert
 
-        port, tls_port = free_port(), free_udp_port()
+        port, tls_port = free_port(), free_port()
         certfile, keyfile = devcert.create(workdir / f"{self.name}-certs")
         inherited = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **BASE_ENV, **(env or {})}

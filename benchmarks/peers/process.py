@@ -13,7 +13,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import terminate
+from benchmarks.ports import free_port as free_port  # re-exported for the peers
 
-__all__ = ["ServerSpec", "check_cpu", "descendants", "free_port", "free_udp_port", "serve"]
+__all__ = ["ServerSpec", "check_cpu", "descendants", "free_port", "serve"]
 
 HOST = "127.0.0.1"
 LOG_TAIL = 8000  # characters of each log quoted in a start-up failure
@@ -44,26 +44,6 @@ class ServerSpec:
     ready_timeout: float = 30.0
     stop_timeout: float = 5.0  # after SIGTERM, before SIGKILL
     extra_logs: tuple[Path, ...] = field(default=())  # quoted too when start-up fails (nginx's error.log)
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the kernel picks it; the window until the server binds it is tiny)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def free_udp_port() -> int:
-    """A port free on loopback for both TCP and UDP now: a TLS listener and a QUIC listener share its number."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind((HOST, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free for both TCP and UDP on loopback")
 
 
 def check_cpu(cpu: int | None) -> None:

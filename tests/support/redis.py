@@ -17,8 +17,8 @@ import pytest
 import redis
 import redis.asyncio
 
+from benchmarks.ports import free_port
 from benchmarks.redis_server import RedisServer as BenchRedisServer
-from benchmarks.redis_server import free_tcp_port
 from tests.support.server import STRICT
 from tests.support.wait import poll_until
 
@@ -108,7 +108,7 @@ class RedisClusterNodes:
     def _port() -> int:
         """A free port whose cluster bus port (port + 10000) is valid and free too."""
         for _ in range(100):
-            port = free_tcp_port()
+            port = free_port()
             if port + 10_000 > 65_535:
                 continue
             with socket.socket() as sock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from benchmarks import terminate
+from benchmarks.ports import free_port as free_port  # re-exported: the tests take it from here
 from tests.support.wait import poll_until
 
 STRICT = os.environ.get("GATEWAY_TEST_STRICT") == "1"
@@ -36,21 +36,6 @@ def require_binary(name: str) -> str:
             pytest.fail(message + "; GATEWAY_TEST_STRICT=1 makes this a failure")
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    """A port free on loopback for both TCP and UDP (the TLS and QUIC listeners share a number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair found")
 
 
 @dataclass
