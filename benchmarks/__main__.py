@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib
 import os
 import shutil
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from benchmarks import RESULTS_DIR, ROOT, machine_info, write_json
 from benchmarks import scenarios as sc
 from benchmarks.loadgen import pin_to_cpu, raise_fd_limit
 from benchmarks.loadgen.fleet import PROTOCOLS, run
+from benchmarks.medians import combine
 from benchmarks.peers import PEERS, GatewayPeer, Peer, Target
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
@@ -39,9 +41,10 @@ ALL_SCENARIOS = ("burst", "broadcast", "idle", "bytes", "view", "profile")
 def _plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"burst_n": (100, 300), "burst_publishes": 200, "broadcast_n": 1000, "broadcast_publishes": 5,
-                "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4}
+                "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4, "repeats": 1}
+    # repeats: every burst and broadcast is run this many times and its figures are the medians (benchmarks/medians).
     return {"burst_n": (100, 1000), "burst_publishes": 1000, "broadcast_n": 10_000, "broadcast_publishes": 20,
-            "idle_br_n": 500, "view_n": 1000, "view_commands": 200, "profile_seconds": 8}
+            "idle_br_n": 500, "view_n": 1000, "view_commands": 200, "profile_seconds": 8, "repeats": 3}
 
 
 def _versions() -> dict[str, str]:
@@ -83,8 +86,17 @@ async def _guard(name: str, coro: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+async def _repeated(plan: dict[str, Any], name: str,
+                    scenario: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """``plan["repeats"]`` runs of one scenario on the same server, one after the other, as their medians."""
+    runs = [await _guard(name, scenario()) for _ in range(plan.get("repeats", 1))]
+    return combine(runs)
+
+
 async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
     plan = _plan(args.quick)
+    if args.repeats is not None:
+        plan["repeats"] = args.repeats
     wanted = args.scenarios.split(",") if args.scenarios else list(ALL_SCENARIOS)
     peers = [PEERS[name] for name in args.peers.split(",")] if args.peers else list(PEERS.values())
     uvloop_peer = GatewayPeer(args=("--loop", "uvloop"), name="gateway-uvloop",
@@ -116,29 +128,32 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                     for n in plan["burst_n"]:
                         with _started(peer, work) as target:
                             _log(f"{peer.name}: burst N={n} {encoding}")
-                            entry["burst"][f"{encoding}-{n}"] = await _guard(
-                                "burst", sc.burst(target, n, plan["burst_publishes"], encoding=encoding))
+                            entry["burst"][f"{encoding}-{n}"] = await _repeated(plan, "burst", functools.partial(
+                                sc.burst, target, n, plan["burst_publishes"], encoding=encoding))
                             _log(f"  -> {_brief(entry['burst'][f'{encoding}-{n}'])}")
                 for protocol in _multiplexed(args) if is_gateway else ():
                     runs = entry[f"burst_{protocol}"] = {}
                     for n in plan["burst_n"]:
                         with _started(peer, work) as target:
                             _log(f"{peer.name}: burst N={n} identity over {protocol}")
-                            runs[f"identity-{n}"] = await _guard("burst", sc.burst(
-                                target, n, plan["burst_publishes"], protocol=protocol))
+                            runs[f"identity-{n}"] = await _repeated(plan, "burst", functools.partial(
+                                sc.burst, target, n, plan["burst_publishes"], protocol=protocol))
                             _log(f"  -> {_brief(runs[f'identity-{n}'])}")
             if "broadcast" in wanted and peer.name not in ("naive-quart-br", "gateway-uvloop"):
-                with _started(peer, work) as target:
-                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']}")
-                    entry["broadcast"] = await _guard("broadcast", sc.broadcast(
-                        target, plan["broadcast_n"], plan["broadcast_publishes"]))
-                    _log(f"  -> {_brief(entry['broadcast'])}")
-            for protocol in _multiplexed(args) if is_gateway and "broadcast" in wanted else ():
-                with _started(peer, work) as target:
-                    _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over {protocol}")
-                    entry[f"broadcast_{protocol}"] = await _guard("broadcast", sc.broadcast(
-                        target, plan["broadcast_n"], plan["broadcast_publishes"], protocol=protocol))
-                    _log(f"  -> {_brief(entry[f'broadcast_{protocol}'])}")
+                # Each repeat on a fresh server (the RSS per idle stream is read before any event). The gateway's
+                # protocols take turns within each repeat, so the h2 and HTTP/3 ratios to HTTP/1.1 compare runs
+                # made side by side, not minutes apart.
+                protocols = ["h1", *_multiplexed(args)] if is_gateway else ["h1"]
+                repeats: dict[str, list[dict[str, Any]]] = {protocol: [] for protocol in protocols}
+                for _ in range(plan.get("repeats", 1)):
+                    for protocol in protocols:
+                        with _started(peer, work) as target:
+                            _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over {protocol}")
+                            repeats[protocol].append(await _guard("broadcast", sc.broadcast(
+                                target, plan["broadcast_n"], plan["broadcast_publishes"], protocol=protocol)))
+                            _log(f"  -> {_brief(repeats[protocol][-1])}")
+                for protocol, done in repeats.items():
+                    entry["broadcast" if protocol == "h1" else f"broadcast_{protocol}"] = combine(done)
             if "idle" in wanted and peer.name in ("gateway", "naive-quart-br"):
                 with _started(peer, work) as target:
                     _log(f"{peer.name}: idle memory, br")
@@ -271,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return result or 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every scenario")
+    parser.add_argument("--repeats", type=int, choices=range(1, 10), metavar="1-9",
+                        help="runs of each burst and broadcast, reported as medians (default: 3, or 1 with --quick)")
     parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
     parser.add_argument("--scenarios", help=f"comma-separated subset of {', '.join(ALL_SCENARIOS)}")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS),

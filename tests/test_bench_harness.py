@@ -19,7 +19,7 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
     out, docs = tmp_path / "comparison.json", tmp_path / "docs"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "comparison", "--quick", "--peers", "gateway,nchan",
-         "--scenarios", "burst,bytes", "--out", str(out), "--docs", str(docs)],
+         "--scenarios", "burst,bytes", "--repeats", "2", "--out", str(out), "--docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -30,6 +30,7 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
             assert row["complete"], f"{name} {key}: {row['delivered']} of {row['expected']} delivered"
             assert row["out_of_order"] == 0
             assert row["server_cpu_us_per_event"] > 0
+            assert len(row["runs"]) == row["repeats"] == 2  # the figures are medians of two repeats
     assert results["peers"]["gateway"]["burst"]["br-300"]["content_encoding"] == "br"
     encodings = results["peers"]["gateway"]["bytes"]["encodings"]
     assert encodings["br"]["wire_bytes_per_event"] < encodings["identity"]["wire_bytes_per_event"]
