@@ -15,6 +15,7 @@ import socket
 import uuid
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import brotli
@@ -22,7 +23,9 @@ import orjson
 import pylsqpack
 import pytest
 import zstandard
+from aioquic import tls
 from aioquic.h3.connection import FrameType, encode_frame
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -35,12 +38,14 @@ from benchmarks.loadgen.fleet import Fleet, LatencyRecorder, cpu_seconds, pin_to
 from benchmarks.loadgen.h1 import ChunkedParser, H1Stream, build_request
 from benchmarks.loadgen.h2 import DEFAULT_STREAM_WINDOW, H2Client, client_ssl_context
 from benchmarks.loadgen.h3 import H3Client, client_quic_configuration, open_h3_connection
+from benchmarks.loadgen.h3 import datagrams_to_send as h3_datagrams_to_send
 from benchmarks.loadgen.latency import StreamStats, stamp
 from benchmarks.loadgen.publisher import Publisher
 from benchmarks.loadgen.sse import SSEEvent, SSEParser
 from benchmarks.loadgen.stream import StreamState
 from gateway.core import sse as gateway_sse
 from gateway.core.encoders import ENCODERS, CodecSettings
+from tests.support.quicpair import QuicPair
 from tests.support.server import HUB_TOKEN, Server
 
 # --- the SSE parser ------------------------------------------------------------------------------------------
@@ -558,6 +563,46 @@ async def test_h3_client_truncated_frame_is_a_stream_error() -> None:
     assert state.closed.result() == "error"
     assert state.error == "HTTP/3 frame truncated by the end of the stream"
     assert got == []
+
+
+@pytest.mark.unit
+def test_h3_client_flush_shows_aioquic_only_streams_with_work_and_loses_nothing(
+        certs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator's flush hides the streams with nothing to do from aioquic: the credit of tiny windows still
+    flows (a hidden MAX_STREAM_DATA would stall a stream and the test), and finished streams are still discarded."""
+    seen: list[int] = []
+    real = QuicConnection.datagrams_to_send
+
+    def counting(quic: QuicConnection, now: float) -> list[tuple[bytes, Any]]:
+        if quic._is_client:
+            seen.append(len(quic._streams))
+        return real(quic, now=now)
+
+    monkeypatch.setattr(QuicConnection, "datagrams_to_send", counting)
+    pair = QuicPair(certs, max_stream_data=700, max_data=1500, client_send=h3_datagrams_to_send)
+    ids = pair.open(40)
+    expected = dict.fromkeys(ids, b"")
+    for n in range(30):
+        for stream_id in ids:
+            chunk = b"%d.%d:" % (stream_id, n) + b"x" * ((stream_id * 31 + n * 57) % 90)
+            pair.server.send_stream_data(stream_id, chunk)
+            expected[stream_id] += chunk
+        pair.step()
+    pair.until(lambda: all(bytes(pair.received.get(i, b"")) == expected[i] for i in ids))
+    pair.until(lambda: pair.client._loss.bytes_in_flight == 0 and not pair.client._spaces[
+        tls.Epoch.ONE_RTT].ack_at)
+    seen.clear()
+    for _ in range(5):  # ACKs only: aioquic sees none of the 40 streams (the server's 3 of HTTP/3 are not here)
+        pair.step()
+    assert seen
+    assert max(seen) < 40
+    assert set(pair.client._streams) == {stream.stream_id for stream in pair.client._streams_queue}
+    for stream_id in ids:  # both sides end every stream: once acknowledged, each is discarded on the client too
+        pair.client.send_stream_data(stream_id, b"", end_stream=True)
+        pair.server.send_stream_data(stream_id, b"", end_stream=True)
+    pair.until(lambda: not any(i in pair.client._streams for i in ids))
+    assert not any(stream.stream_id in ids for stream in pair.client._streams_queue)
+    assert pair.terminated is None
 
 
 @pytest.mark.unit

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived, StreamReset
 
 from gateway.web.hypercorn.h3_send_coalescing import datagrams
@@ -26,7 +26,9 @@ class QuicPair:
     """A client connected to a server; ``received`` holds each stream's bytes as the client got them, in order."""
 
     def __init__(self, certs: tuple[Path, Path], *, max_stream_data: int = 1 << 20, max_data: int = 1 << 20,
-                 drop: Callable[[int], bool] | None = None) -> None:
+                 drop: Callable[[int], bool] | None = None,
+                 client_send: Callable[[QuicConnection, float], list[tuple[bytes, NetworkAddress]]] | None = None,
+                 ) -> None:
         cert, key = certs
         server_config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
         server_config.load_cert_chain(cert, key)
@@ -39,6 +41,8 @@ class QuicPair:
         self.server = QuicConnection(configuration=server_config,
                                      original_destination_connection_id=self.client.original_destination_connection_id)
         self.drop = drop or (lambda number: False)
+        # how the client builds its datagrams: aioquic's own method, or the load generator's (``benchmarks.loadgen``)
+        self.client_send = client_send or (lambda quic, now: quic.datagrams_to_send(now=now))
         self.sent = 0  # datagrams the server sent, lost ones included
         self.received: dict[int, bytearray] = {}
         self.reset: dict[int, int] = {}  # stream id -> error code of the server's RESET_STREAM
@@ -64,7 +68,7 @@ class QuicPair:
             timer = quic.get_timer()
             if timer is not None and timer <= self.now:
                 quic.handle_timer(now=self.now)
-        for data, _ in self.client.datagrams_to_send(now=self.now):
+        for data, _ in self.client_send(self.client, self.now):
             self.server.receive_datagram(data, ADDRESS, now=self.now)
         while self.server.next_event() is not None:
             pass
