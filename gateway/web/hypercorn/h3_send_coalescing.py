@@ -189,8 +189,13 @@ def stream_frame(builder: Any, stream: Any, sender: Any, start: int, stop: int, 
     packet.delivery_handlers.append((delivered, (sender, start, stop)))
     base = sender._buffer_start
     data = bytes(sender._buffer[start - base:stop - base])
-    del sender._pending._RangeSet__ranges[0]  # the range sent: nothing pending, no FIN (``RangeSet.shift``)
-    sender.buffer_is_empty = True
+    ranges = sender._pending._RangeSet__ranges
+    pending = ranges[0]
+    if stop == pending.stop:
+        del ranges[0]  # the range sent: nothing pending, no FIN (``RangeSet.shift``)
+        sender.buffer_is_empty = True
+    else:
+        ranges[0] = range(stop, pending.stop)  # its head sent (``RangeSet.subtract``): the rest waits
     highest: int = sender.highest_offset
     buf.push_uint_var(stream.stream_id)
     if start:
@@ -313,11 +318,18 @@ class Service:
                 cursor += 1
                 limit = min(sender.highest_offset + quic._remote_max_data - quic._remote_max_data_used,
                             stream.max_stream_data_remote)
-                if (whole and len(ranges) == 1 and sender._buffer_fin is None
-                        and (stop := ranges[0].stop) - offset <= room and stop <= limit):
-                    quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, stop, overhead)
-                    sent.append(stream)
-                    continue
+                if whole and len(ranges) == 1 and sender._buffer_fin is None:
+                    stop = ranges[0].stop
+                    if stop - offset <= room and stop <= limit:
+                        quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, stop, overhead)
+                        sent.append(stream)
+                        continue
+                    if offset + room < stop and offset + room <= limit:  # the packet's last frame: its head
+                        quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, offset + room,
+                                                                   overhead)
+                        sent.append(stream)
+                        busy.append(stream)  # the rest waits behind every other stream (aioquic's rotation)
+                        return  # (the packet is full)
                 self.cursor = cursor
                 self.part(builder, space, stream, sender, offset, limit)
         finally:
