@@ -20,10 +20,11 @@ Correction:
   finished and to be discarded) and one stand-in stream; when aioquic asks for the stand-in's STREAM frame, the
   frames of the streams with data waiting are written into that packet, in send-queue order, until it is full
   (``Service``); then the connection gets back its streams, those not served ahead of those served (aioquic's
-  rotation). A frame that carries a stream's whole pending range, with no FIN and no qlog, is written by
-  ``stream_frame`` with the sender's state moved exactly as ``QuicStreamSender.get_frame`` moves it and aioquic's
-  own delivery handler (``on_data_delivery``); every other frame (part of a range, a retransmission among other
-  ranges, a FIN) is aioquic's ``_write_stream_frame``;
+  rotation). A frame that carries a stream's one pending range, or its head where the packet ends, with no FIN
+  and no qlog, is written by ``Service.fill`` with the sender's state moved exactly as
+  ``QuicStreamSender.get_frame`` moves it and a delivery handler doing what aioquic's ``on_data_delivery`` does
+  (``delivered``); every other frame (a retransmission among other ranges, a FIN, a frame that flow control
+  cuts) is aioquic's ``_write_stream_frame``;
 - a flush that served every busy stream whole and left none for aioquic marks its connection quiet (``QUIET``);
   its next flush shows aioquic no stream at all (ACKs, control frames and probes are aioquic's as ever) unless
   something could have given one of that connection's streams work since: a write
@@ -173,43 +174,8 @@ def datagrams(quic: Any, now: float) -> tuple[list[tuple[bytes, Any]], bool]:
             state[QUIET] = True
 
 
-def stream_frame(builder: Any, stream: Any, sender: Any, start: int, stop: int, overhead: int) -> int:
-    """The STREAM frame of ``sender``'s whole pending range ``start``-``stop`` (no FIN), as aioquic's
-    ``_write_stream_frame`` and ``QuicStreamSender.get_frame`` would make it, the sender's state moved as they move
-    it; the bytes of connection credit it used (those past the highest offset sent so far). The caller checked that
-    the frame, ``overhead`` bytes and the data, fits in the packet's room within the congestion window (aioquic's
-    ``remaining_flight_space``, never more than its ``remaining_buffer_space``), so the frame is begun as
-    ``QuicPacketBuilder.start_frame`` begins a STREAM frame that fits, without its checks: the type, the packet
-    marked ack-eliciting and in flight, the delivery handler registered."""
-    buf = builder._buffer
-    packet = builder._packet
-    buf.push_uint8(STREAM_WITH_OFFSET if start else STREAM)
-    packet.is_ack_eliciting = True
-    packet.in_flight = True
-    packet.delivery_handlers.append((delivered, (sender, start, stop)))
-    base = sender._buffer_start
-    data = bytes(sender._buffer[start - base:stop - base])
-    ranges = sender._pending._RangeSet__ranges
-    pending = ranges[0]
-    if stop == pending.stop:
-        del ranges[0]  # the range sent: nothing pending, no FIN (``RangeSet.shift``)
-        sender.buffer_is_empty = True
-    else:
-        ranges[0] = range(stop, pending.stop)  # its head sent (``RangeSet.subtract``): the rest waits
-    highest: int = sender.highest_offset
-    buf.push_uint_var(stream.stream_id)
-    if start:
-        buf.push_uint_var(start)
-    buf.push_uint16(len(data) | 0x4000)
-    buf.push_bytes(data)
-    if stop > highest:
-        sender.highest_offset = stop
-        return stop - highest
-    return 0
-
-
 def delivered(delivery: QuicDeliveryState, sender: Any, start: int, stop: int) -> None:
-    """The delivery handler of ``stream_frame``'s frames: ``QuicStreamSender.on_data_delivery(delivery, start,
+    """The delivery handler of the frames ``Service.fill`` writes: ``QuicStreamSender.on_data_delivery(delivery, start,
     stop, False)``, whose common case, the oldest bytes not yet acknowledged acknowledged in order, is done here
     with the same state changes (the buffer's acknowledged head released; the sender finished if that reaches an
     acknowledged FIN) and without its range bookkeeping; a loss, an ACK out of order or a reset stream is
@@ -232,11 +198,11 @@ class Service:
     aioquic to do; ``window``, the streams aioquic handles itself, then ``driver``; ``idle``, the rest; ``view``,
     what aioquic's ``_streams`` holds meanwhile: the streams whose MAX_STREAM_DATA is due and the finished ones,
     which aioquic pops. ``write`` stands in for ``QuicConnection._write_stream_frame``: for ``driver`` it fills the
-    packet from ``busy`` in order, each frame made by ``stream_frame`` (a whole pending range) or aioquic's own
-    method, with the offset limit aioquic computes (MAX_DATA and MAX_STREAM_DATA); a stream that sent and still has
-    something waiting goes to the back (aioquic's rotation), one that flow control holds waits for the next flush
-    (nothing this flush builds can lift its limit). A packet is full when the next stream's frame header and one
-    byte no longer fit: its stream opens the next packet."""
+    packet from ``busy`` in order, each frame made by ``fill`` (a pending range, or its head where the packet ends)
+    or aioquic's own method, with the offset limit aioquic computes (MAX_DATA and MAX_STREAM_DATA); a stream that
+    sent and still has something waiting goes to the back (aioquic's rotation), one that flow control holds waits
+    for the next flush (nothing this flush builds can lift its limit). A packet is full when the next stream's
+    frame header and one byte no longer fit: its stream opens the next packet."""
 
     __slots__ = ("busy", "cursor", "driver", "finished", "idle", "more", "packets", "queue", "quic", "real", "sent",
                  "view", "whole", "window")
@@ -290,12 +256,25 @@ class Service:
         return 0
 
     def fill(self, builder: Any, space: Any) -> None:
-        """Frames of ``busy`` from ``cursor`` on, until the packet is full or every stream was served."""
+        """Frames of ``busy`` from ``cursor`` on, until the packet is full or every stream was served.
+
+        A stream with one pending range and no FIN gets the STREAM frame of that range, or of its head when the
+        packet's room ends first, as aioquic's ``_write_stream_frame`` and ``QuicStreamSender.get_frame`` would make
+        it and with the sender's state moved as they move it (the range's start, ``buffer_is_empty``, the highest
+        offset sent) and the connection's credit used as they count it. The room is checked here within the
+        congestion window (aioquic's ``remaining_flight_space``, never more than its ``remaining_buffer_space``),
+        so the frame is begun as ``QuicPacketBuilder.start_frame`` begins a STREAM frame that fits, without its
+        checks: the type, the packet marked ack-eliciting and in flight, the delivery handler (``delivered``)
+        registered. Written here, not in a function per frame: this loop runs once per stream and event."""
         busy, quic, sent = self.busy, self.quic, self.sent
         whole = self.whole
         buf = builder._buffer
+        packet = builder._packet
+        handlers = packet.delivery_handlers
         # ``remaining_flight_space`` is this less the buffer's position (the capacity is set per packet)
         capacity = builder._flight_capacity - builder._packet_crypto.aead_tag_size
+        position = buf.tell()
+        credit = quic._remote_max_data - quic._remote_max_data_used  # MAX_DATA left: what new offsets may use
         cursor = self.cursor
         try:
             while cursor < len(busy):
@@ -312,28 +291,47 @@ class Service:
                             else 11)
                 if offset:
                     overhead += 1 if offset < 0x40 else 2 if offset < 0x4000 else 4 if offset < 0x40000000 else 8
-                room = capacity - buf.tell() - overhead
+                room = capacity - position - overhead
                 if room < 1:
                     return
                 cursor += 1
-                limit = min(sender.highest_offset + quic._remote_max_data - quic._remote_max_data_used,
-                            stream.max_stream_data_remote)
+                highest = sender.highest_offset
+                limit = min(highest + credit, stream.max_stream_data_remote)
                 if whole and len(ranges) == 1 and sender._buffer_fin is None:
-                    stop = ranges[0].stop
-                    if stop - offset <= room and stop <= limit:
-                        quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, stop, overhead)
+                    pending = ranges[0]
+                    stop = pending.stop
+                    end = stop if stop - offset <= room else offset + room
+                    if end <= limit:
+                        buf.push_uint8(STREAM_WITH_OFFSET if offset else STREAM)
+                        packet.is_ack_eliciting = True
+                        packet.in_flight = True
+                        handlers.append((delivered, (sender, offset, end)))
+                        base = sender._buffer_start
+                        buf.push_uint_var(stream_id)
+                        if offset:
+                            buf.push_uint_var(offset)
+                        buf.push_uint16((end - offset) | 0x4000)
+                        buf.push_bytes(bytes(sender._buffer[offset - base:end - base]))
+                        position += overhead + end - offset
+                        if end > highest:
+                            sender.highest_offset = end
+                            credit -= end - highest
                         sent.append(stream)
-                        continue
-                    if offset + room < stop and offset + room <= limit:  # the packet's last frame: its head
-                        quic._remote_max_data_used += stream_frame(builder, stream, sender, offset, offset + room,
-                                                                   overhead)
-                        sent.append(stream)
-                        busy.append(stream)  # the rest waits behind every other stream (aioquic's rotation)
+                        if end == stop:
+                            del ranges[0]  # the range sent: nothing pending, no FIN (``RangeSet.shift``)
+                            sender.buffer_is_empty = True
+                            continue
+                        ranges[0] = range(end, stop)  # its head sent (``RangeSet.subtract``): the rest waits,
+                        busy.append(stream)  # behind every other stream (aioquic's rotation)
                         return  # (the packet is full)
                 self.cursor = cursor
+                quic._remote_max_data_used = quic._remote_max_data - credit
                 self.part(builder, space, stream, sender, offset, limit)
+                position = buf.tell()
+                credit = quic._remote_max_data - quic._remote_max_data_used
         finally:
             self.cursor = cursor
+            quic._remote_max_data_used = quic._remote_max_data - credit
 
     def part(self, builder: Any, space: Any, stream: Any, sender: Any, offset: int, limit: int) -> None:
         """What ``fill``'s whole frame does not cover (part of the data, a retransmission, a FIN, qlog): aioquic's
