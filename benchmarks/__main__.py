@@ -35,16 +35,20 @@ from benchmarks.medians import combine
 from benchmarks.peers import PEERS, GatewayPeer, Peer, Target
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
-ALL_SCENARIOS = ("burst", "broadcast", "idle", "bytes", "view", "profile")
+ALL_SCENARIOS = ("burst", "ticker", "broadcast", "idle", "bytes", "view", "profile")
 
 
 def _plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"burst_n": (100, 300), "burst_publishes": 200, "broadcast_n": 1000, "broadcast_publishes": 5,
-                "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4, "repeats": 1}
+                "idle_br_n": 100, "view_n": 20, "view_commands": 40, "profile_seconds": 4, "repeats": 1,
+                "ticker_n": 100, "ticker_rate": 50, "ticker_events": 50}
     # repeats: every burst and broadcast is run this many times and its figures are the medians (benchmarks/medians).
     return {"burst_n": (100, 1000), "burst_publishes": 1000, "broadcast_n": 10_000, "broadcast_publishes": 20,
-            "idle_br_n": 500, "view_n": 1000, "view_commands": 200, "profile_seconds": 8, "repeats": 3}
+            "idle_br_n": 500, "view_n": 1000, "view_commands": 200, "profile_seconds": 8, "repeats": 3,
+            # 25 events a second to 1,000 streams: 25,000 deliveries a second, which the generator reads and
+            # decodes, Brotli included, well within its core (at 50 a second Brotli took 0.9 of it and fell behind)
+            "ticker_n": 1000, "ticker_rate": 25, "ticker_events": 300}
 
 
 def _versions() -> dict[str, str]:
@@ -139,6 +143,18 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                             runs[f"identity-{n}"] = await _repeated(plan, "burst", functools.partial(
                                 sc.burst, target, n, plan["burst_publishes"], protocol=protocol))
                             _log(f"  -> {_brief(runs[f'identity-{n}'])}")
+            if is_gateway and "ticker" in wanted:
+                # Each repeat on a fresh server, the encodings taking turns (as the broadcast's protocols do)
+                ticks: dict[str, list[dict[str, Any]]] = {encoding: [] for encoding in ("identity", "br", "zstd")}
+                for _ in range(plan.get("repeats", 1)):
+                    for encoding, done in ticks.items():
+                        with _started(peer, work) as target:
+                            _log(f"{peer.name}: ticker N={plan['ticker_n']} at {plan['ticker_rate']}/s {encoding}")
+                            done.append(await _guard("ticker", sc.ticker(
+                                target, plan["ticker_n"], plan["ticker_events"], rate=plan["ticker_rate"],
+                                encoding=encoding)))
+                            _log(f"  -> {_brief(done[-1])}")
+                entry["ticker"] = {encoding: combine(done) for encoding, done in ticks.items()}
             if "broadcast" in wanted and peer.name not in ("naive-quart-br", "gateway-uvloop"):
                 # Each repeat on a fresh server (the RSS per idle stream is read before any event). The gateway's
                 # protocols take turns within each repeat, so the h2 and HTTP/3 ratios to HTTP/1.1 compare runs

@@ -19,7 +19,7 @@ _MEDIAN = ("server_cpu_us_per_event", "server_cpu_s", "delivered_per_s", "second
            "generator_cpu_share", "wire_bytes_per_event", "open_seconds", "rss_before_mib", "rss_idle_mib",
            "rss_per_idle_stream_kib")
 # Counts that add up over the repeats: "delivered 300,000/300,000" says that none of the three lost an event.
-_SUM = ("delivered", "expected", "out_of_order")
+_SUM = ("delivered", "expected", "out_of_order", "late_publishes")
 
 
 def _median(values: Sequence[float]) -> float:

@@ -195,6 +195,55 @@ async def burst(target: Target, subscribers: int, publishes: int, *, concurrency
         await fleet.close()
 
 
+# -- ticker: a steady feed, the same pace for every encoding --------------------------------------------------------
+
+
+async def ticker(target: Target, subscribers: int, events: int, *, rate: float, encoding: str = "identity",
+                 timeout: float = 60.0) -> dict[str, Any]:
+    """``events`` published at a steady ``rate`` per second, each to ``subscribers`` streams: server CPU per
+    delivered event at a pace the load generator keeps up with, whatever the encoding.
+
+    A burst is as fast as the server accepts, but the pace is set by the generator as much as by the server: it
+    decodes every event of every stream, Brotli costs it more than identity, and a slower pace means fewer events
+    per fan-out round, so more writes per event. Compared at one fixed pace, two encodings' CPU per event differ
+    by what the server does for each, not by how fast the generator reads."""
+    fleet = await _open(target, subscribers, encoding=encoding)
+    publishers = await _publishers(target, 1)
+    try:
+        await _warm_up(target, fleet, publishers[0])
+        recorder = fleet.recorder
+        assert recorder is not None
+        recorder.expect(events * subscribers)
+        interval = 1.0 / rate
+        late = 0  # events published after their slot had passed: the generator could not keep the pace
+        with quiet_generator():
+            clock = Clock(target.pids).start()
+            start = time.perf_counter()
+            for seq in range(events):
+                delay = start + seq * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -interval:
+                    late += 1
+                await _publish(publishers[0], target, payload(seq))
+            complete = await recorder.wait_all(timeout)
+            clock.stop()
+        delivered = recorder.delivered
+        return {
+            "subscribers": subscribers, "publishes": events, "rate_per_s": rate, "encoding": encoding,
+            "content_encoding": fleet.streams[0].headers.get("content-encoding", "identity"),
+            "complete": complete, "delivered": delivered, "expected": recorder.expected,
+            "out_of_order": recorder.out_of_order, "late_publishes": late, "seconds": round(clock.wall, 3),
+            "server_cpu_s": round(clock.server, 3),
+            "server_cpu_us_per_event": round(clock.server / max(delivered, 1) * 1e6, 2),
+            "generator_cpu_share": round(clock.generator / clock.wall, 2),
+            "latency": _latency(recorder),
+        }
+    finally:
+        publishers[0].close()
+        await fleet.close()
+
+
 # -- broadcast latency and idle memory ----------------------------------------------------------------------------
 
 

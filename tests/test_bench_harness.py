@@ -19,7 +19,7 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
     out, docs = tmp_path / "comparison.json", tmp_path / "docs"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "comparison", "--quick", "--peers", "gateway,nchan",
-         "--scenarios", "burst,bytes", "--repeats", "2", "--out", str(out), "--docs", str(docs)],
+         "--scenarios", "burst,ticker,bytes", "--repeats", "2", "--out", str(out), "--docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -32,10 +32,19 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
             assert row["server_cpu_us_per_event"] > 0
             assert len(row["runs"]) == row["repeats"] == 2  # the figures are medians of two repeats
     assert results["peers"]["gateway"]["burst"]["br-300"]["content_encoding"] == "br"
+    ticker = results["peers"]["gateway"]["ticker"]
+    assert set(ticker) == {"identity", "br", "zstd"}
+    for encoding, row in ticker.items():  # the same steady pace for each encoding, every event delivered
+        assert row["complete"], f"ticker {encoding}: {row}"
+        assert row["content_encoding"] == encoding
+        assert row["rate_per_s"] == results["plan"]["ticker_rate"]
+        assert len(row["runs"]) == 2
     encodings = results["peers"]["gateway"]["bytes"]["encodings"]
     assert encodings["br"]["wire_bytes_per_event"] < encodings["identity"]["wire_bytes_per_event"]
     page = (docs / "benchmarks.md").read_text()
     assert "| nchan | identity | 300 |" in page
+    assert "## Ticker:" in page
+    assert "(ticker: 100 streams, 50 events/s)" in page  # the Brotli target is read on the ticker
     assert (docs / "benchmarks.png").stat().st_size > 10_000
 
 
