@@ -43,10 +43,10 @@ def free_port() -> int:
     """A port free on loopback for both TCP and UDP (the TLS and QUIC listeners share a number).
 
     It is taken outside the kernel's ephemeral range. A port from that range that was free a moment ago can be
-    given to any outgoing connection before the server binds it (a gateway's own Redis client, starting while
-    another gateway starts, was seen to take one: the server then failed with "Address already in use"); a port
-    outside it is only ever taken by an explicit bind. Where the ephemeral range covers ``_FIXED_RANGE``, the
-    kernel's own choice is the fallback.
+    given to any outgoing connection before the server binds it, and a gateway binds only after its lifespan
+    (the Redis bus) started: CI once failed with "Address already in use" when three gateways on the Redis bus
+    started at once on ports the kernel had picked. A port outside that range is only ever taken by an explicit
+    bind. Where the ephemeral range covers ``_FIXED_RANGE``, the kernel's own choice is the fallback.
     """
     ephemeral = _ephemeral_range()
     candidates = [p for p in _FIXED_RANGE if p not in ephemeral]
