@@ -80,7 +80,7 @@ test-fast: $(VENV)/.installed-dev
 audit: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.support.audit
 
-## bench: install what the comparison needs (nginx + nchan as root), run it (~25 min), write docs/benchmarks.md,
+## bench: install what the comparison needs (nginx + nchan as root), run it (~40 min), write docs/benchmarks.md,
 ## docs/scaleout.md and docs/idle-memory.md (the idle stream's memory by owner)
 bench: $(VENV)/.installed-dev bench-deps
 	$(BIN)/python -m benchmarks comparison $(BENCH_ARGS)
