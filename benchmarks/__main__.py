@@ -97,6 +97,21 @@ async def _repeated(plan: dict[str, Any], name: str,
     return combine(runs)
 
 
+async def _in_turns(plan: dict[str, Any], peer: Peer, work: Path, name: str,
+                    variants: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+    """``plan["repeats"]`` repeats of every variant of a scenario, each run on a fresh server and the variants
+    taking turns within a repeat, so their ratios compare runs made side by side, not minutes apart (and a figure
+    read before any event, such as the RSS per idle stream, is always a fresh server's); each variant's medians."""
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in variants}
+    for _ in range(plan.get("repeats", 1)):
+        for key, scenario in variants.items():
+            with _started(peer, work) as target:
+                _log(f"{peer.name}: {name}, {key}")
+                runs[key].append(await _guard(name, scenario(target)))
+                _log(f"  -> {_brief(runs[key][-1])}")
+    return {key: combine(done) for key, done in runs.items()}
+
+
 async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
     plan = _plan(args.quick)
     if args.repeats is not None:
@@ -144,32 +159,20 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                                 sc.burst, target, n, plan["burst_publishes"], protocol=protocol))
                             _log(f"  -> {_brief(runs[f'identity-{n}'])}")
             if is_gateway and "ticker" in wanted:
-                # Each repeat on a fresh server, the encodings taking turns (as the broadcast's protocols do)
-                ticks: dict[str, list[dict[str, Any]]] = {encoding: [] for encoding in ("identity", "br", "zstd")}
-                for _ in range(plan.get("repeats", 1)):
-                    for encoding, done in ticks.items():
-                        with _started(peer, work) as target:
-                            _log(f"{peer.name}: ticker N={plan['ticker_n']} at {plan['ticker_rate']}/s {encoding}")
-                            done.append(await _guard("ticker", sc.ticker(
-                                target, plan["ticker_n"], plan["ticker_events"], rate=plan["ticker_rate"],
-                                encoding=encoding)))
-                            _log(f"  -> {_brief(done[-1])}")
-                entry["ticker"] = {encoding: combine(done) for encoding, done in ticks.items()}
+                ticker = f"ticker N={plan['ticker_n']} at {plan['ticker_rate']}/s"
+                entry["ticker"] = await _in_turns(plan, peer, work, ticker, {
+                    encoding: functools.partial(sc.ticker, subscribers=plan["ticker_n"],
+                                                events=plan["ticker_events"], rate=plan["ticker_rate"],
+                                                encoding=encoding)
+                    for encoding in ("identity", "br", "zstd")})
             if "broadcast" in wanted and peer.name not in ("naive-quart-br", "gateway-uvloop"):
-                # Each repeat on a fresh server (the RSS per idle stream is read before any event). The gateway's
-                # protocols take turns within each repeat, so the h2 and HTTP/3 ratios to HTTP/1.1 compare runs
-                # made side by side, not minutes apart.
                 protocols = ["h1", *_multiplexed(args)] if is_gateway else ["h1"]
-                repeats: dict[str, list[dict[str, Any]]] = {protocol: [] for protocol in protocols}
-                for _ in range(plan.get("repeats", 1)):
-                    for protocol in protocols:
-                        with _started(peer, work) as target:
-                            _log(f"{peer.name}: broadcast N={plan['broadcast_n']} over {protocol}")
-                            repeats[protocol].append(await _guard("broadcast", sc.broadcast(
-                                target, plan["broadcast_n"], plan["broadcast_publishes"], protocol=protocol)))
-                            _log(f"  -> {_brief(repeats[protocol][-1])}")
-                for protocol, done in repeats.items():
-                    entry["broadcast" if protocol == "h1" else f"broadcast_{protocol}"] = combine(done)
+                done = await _in_turns(plan, peer, work, f"broadcast N={plan['broadcast_n']}", {
+                    protocol: functools.partial(sc.broadcast, subscribers=plan["broadcast_n"],
+                                                publishes=plan["broadcast_publishes"], protocol=protocol)
+                    for protocol in protocols})
+                for protocol, result in done.items():
+                    entry["broadcast" if protocol == "h1" else f"broadcast_{protocol}"] = result
             if "idle" in wanted and peer.name in ("gateway", "naive-quart-br"):
                 with _started(peer, work) as target:
                     _log(f"{peer.name}: idle memory, br")

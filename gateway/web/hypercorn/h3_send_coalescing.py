@@ -298,8 +298,7 @@ class Service:
                 highest = sender.highest_offset
                 limit = min(highest + credit, stream.max_stream_data_remote)
                 if whole and len(ranges) == 1 and sender._buffer_fin is None:
-                    pending = ranges[0]
-                    stop = pending.stop
+                    stop = ranges[0].stop
                     end = stop if stop - offset <= room else offset + room
                     if end <= limit:
                         buf.push_uint8(STREAM_WITH_OFFSET if offset else STREAM)
