@@ -14,14 +14,18 @@ from gateway.web.asgi_util import (
     Receive,
     Scope,
     Send,
+    StreamRequest,
     answer_with_cors,
+    joined_headers,
+    parse_query,
     scope_headers,
     send_error,
     stop_answering_with_cors,
 )
 from gateway.web.context import HUB_PUBLISH_ROUTE, HUB_ROUTE, AppContext, ViewSpec
 from gateway.web.hypercorn import install as install_corrections
-from gateway.web.posts import serve_post
+from gateway.web.hypercorn.h11_post_lane import Request as LaneRequest
+from gateway.web.posts import Answer, answer_post, serve_post, whole_body
 from gateway.web.streams import serve_hub, serve_view
 
 log = logging.getLogger("gateway")
@@ -56,11 +60,24 @@ class Dispatcher:
     def lane_route(self, path: str) -> bool:
         """Whether ``h11_post_lane`` may serve a plain HTTP/1.1 POST to ``path`` from the connection's read loop:
         the hub publish and exact command paths, once started, unless traced or access-logged (their spans and
-        lines are made on Hypercorn's path) or ``server.post_lane`` is off. The lane calls this app all the same."""
+        lines are made on Hypercorn's path) or ``server.post_lane`` is off. The lane then calls ``lane_post``."""
         runtime = self.runtime
         server = runtime.settings.server
         return (runtime.started and server.post_lane and not server.access_log and not runtime.tracing.on
                 and (path == HUB_PUBLISH_ROUTE or path in runtime.commands))
+
+    async def lane_post(self, request: LaneRequest, client: tuple[str, int] | None, scheme: str) -> Answer:
+        """A POST the lane holds whole, to a path ``lane_route`` took: answered by ``answer_post``, the function
+        the ASGI path (``serve_post``) calls once it has read the body, with the same checks in the same order.
+        Nothing of the dispatcher's own work applies to it: an exact path, a POST, no preflight, started,
+        untraced; the refusals' CORS headers are added there."""
+        path = request.path.decode("ascii")
+        stream_request = StreamRequest("POST", path, parse_query(request.query), joined_headers(request.headers),
+                                       client[0] if client else None, "1.1")
+        answer = await answer_post(self.runtime, self.runtime.commands.get(path), stream_request, scheme,
+                                   whole_body(request.body))
+        assert answer is not None  # (a whole body cannot be cut short)
+        return answer
 
     def _cross_origin_route(self, path: str, route: CommandSpec | ViewSpec | None) -> bool:
         """Streams, commands and hub publishes: the routes a CORS preflight is answered on."""

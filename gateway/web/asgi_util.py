@@ -30,12 +30,22 @@ _request_cors: ContextVar[Headers] = ContextVar("gateway_request_cors", default=
 
 def scope_headers(scope: Scope) -> dict[str, str]:
     """The request's headers by lower-case name; repeated ones joined with ", " as HTTP allows."""
+    return joined_headers(scope.get("headers", ()))
+
+
+def joined_headers(raw: Headers) -> dict[str, str]:
+    """Raw header pairs by lower-case name; repeated ones joined with ", " as HTTP allows."""
     headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
+    for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
+
+
+def parse_query(raw: bytes) -> dict[str, list[str]]:
+    """A raw query string's values by name (blank values kept)."""
+    return parse_qs(raw.decode("latin-1"), keep_blank_values=True) if raw else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +62,12 @@ class StreamRequest:
 
     @classmethod
     def from_scope(cls, scope: Scope) -> StreamRequest:
-        headers = scope_headers(scope)
-        raw_query = scope.get("query_string", b"")
-        query = parse_qs(raw_query.decode("latin-1"), keep_blank_values=True) if raw_query else {}
         client = scope.get("client")
         return cls(
             method=scope.get("method", "GET"),
             path=scope.get("path", "/"),
-            query=query,
-            headers=headers,
+            query=parse_query(scope.get("query_string", b"")),
+            headers=scope_headers(scope),
             client=client[0] if client else None,
             http_version=scope.get("http_version", "1.1"),
             path_params=dict(scope.get("path_params", {})),
@@ -90,8 +97,9 @@ def stop_answering_with_cors(token: Token[Headers] | None) -> None:
         _request_cors.reset(token)
 
 
-async def send_error(send: Send, error: GatewayError, extra: Mapping[str, str] | None = None) -> None:
-    """Answer with the gateway's JSON error body, and the request's CORS headers (``answer_with_cors``)."""
+def error_answer(error: GatewayError, extra: Mapping[str, str] | None = None, *,
+                 cors: Headers = ()) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The gateway's JSON error answer: status, headers (``cors`` last, unless named already) and body."""
     body = orjson.dumps(error.body())
     headers = [
         (b"content-type", b"application/json"),
@@ -99,7 +107,14 @@ async def send_error(send: Send, error: GatewayError, extra: Mapping[str, str] |
         (b"cache-control", b"no-store"),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**error.headers(), **(extra or {})}.items()]
-    given = {name for name, _ in headers}
-    headers += [(name, value) for name, value in _request_cors.get() if name not in given]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    if cors:
+        given = {name for name, _ in headers}
+        headers += [(name, value) for name, value in cors if name not in given]
+    return error.status, headers, body
+
+
+async def send_error(send: Send, error: GatewayError, extra: Mapping[str, str] | None = None) -> None:
+    """Answer with the gateway's JSON error body, and the request's CORS headers (``answer_with_cors``)."""
+    status, headers, body = error_answer(error, extra, cors=_request_cors.get())
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -29,11 +29,6 @@ def _buckets(limits: RateLimitSettings) -> dict[str, TokenBuckets]:
             for kind, (rate, burst) in configured.items() if rate > 0}
 
 
-def _peer(scope: Scope) -> str | None:
-    client = scope.get("client")
-    return str(client[0]) if client else None
-
-
 class Guard:
     """Cross-site protection, CORS and rate limits of one gateway process."""
 
@@ -47,12 +42,12 @@ class Guard:
     def client(self, peer: str | None, headers: Mapping[str, str]) -> str:
         return client_address(peer, headers.get("x-forwarded-for"), self.trusted)
 
-    def check_post(self, kind: str, scope: Scope, headers: Mapping[str, str]) -> None:
-        """A command or publish: refuse a cross-site browser request (403), then a client over its rate (429)."""
-        peer = _peer(scope)
+    def check_post(self, kind: str, peer: str | None, scheme: str, headers: Mapping[str, str]) -> None:
+        """A command or publish from ``peer`` (the connection's address) over ``scheme``: refuse a cross-site
+        browser request (403), then a client over its rate (429)."""
         origin, site = headers.get("origin"), headers.get("sec-fetch-site")
         if origin is not None or site is not None:  # (neither: not a browser's request, nothing to refuse)
-            own = request_origin(scope.get("scheme", "http"), headers, is_trusted_proxy(peer, self.trusted))
+            own = request_origin(scheme, headers, is_trusted_proxy(peer, self.trusted))
             try:
                 self.policy.check(origin, site, own)
             except CrossSiteRefused as exc:
