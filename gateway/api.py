@@ -317,7 +317,7 @@ class Gateway:
         hub_route = compression.route(HUB_ROUTE, runtime.hub_compression)
         fanout = Fanout(runtime.bus, runtime.metrics, lambda size: compression.observe(hub_route, size),
                         runtime.metrics.report_tallies, tracing=runtime.tracing,
-                        heartbeat=runtime.settings.sse.heartbeat)
+                        heartbeat=runtime.settings.sse.heartbeat, batch_window=runtime.settings.sse.batch_window)
         for spec in runtime.views.values():
             fanout.add_view(spec.path, spec.topics, spec.shared_render,
                             partial(compression.observe, compression.route(spec.path, spec.compression)))

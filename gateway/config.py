@@ -143,6 +143,11 @@ class SSESettings:
     max_lifetime: float = _field(0 * SECONDS, "seconds after which a stream is ended with a reconnect hint (+-10% "
                                  "jitter, spreads reconnects and rebalances); 0 keeps streams forever",
                                  _between(0, 7 * 86_400, " s"))
+    batch_window: float = _field(0.001 * SECONDS, "seconds fan-out gathers events under a burst: a round of writes "
+                                 "that would follow the previous one by less than this (or than the previous "
+                                 "round took, whichever is longer; at most 0.02) waits, so its events leave in "
+                                 "fewer, larger writes. A lone event is never held; 0 keeps only the round's own "
+                                 "duration", _between(0, 0.02, " s"))
     direct_writes: bool = _field(True, "fan-out writes events straight to the socket of idle HTTP/1.1 streams "
                                  "(no task wake-up; several events in one write); busy streams always use their own "
                                  "task")

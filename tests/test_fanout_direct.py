@@ -326,3 +326,57 @@ async def test_a_view_cohort_member_that_joins_mid_round_gets_only_later_chunks(
     fanout._flush()
     assert first.writes == [["", "2"]]
     assert late.writes == [["2"]], "a member that joined mid-round was handed a chunk from before it joined"
+
+
+async def _written_at(target: Target, times: list[float]) -> None:
+    """Waits for ``target``'s next direct write and records the loop time its round began."""
+    target.got.clear()
+    async with asyncio.timeout(5):
+        await target.got.wait()
+    times.append(target.now)
+
+
+class Timed(Target):
+    """A ``Target`` that keeps the loop time of its last direct write's round (``now``)."""
+
+    now = 0.0
+
+    def direct_write(self, frames: list[Frame], now: float) -> None:
+        self.now = now
+        super().direct_write(frames, now)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("window", [0.0, 0.02])
+async def test_a_round_right_after_another_waits_out_the_batch_window(window: float) -> None:
+    """``sse.batch_window``: a round that would follow the previous one by less than the window is held back until
+    the window has passed (its events gather meanwhile); a round after a quiet spell is never held. Told apart by
+    ordering, not by timing: a marker due at half the window fires before a held round and after a prompt one."""
+    bus = create_bus("memory://", history=100, workers=1, queue_size=10, idempotency_ttl=1)
+    await bus.start(_noop)
+    fanout = Fanout(bus, Metrics(), batch_window=window)
+    loop = asyncio.get_running_loop()
+    try:
+        target = Timed()
+        await fanout.start()
+        fanout.attach_hub(("t",), target)
+        order: list[str] = []
+        times: list[float] = []
+        for i in range(2):  # the first after a quiet spell, the second right after it
+            loop.call_later(0.01, order.append, f"marker {i}")
+            await bus.publish(hub_key("t"), _event("t", i))
+            await _written_at(target, times)
+            order.append(f"write {i}")
+            if i == 0:
+                await bus.publish(hub_key("t"), _event("t", 10))  # (this one goes in the next round: it is held
+                await bus.publish(hub_key("t"), _event("t", 11))  # back, so these three leave together)
+        assert order[0] == "write 0", order
+        if window:
+            assert order.index("marker 1") < order.index("write 1"), order
+            assert times[1] - times[0] >= window - 0.001
+            assert target.writes[1] == ["2", "3", "4"], "the held round did not gather the events meanwhile"
+        else:
+            assert "marker 1" not in order, order
+    finally:
+        await fanout.close()
+        await bus.close(1)
