@@ -328,14 +328,6 @@ async def test_a_view_cohort_member_that_joins_mid_round_gets_only_later_chunks(
     assert late.writes == [["2"]], "a member that joined mid-round was handed a chunk from before it joined"
 
 
-async def _written_at(target: Target, times: list[float]) -> None:
-    """Waits for ``target``'s next direct write and records the loop time its round began."""
-    target.got.clear()
-    async with asyncio.timeout(5):
-        await target.got.wait()
-    times.append(target.now)
-
-
 class Timed(Target):
     """A ``Target`` that keeps the loop time of its last direct write's round (``now``)."""
 
@@ -344,6 +336,14 @@ class Timed(Target):
     def direct_write(self, frames: list[Frame], now: float) -> None:
         self.now = now
         super().direct_write(frames, now)
+
+
+async def _written_at(target: Timed, times: list[float]) -> None:
+    """Waits for ``target``'s next direct write and records the loop time its round began."""
+    target.got.clear()
+    async with asyncio.timeout(5):
+        await target.got.wait()
+    times.append(target.now)
 
 
 @pytest.mark.asyncio
