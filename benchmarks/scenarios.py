@@ -32,8 +32,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.loadgen.latency import LANE_BITS
 from benchmarks.peers import Target
-from benchmarks.procstat import cpu_seconds as server_cpu
-from benchmarks.procstat import rss_bytes
+from benchmarks.procstat import cpu_between, cpu_reading, rss_bytes
 
 TOPIC = "bench"
 SSE_HEADERS = (("Accept", "text/event-stream"),)  # nchan refuses a subscriber that does not ask for SSE
@@ -83,11 +82,11 @@ class Clock:
     wall: float = 0.0
 
     def start(self) -> Clock:
-        self._s, self._g, self._w = server_cpu(self.pids), cpu_seconds(), time.perf_counter()
+        self._s, self._g, self._w = cpu_reading(self.pids), cpu_seconds(), time.perf_counter()
         return self
 
     def stop(self) -> Clock:
-        self.server = server_cpu(self.pids) - self._s
+        self.server = cpu_between(self._s, cpu_reading(self.pids))
         self.generator = cpu_seconds() - self._g
         self.wall = time.perf_counter() - self._w
         return self
