@@ -24,7 +24,9 @@ LANE = "gateway_post_lane_requests_total"
 HEADER_TIMEOUT = 1.0
 KEEP_ALIVE = 2.0
 # Both gateways run with short timers, so that the lane's handling of them can be watched within seconds.
-TIMERS = {"GATEWAY_LIMITS_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "GATEWAY_SERVER_KEEP_ALIVE_TIMEOUT": str(KEEP_ALIVE)}
+TIMERS = {"GATEWAY_LIMITS_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "GATEWAY_SERVER_KEEP_ALIVE_TIMEOUT": str(KEEP_ALIVE),
+          "GATEWAY_SECURITY_CORS_ORIGINS": "https://app.example"}  # (and a page origin whose answers carry CORS)
+FROM_APP = "Origin: https://app.example\r\nSec-Fetch-Site: cross-site\r\n"
 
 
 def post(path: str, body: bytes, *, token: str | None = HUB_TOKEN, extra: str = "",
@@ -246,7 +248,7 @@ async def test_a_publish_through_the_lane_is_delivered_and_answered_as_hypercorn
             answers.append(answer)
             stream.close()
     assert comparable(answers[0]) == comparable(answers[1])
-    assert [k for k, _ in answers[0].headers] == ["event-id", "event-version", "date", "alt-svc"]
+    assert [k for k, _ in answers[0].headers] == ["event-id", "event-version", "vary", "date", "alt-svc"]
 
 
 REFUSALS = {
@@ -260,6 +262,10 @@ REFUSALS = {
     "bad event id": (post("/hub/publish", b'{"topic": "t", "data": 1, "id": "a\\nb"}'), 422),
     "cross-site": (publish("t", 1, extra="Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n"), 403),
     "command shape": (post("/todos/add", b'{"text": 5}', token=None), 422),
+    "listed origin, no token": (publish("t", 1, token=None, extra=FROM_APP), 401),
+    "listed origin, bad body": (post("/hub/publish", b"[1]", extra=FROM_APP), 400),
+    "listed origin, published": (publish("t", 1, extra=FROM_APP), 204),
+    "listed origin, command": (post("/todos/add", b'{"text": "from the app"}', token=None, extra=FROM_APP), 204),
 }
 
 
@@ -277,6 +283,8 @@ async def test_a_refusal_through_the_lane_is_hypercorns_refusal(gateways: tuple[
             assert (await conn.exchange(publish("after-refusal", 1))).status == 204  # the connection lives on
     assert answers[0].status == status, answers[0]
     assert comparable(answers[0]) == comparable(answers[1])
+    if FROM_APP.encode() in raw:  # the page may read the answer, refusal or not
+        assert answers[0].header("access-control-allow-origin") == "https://app.example", answers[0]
 
 
 @pytest.mark.live
