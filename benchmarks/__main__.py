@@ -112,6 +112,23 @@ async def _in_turns(plan: dict[str, Any], peer: Peer, work: Path, name: str,
     return {key: combine(done) for key, done in runs.items()}
 
 
+async def _side_by_side(plan: dict[str, Any], peers: list[Peer], work: Path, name: str,
+                        scenario: Callable[[Target], Awaitable[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """``plan["repeats"]`` runs of one scenario on each of ``peers``, whose servers run at once (each pinned to the
+    server CPU; the one not driven sits idle), the peers taking turns repeat by repeat: a ratio between peers then
+    compares runs made seconds apart, not the minutes between one peer's turn and the next, over which this VM's
+    speed was seen to drift by a third. Each peer's medians."""
+    runs: dict[str, list[dict[str, Any]]] = {peer.name: [] for peer in peers}
+    with contextlib.ExitStack() as stack:
+        targets = [stack.enter_context(_started(peer, work)) for peer in peers]
+        for _ in range(plan.get("repeats", 1)):
+            for peer, target in zip(peers, targets, strict=True):
+                _log(f"{peer.name}: {name} (side by side with {', '.join(p.name for p in peers if p is not peer)})")
+                runs[peer.name].append(await _guard(name, scenario(target)))
+                _log(f"  -> {_brief(runs[peer.name][-1])}")
+    return {key: combine(done) for key, done in runs.items()}
+
+
 async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
     plan = _plan(args.quick)
     if args.repeats is not None:
@@ -130,6 +147,14 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
         run_peers: list[Peer] = list(peers)
         if not args.peers or "gateway" in args.peers.split(","):
             run_peers.insert(1, uvloop_peer)
+        # The burst to few streams, where the target compares the gateway with nchan: both at once, in turns.
+        n_small = plan["burst_n"][0]
+        duel = [peer for peer in run_peers if peer.name in ("gateway", "nchan") and peer.missing() is None]
+        small: dict[str, dict[str, Any]] = {}
+        if "burst" in wanted and len(duel) == 2:
+            small = await _side_by_side(plan, duel, work, f"burst N={n_small} identity", functools.partial(
+                sc.burst, subscribers=n_small, publishes=plan["burst_publishes"]))
+            results["side_by_side"] = {"burst": [f"identity-{n_small}", [peer.name for peer in duel]]}
         for peer in run_peers:
             why = peer.missing()
             if why is not None:
@@ -145,6 +170,9 @@ async def _comparison(args: argparse.Namespace) -> dict[str, Any]:
                                                                                                  ["identity"])
                 for encoding in encodings:
                     for n in plan["burst_n"]:
+                        if encoding == "identity" and n == n_small and peer.name in small:
+                            entry["burst"][f"identity-{n}"] = small[peer.name]
+                            continue
                         with _started(peer, work) as target:
                             _log(f"{peer.name}: burst N={n} {encoding}")
                             entry["burst"][f"{encoding}-{n}"] = await _repeated(plan, "burst", functools.partial(

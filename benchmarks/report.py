@@ -70,13 +70,18 @@ def _markdown(r: dict[str, Any], plot: str | None) -> str:
             "server, one after the other; a broadcast's each on a fresh server, the gateway's HTTP/1.1, h2 and "
             "HTTP/3 taking turns); *delivered* adds the repeats up. The targets table lists every repeat's figure "
             "beside the median, and `comparison.json` keeps each repeat's CPU, p50 and p99 under `runs`.\n")
+    for scenario, (key, names) in (r.get("side_by_side") or {}).items():
+        add(f"The {scenario} `{key}` of {' and '.join(names)} ran side by side: both servers up at once on the "
+            "server CPU, taking turns repeat by repeat, so that their ratio compares runs made seconds apart (this "
+            "VM's speed was seen to drift by a third within an hour).\n")
     add(f"- **Run**: {m['date']}, {m['nproc']} CPUs ({m['cpu']}), {m['platform']}, Python {m['python']}; "
         f"{'QUICK run (small sizes)' if r.get('quick') else 'full run'}, {r.get('elapsed_seconds', '?')} s.")
     add("- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
     add(f"- **Pinning**: each server on CPU {r['pinning']['server_cpu']}, the load generator on CPU "
-        f"{r['pinning']['generator_cpu']} (`taskset`). Server CPU is user + system time of all its processes from "
-        "`/proc/<pid>/stat` (on loopback, the kernel's TCP work for the receiver is charged to the sender); RSS "
-        "from `/proc/<pid>/status`.")
+        f"{r['pinning']['generator_cpu']} (`taskset`). Server CPU is the time on a CPU of all its processes' "
+        "threads, to the nanosecond (`/proc/<pid>/task/<tid>/schedstat`; user + system time from `/proc/<pid>/stat`, "
+        "in 10 ms ticks, when threads came or went); on loopback, the kernel's TCP work for the receiver is charged "
+        "to the sender. RSS from `/proc/<pid>/status`.")
     add("- **Load generator**: `benchmarks/loadgen`, one asyncio process on uvloop: HTTP/1.1 (a connection per "
         "stream; h2 and HTTP/3, 100 streams a connection, where said), "
         "every event parsed by a WHATWG SSE parser and decoded (br/zstd/gzip), each event's `{\"seq\", \"t\"}` "

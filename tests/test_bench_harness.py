@@ -32,6 +32,10 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
             assert row["server_cpu_us_per_event"] > 0
             assert len(row["runs"]) == row["repeats"] == 2  # the figures are medians of two repeats
     assert results["peers"]["gateway"]["burst"]["br-300"]["content_encoding"] == "br"
+    # the small burst of the gateway and nchan: both servers up, in turns (benchmarks.__main__._side_by_side)
+    assert results["side_by_side"] == {"burst": ["identity-100", ["gateway", "nchan"]]}
+    for name in ("gateway", "nchan"):
+        assert results["peers"][name]["burst"]["identity-100"]["subscribers"] == 100
     ticker = results["peers"]["gateway"]["ticker"]
     assert set(ticker) == {"identity", "br", "zstd"}
     for encoding, row in ticker.items():  # the same steady pace for each encoding, every event delivered
@@ -45,6 +49,7 @@ def test_quick_comparison_runs_and_writes_the_page(tmp_path: Path) -> None:
     assert "| nchan | identity | 300 |" in page
     assert "## Ticker:" in page
     assert "(ticker: 100 streams, 50 events/s)" in page  # the Brotli target is read on the ticker
+    assert "ran side by side" in page
     assert (docs / "benchmarks.png").stat().st_size > 10_000
 
 
