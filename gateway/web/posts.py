@@ -82,12 +82,12 @@ async def _read_body(receive: Receive, limit: int, parts: list[bytes]) -> int:
 
 Body = Callable[[AppContext, Mapping[str, str]], Awaitable["tuple[bytes, dict[str, Any]] | None"]]
 """How ``answer_post`` gets the request's JSON object body once the request itself has passed: its bytes and the
-object they parse to, or None when the client went away while sending it (``AsgiBody``, ``whole_body``)."""
+object they parse to, or None when the client went away while sending it (``asgi_body``, ``whole_body``)."""
 
 
-def _judge_headers(runtime: AppContext, headers: Mapping[str, str]) -> int | None:
-    """The body's declared length, its headers judged first: a malformed length (400), the media type and coding
-    (415), then a declared size too large to be worth reading (413)."""
+def _judge_headers(runtime: AppContext, headers: Mapping[str, str]) -> None:
+    """A body's headers, judged before its bytes: a malformed length (400), the media type and coding (415), then
+    a declared size too large to be worth reading (413)."""
     limit = runtime.settings.commands.max_body
     declared = headers.get("content-length")
     try:
@@ -97,7 +97,6 @@ def _judge_headers(runtime: AppContext, headers: Mapping[str, str]) -> int | Non
     jsonbody.check_headers(headers.get("content-type"), headers.get("content-encoding"))
     if length is not None and length > limit + LINGER_BYTES:
         jsonbody.check_size(length, limit)  # too large to be worth reading: refuse from the header
-    return length
 
 
 def _judge_body(runtime: AppContext, body: bytes) -> tuple[bytes, dict[str, Any]]:
@@ -131,7 +130,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str],
         raise RequestTimeout(f"the body did not arrive within {deadline:g} s ({came} bytes came)") from None
     if received < 0:
         return None
-    jsonbody.check_size(received, limit)  # (``parts`` holds at most ``limit`` bytes: judge what was received)
+    jsonbody.check_size(received, limit)  # (``parts`` keeps at most ``limit`` bytes: judge all that came)
     return _judge_body(runtime, b"".join(parts))
 
 
