@@ -30,8 +30,8 @@ in the same milliseconds the loop accepts the next publishes, and they leave in 
 per subscriber for several events instead of one each. Fan-out never holds the loop more than about half of a busy
 period. A round to a few streams takes too little time for that to gather much: ``sse.batch_window`` (1 ms by
 default) is the least a round waits after the previous one. To 100 streams under 8 publishers, it cut the server's
-CPU per delivered event by about a quarter (2.1 to 1.55 µs, medians of six bursts each) for ~0.8 ms more at the median latency
-and the same p99. A lone event, or one after a quiet spell as long as the window, is never held.
+CPU per delivered event by about a quarter (2.1 to 1.55 µs, medians of six bursts each) for ~0.8 ms more at the
+median latency and the same p99. A lone event, or one after a quiet spell as long as the window, is never held.
 """
 
 from __future__ import annotations
