@@ -97,36 +97,50 @@ async def _repeated(plan: dict[str, Any], name: str,
     return combine(runs)
 
 
+Run = Callable[[], Awaitable[dict[str, Any]]]  # one run of a scenario, its result
+
+
+async def _alternating(plan: dict[str, Any], name: str, runs: dict[str, tuple[str, Run]]) -> dict[str, dict[str, Any]]:
+    """``plan["repeats"]`` repeats of every run in ``runs`` (by key: the line logged, the run itself), the runs
+    taking turns within a repeat so that their ratios compare runs made side by side, not minutes apart; each
+    key's medians."""
+    done: dict[str, list[dict[str, Any]]] = {key: [] for key in runs}
+    for _ in range(plan.get("repeats", 1)):
+        for key, (title, run_once) in runs.items():
+            _log(title)
+            done[key].append(await _guard(name, run_once()))
+            _log(f"  -> {_brief(done[key][-1])}")
+    return {key: combine(results) for key, results in done.items()}
+
+
 async def _in_turns(plan: dict[str, Any], peer: Peer, work: Path, name: str,
                     variants: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
-    """``plan["repeats"]`` repeats of every variant of a scenario, each run on a fresh server and the variants
-    taking turns within a repeat, so their ratios compare runs made side by side, not minutes apart (and a figure
-    read before any event, such as the RSS per idle stream, is always a fresh server's); each variant's medians."""
-    runs: dict[str, list[dict[str, Any]]] = {key: [] for key in variants}
-    for _ in range(plan.get("repeats", 1)):
-        for key, scenario in variants.items():
+    """Every variant of a scenario ``_alternating``, each run on a fresh server (so a figure read before any
+    event, such as the RSS per idle stream, is always a fresh server's)."""
+
+    def fresh(scenario: Callable[[Target], Awaitable[dict[str, Any]]]) -> Run:
+        async def run_once() -> dict[str, Any]:
             with _started(peer, work) as target:
-                _log(f"{peer.name}: {name}, {key}")
-                runs[key].append(await _guard(name, scenario(target)))
-                _log(f"  -> {_brief(runs[key][-1])}")
-    return {key: combine(done) for key, done in runs.items()}
+                return await scenario(target)
+
+        return run_once
+
+    return await _alternating(plan, name, {key: (f"{peer.name}: {name}, {key}", fresh(scenario))
+                                           for key, scenario in variants.items()})
 
 
 async def _side_by_side(plan: dict[str, Any], peers: list[Peer], work: Path, name: str,
                         scenario: Callable[[Target], Awaitable[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """``plan["repeats"]`` runs of one scenario on each of ``peers``, whose servers run at once (each pinned to the
-    server CPU; the one not driven sits idle), the peers taking turns repeat by repeat: a ratio between peers then
-    compares runs made seconds apart, not the minutes between one peer's turn and the next, over which this VM's
-    speed was seen to drift by a third. Each peer's medians."""
-    runs: dict[str, list[dict[str, Any]]] = {peer.name: [] for peer in peers}
+    """One scenario ``_alternating`` between ``peers``, whose servers run at once (each pinned to the server CPU;
+    the one not driven sits idle): a ratio between peers then compares runs made seconds apart, not the minutes
+    between one peer's turn and the next, over which this VM's speed was seen to drift by a third. Each peer's
+    medians."""
     with contextlib.ExitStack() as stack:
         targets = [stack.enter_context(_started(peer, work)) for peer in peers]
-        for _ in range(plan.get("repeats", 1)):
-            for peer, target in zip(peers, targets, strict=True):
-                _log(f"{peer.name}: {name} (side by side with {', '.join(p.name for p in peers if p is not peer)})")
-                runs[peer.name].append(await _guard(name, scenario(target)))
-                _log(f"  -> {_brief(runs[peer.name][-1])}")
-    return {key: combine(done) for key, done in runs.items()}
+        return await _alternating(plan, name, {
+            peer.name: (f"{peer.name}: {name} (side by side with "
+                        f"{', '.join(p.name for p in peers if p is not peer)})", functools.partial(scenario, target))
+            for peer, target in zip(peers, targets, strict=True)})
 
 
 async def _comparison(args: argparse.Namespace) -> dict[str, Any]:

@@ -208,7 +208,7 @@ class Fanout:
                  on_flushed: Callable[[], None] | None = None, *, shrink_delay: float = SHRINK_DELAY,
                  tracing: Tracing = NO_TRACING, heartbeat: float = 15.0, batch_window: float = 0.0) -> None:
         self._bus = bus
-        self._batch_window = min(batch_window, MAX_DEFER)
+        self._batch_window = batch_window  # (a round never waits more than ``MAX_DEFER``, whatever this says)
         self._heartbeat = heartbeat
         self._tracing = tracing
         self._metrics = metrics

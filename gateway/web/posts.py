@@ -99,10 +99,11 @@ def _judge_headers(runtime: AppContext, headers: Mapping[str, str]) -> None:
         jsonbody.check_size(length, limit)  # too large to be worth reading: refuse from the header
 
 
-def _judge_body(runtime: AppContext, body: bytes) -> tuple[bytes, dict[str, Any]]:
-    """A whole body judged: its size (413), then its syntax and shape (400)."""
+def _judge_body(runtime: AppContext, body: bytes, size: int) -> tuple[bytes, dict[str, Any]]:
+    """A body judged: its ``size`` as received (413; ``body`` may hold less of an over-long one), then its syntax
+    and shape (400)."""
     commands = runtime.settings.commands
-    jsonbody.check_size(len(body), commands.max_body)
+    jsonbody.check_size(size, commands.max_body)
     return body, jsonbody.parse_object(body, max_depth=commands.max_depth)
 
 
@@ -130,8 +131,7 @@ async def read_json_body(runtime: AppContext, headers: Mapping[str, str],
         raise RequestTimeout(f"the body did not arrive within {deadline:g} s ({came} bytes came)") from None
     if received < 0:
         return None
-    jsonbody.check_size(received, limit)  # (``parts`` keeps at most ``limit`` bytes: judge all that came)
-    return _judge_body(runtime, b"".join(parts))
+    return _judge_body(runtime, b"".join(parts), received)
 
 
 def asgi_body(receive: Receive) -> Body:
@@ -149,7 +149,7 @@ def whole_body(body: bytes) -> Body:
 
     async def read(runtime: AppContext, headers: Mapping[str, str]) -> tuple[bytes, dict[str, Any]]:
         _judge_headers(runtime, headers)
-        return _judge_body(runtime, body)
+        return _judge_body(runtime, body, len(body))
 
     return read
 
